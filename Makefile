@@ -1,0 +1,94 @@
+# kmatrix: `make` trains what .config describes. `make help` lists the rest.
+
+PYTHON3 ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The torch requirement pip resolves. Plain "torch" gets the CUDA build real
+# users want; CI, with no GPU, passes TORCH="torch<2.14" for the CPU-only build.
+TORCH ?= torch
+KCONFIG_CONFIG ?= .config
+export KCONFIG_CONFIG
+export srctree := $(CURDIR)
+
+DEFCONFIGS := $(notdir $(wildcard defconfigs/*))
+STAMP := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
+CONFIGTOOL := $(PY) -m lib.configtool
+
+.DEFAULT_GOAL := all
+.PHONY: all train data sample test help clean mrproper menuconfig olddefconfig \
+	savedefconfig listnewconfig setconfig checkconfig defconfig $(addprefix defconfig-,$(DEFCONFIGS))
+
+all: train
+
+$(STAMP): pyproject.toml
+	$(PYTHON3) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet "$(TORCH)" -e .
+	touch $@
+
+$(TEST_STAMP): $(STAMP)
+	$(VENV)/bin/pip install --quiet "$(TORCH)" -e ".[test]"
+	touch $@
+
+$(KCONFIG_CONFIG): | $(STAMP)
+	$(CONFIGTOOL) defconfig defconfigs/default
+
+train: $(STAMP) $(KCONFIG_CONFIG)
+	$(PY) -m gpt2.train $(KCONFIG_CONFIG)
+
+data: $(STAMP) $(KCONFIG_CONFIG)
+	$(PY) -m gpt2.data $(KCONFIG_CONFIG)
+
+sample: $(STAMP) $(KCONFIG_CONFIG)
+	$(PY) -m gpt2.sample $(KCONFIG_CONFIG)
+
+test: $(TEST_STAMP)
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+defconfig: defconfig-default
+
+$(addprefix defconfig-,$(DEFCONFIGS)): defconfig-%: $(STAMP)
+	$(CONFIGTOOL) defconfig defconfigs/$*
+
+menuconfig: $(STAMP)
+	$(CONFIGTOOL) menuconfig
+
+olddefconfig savedefconfig listnewconfig: $(STAMP)
+	$(CONFIGTOOL) $@
+
+checkconfig: $(STAMP)
+	$(CONFIGTOOL) check
+
+setconfig: $(STAMP)
+	@test -n "$(SET)" || { echo 'usage: make setconfig SET="MAX_ITERS=20 EVAL_INTERVAL=10"' >&2; exit 2; }
+	$(CONFIGTOOL) setconfig $(SET)
+
+help:
+	@echo 'Training:'
+	@echo '  all (default)     - set up .venv, write .config from defconfigs/default if missing, prepare data, train'
+	@echo '  train             - train what .config describes (resumes an interrupted run)'
+	@echo '  data              - prepare the dataset .config selects'
+	@echo '  sample            - generate text from the run of .config'
+	@echo 'Configuration:'
+	@echo '  menuconfig        - edit .config in the terminal UI'
+	@echo '  defconfig-<name>  - write .config from defconfigs/<name> (defconfig = defconfig-default)'
+	@echo '  olddefconfig      - update .config to the current Kconfig tree, new symbols at defaults'
+	@echo '  savedefconfig     - write the minimal config of .config to ./defconfig'
+	@echo '  listnewconfig     - list symbols .config does not set yet'
+	@echo '  setconfig SET="A=1 B=2" - change symbols in .config (every value must take)'
+	@echo '  checkconfig       - validate .config'
+	@echo 'Development:'
+	@echo '  test              - run the test suite'
+	@echo '  clean             - remove build leftovers (caches, egg-info)'
+	@echo '  mrproper          - clean, and remove .config, .config.old and .venv'
+	@echo 'Variables: TORCH="torch<2.14" (torch requirement), KCONFIG_CONFIG=<file>, PYTEST_ARGS=...'
+	@echo 'Defconfigs:'
+	@for f in $(DEFCONFIGS); do printf '  defconfig-%-26s - %s\n' "$$f" "$$(sed -n '1s/^# *//p' defconfigs/$$f)"; done
+
+clean:
+	rm -rf build *.egg-info .pytest_cache
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -exec rm -rf {} +
+
+mrproper: clean
+	rm -rf $(KCONFIG_CONFIG) $(KCONFIG_CONFIG).old defconfig $(VENV)

@@ -1,0 +1,300 @@
+"""The one config reader: Kconfig tree + .config -> a frozen, typed Config.
+
+kconfiglib never raises on a bad .config: it warns and falls back. Here every
+warning is an error, and so is any assignment that did not take (an int out
+of range, a value dropped by `depends on`, a choice member that lost). Real
+numbers are Kconfig strings whose help ends with "Value: float in [lo, hi]";
+they come back as floats, range-checked. Choices come back as the selected
+member's name, lower-case, without the choice's prefix, "_" read as "-"
+(OPTIMIZER_ADAMW_8BIT -> "adamw-8bit"), ready to key a registry.
+"""
+import hashlib
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from contextlib import contextmanager
+from pathlib import Path
+
+import kconfiglib
+
+ROOT = Path(__file__).resolve().parent.parent
+KCONFIG = ROOT / "Kconfig"
+
+# Where a run's files go does not change what it computes.
+NOT_HASHED = ("RUN_NAME", "RESULTS_DIR")
+
+
+class ConfigError(Exception):
+    """An invalid Kconfig tree, .config or override; the message names the symbol and the fix."""
+
+
+def default_config_path() -> Path:
+    return Path(os.environ.get("KCONFIG_CONFIG", ".config"))
+
+
+@contextmanager
+def _srctree():
+    old = os.environ.get("srctree")
+    os.environ["srctree"] = str(ROOT)
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["srctree"]
+        else:
+            os.environ["srctree"] = old
+
+
+def load_tree() -> kconfiglib.Kconfig:
+    """The Kconfig tree with every symbol at its default; any parse warning is an error."""
+    with _srctree():
+        try:
+            kconf = kconfiglib.Kconfig(str(KCONFIG), warn_to_stderr=False)
+        except kconfiglib.KconfigError as e:
+            raise ConfigError(f"{KCONFIG}: {e}") from None
+    if kconf.warnings:
+        raise ConfigError("Kconfig tree: " + "\n".join(kconf.warnings))
+    kconf.warn_assign_undef = True
+    kconf.warn_assign_override = True
+    kconf.warn_assign_redun = True
+    return kconf
+
+
+def load_kconf(config_path=None, overrides=(), strict=True) -> kconfiglib.Kconfig:
+    """Load `config_path` (default .config or $KCONFIG_CONFIG) into the tree, apply
+    NAME=VALUE overrides, and fail unless every assignment took (strict)."""
+    path = Path(config_path) if config_path else default_config_path()
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file; run `make defconfig` or "
+                          f"`make defconfig-<name>` (see `make help`) to create one")
+    kconf = load_tree()
+    kconf.load_config(str(path))
+    if strict:
+        check(kconf, {sym: sym.user_value for sym in kconf.unique_defined_syms
+                      if sym.user_value is not None}, str(path))
+    # Overrides are checked on their own: a value of the file that an override
+    # makes irrelevant (MAX_ITERS after BUDGET=tokens) is not an error.
+    requested = apply_overrides(kconf, overrides)
+    if strict and requested:
+        check(kconf, requested, "override")
+    return kconf
+
+
+def apply_overrides(kconf, overrides) -> dict:
+    """Set NAME=VALUE assignments (NAME a symbol, with or without CONFIG_, or a
+    choice: OPTIMIZER=adamw). Returns {symbol: requested value} for check()."""
+    requested = {}
+    for assignment in overrides:
+        name, sep, value = assignment.partition("=")
+        name = name.strip().removeprefix(kconf.config_prefix)
+        if not sep or not name:
+            raise ConfigError(f"override {assignment!r}: expected NAME=VALUE, e.g. MAX_ITERS=20")
+        value = value.strip()
+        choice = _named_choices(kconf).get(name)
+        if choice is not None:
+            member = kconf.syms.get(f"{name}_{value.upper().replace('-', '_')}")
+            if member is None or member.choice is not choice:
+                raise ConfigError(f"{name}={value}: not a choice of {name}; choose one of "
+                                  f"{', '.join(_choice_value(choice, s) for s in choice.syms)}")
+            sym, value = member, "y"
+        else:
+            sym = kconf.syms.get(name)
+            if sym is None or not sym.nodes:
+                raise ConfigError(f"{name}={value}: unknown symbol {name} (see `make menuconfig`)")
+        if sym.type in (kconfiglib.BOOL, kconfiglib.TRISTATE) and value in ("0", "1", "true", "false"):
+            value = "y" if value in ("1", "true") else "n"
+        sym.set_value(value)
+        requested[sym] = kconfiglib.STR_TO_TRI.get(value, value) if sym.type in (
+            kconfiglib.BOOL, kconfiglib.TRISTATE) else value
+    return requested
+
+
+def check(kconf, requested, where) -> None:
+    """Evaluate every symbol; raise ConfigError on any kconfiglib warning or on
+    any requested value that did not take, naming the symbol and the reason."""
+    for sym in kconf.unique_defined_syms:
+        sym.str_value  # evaluation is what makes kconfiglib emit range warnings
+    for choice in kconf.unique_choices:
+        choice.selection
+    errors = []
+    for sym, wanted in requested.items():
+        if sym.type in (kconfiglib.BOOL, kconfiglib.TRISTATE):
+            if sym.tri_value != wanted:
+                errors.append(_not_taken(sym, kconfiglib.TRI_TO_STR[wanted]))
+        elif sym.str_value != wanted:
+            errors.append(_not_taken(sym, wanted))
+    errors += _float_errors(kconf)
+    errors = [f"{where}: {e}" for e in errors]
+    reported = [line.split(": ")[1].split("=")[0].removeprefix(kconf.config_prefix) for line in errors]
+    errors += [w for w in kconf.warnings if not any(f" {name} " in w for name in reported)]
+    kconf.warnings.clear()
+    if errors:
+        raise ConfigError("\n".join(errors))
+
+
+def _not_taken(sym, wanted) -> str:
+    name = f"{sym.kconfig.config_prefix}{sym.name}={wanted}"
+    if sym.type in (kconfiglib.INT, kconfiglib.HEX):
+        for low, high, cond in sym.ranges:
+            if kconfiglib.expr_value(cond):
+                lo, hi = int(low.str_value, 0), int(high.str_value, 0)
+                try:
+                    if not lo <= int(wanted, 0) <= hi:
+                        return f"{name}: outside the allowed range [{low.str_value}, {high.str_value}]"
+                except ValueError:
+                    return f"{name}: not an integer"
+    if not kconfiglib.expr_value(sym.direct_dep):
+        return (f"{name}: dropped, {sym.name} depends on "
+                f"{kconfiglib.expr_str(sym.direct_dep)}, which is not met")
+    if sym.choice is not None and sym.choice.selection is not sym:
+        sel = sym.choice.selection
+        return (f"{name}: conflicts with the choice's selection "
+                f"{sel.name if sel else None}; select exactly one member of {sym.choice.name}")
+    if sym.visibility == 0:
+        conds = [kconfiglib.expr_str(n.prompt[1]) for n in sym.nodes if n.prompt]
+        when = f"only when {' or '.join(conds)}" if conds else "never (it has no prompt)"
+        return f"{name}: {sym.name} can be set {when}; its value here is {sym.str_value!r}"
+    return f"{name}: not taken, the value is {sym.str_value!r}"
+
+
+def float_spec(sym):
+    """(lo, lo_closed, hi, hi_closed) from the help line 'Value: float in [lo, hi]', or None."""
+    for node in sym.nodes:
+        for line in (node.help or "").splitlines():
+            spec = line.strip().removeprefix("Value: float in ")
+            if spec != line.strip():
+                low, high = spec[1:-1].split(",")
+                return float(low), spec[0] == "[", float(high), spec[-1] == "]"
+    return None
+
+
+def _float_errors(kconf) -> list:
+    errors = []
+    for sym in kconf.unique_defined_syms:
+        spec = float_spec(sym)
+        if spec is None or not sym.config_string:
+            continue
+        try:
+            _parse_float(sym, spec)
+        except ValueError as e:
+            errors.append(str(e))
+    return errors
+
+
+def _parse_float(sym, spec) -> float:
+    lo, lo_closed, hi, hi_closed = spec
+    bounds = f"{'[' if lo_closed else '('}{lo:g}, {hi:g}{']' if hi_closed else ')'}"
+    try:
+        value = float(sym.str_value)
+    except ValueError:
+        raise ValueError(f"{sym.kconfig.config_prefix}{sym.name}=\"{sym.str_value}\": "
+                         f"not a number; expected a float in {bounds}") from None
+    if not ((lo <= value if lo_closed else lo < value) and (value <= hi if hi_closed else value < hi)):
+        raise ValueError(f"{sym.kconfig.config_prefix}{sym.name}=\"{sym.str_value}\": "
+                         f"outside the allowed range {bounds}")
+    return value
+
+
+def _named_choices(kconf) -> dict:
+    return {c.name: c for c in kconf.unique_choices if c.name}
+
+
+def _choice_value(choice, member) -> str:
+    return member.name.removeprefix(choice.name + "_").lower().replace("_", "-")
+
+
+def typed_values(kconf) -> dict:
+    """{NAME: value}: bool, int, float or str for active symbols, None for symbols whose
+    dependencies are not met, and the selected member's name for each named choice."""
+    values = {}
+    for sym in kconf.unique_defined_syms:
+        active = bool(sym.config_string)
+        if sym.type in (kconfiglib.BOOL, kconfiglib.TRISTATE):
+            values[sym.name] = sym.tri_value == 2 if active else None
+        elif not active:
+            values[sym.name] = None
+        elif sym.type in (kconfiglib.INT, kconfiglib.HEX):
+            values[sym.name] = int(sym.str_value, 0)
+        elif (spec := float_spec(sym)) is not None:
+            values[sym.name] = _parse_float(sym, spec)
+        else:
+            values[sym.name] = sym.str_value
+    for name, choice in _named_choices(kconf).items():
+        if name in values:
+            raise ConfigError(f"Kconfig tree: choice {name} has the name of a symbol")
+        values[name] = _choice_value(choice, choice.selection) if choice.selection else None
+    return values
+
+
+def config_text(kconf) -> str:
+    """The .config kconfiglib writes for this state (what a run directory keeps)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "config"
+        kconf.write_config(str(out), save_old=False)
+        return out.read_text()
+
+
+def config_hash(kconf) -> str:
+    lines = [sym.config_string for sym in kconf.unique_defined_syms
+             if sym.config_string and sym.name not in NOT_HASHED]
+    return hashlib.sha256("".join(lines).encode()).hexdigest()[:8]
+
+
+def write_config(kconf, path, minimal=False) -> None:
+    """Write .config (or a minimal defconfig) atomically; keep the previous one as <path>.old."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent or ".", prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        if minimal:
+            kconf.write_min_config(tmp)
+        else:
+            kconf.write_config(tmp, save_old=False)
+        if path.is_file() and not minimal:
+            shutil.copy2(path, f"{path}.old")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class Config(Mapping):
+    """Frozen, typed view of one validated configuration: cfg.N_LAYER, cfg.OPTIMIZER."""
+
+    __slots__ = ("_values", "text", "hash", "path")
+
+    def __init__(self, values: dict, text: str, hash: str, path: str):
+        for slot, value in zip(self.__slots__, (dict(values), text, hash, path)):
+            object.__setattr__(self, slot, value)
+
+    def __getattr__(self, name):
+        try:
+            return self._values[name]
+        except KeyError:
+            raise AttributeError(f"no Kconfig symbol or choice named {name}") from None
+
+    def __setattr__(self, name, value):
+        raise AttributeError("Config is read-only: change .config or pass --set NAME=VALUE")
+
+    def __getitem__(self, name):
+        return self._values[name]
+
+    def __iter__(self):
+        return iter(self._values)
+
+    def __len__(self):
+        return len(self._values)
+
+    def __reduce__(self):
+        return (Config, (self._values, self.text, self.hash, self.path))
+
+
+def from_kconf(kconf, path="") -> Config:
+    return Config(typed_values(kconf), config_text(kconf), config_hash(kconf), str(path))
+
+
+def load(config_path=None, overrides=()) -> Config:
+    """Read and validate a .config (plus NAME=VALUE overrides) into a Config."""
+    path = Path(config_path) if config_path else default_config_path()
+    return from_kconf(load_kconf(path, overrides), path)

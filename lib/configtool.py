@@ -1,0 +1,89 @@
+"""Kconfig front ends for the Makefile, strict where kconfiglib's own scripts are lenient.
+
+  python -m lib.configtool defconfig defconfigs/NAME   write .config from a defconfig
+  python -m lib.configtool olddefconfig                update .config to the Kconfig tree
+  python -m lib.configtool savedefconfig [OUT]         write a minimal defconfig (default: defconfig)
+  python -m lib.configtool setconfig NAME=VALUE ...    change symbols in .config
+  python -m lib.configtool listnewconfig               symbols .config does not set yet
+  python -m lib.configtool check                       validate .config
+  python -m lib.configtool menuconfig                  kconfiglib's menuconfig, then check
+
+The file edited is .config, or $KCONFIG_CONFIG.
+"""
+import argparse
+import sys
+from pathlib import Path
+
+from lib import config as cfglib
+
+
+def defconfig(args, out):
+    src = Path(args.file)
+    kconf = cfglib.load_kconf(src)
+    cfglib.write_config(kconf, out)
+    print(f"# configuration written to {out} from {src}")
+
+
+def olddefconfig(args, out):
+    kconf = cfglib.load_kconf(out, strict=False)
+    for warning in kconf.warnings:
+        print(warning, file=sys.stderr)
+    cfglib.write_config(kconf, out)
+    print(f"# {out} updated to the current Kconfig tree")
+
+
+def savedefconfig(args, out):
+    kconf = cfglib.load_kconf(out)
+    cfglib.write_config(kconf, args.out, minimal=True)
+    print(f"# minimal configuration written to {args.out}")
+
+
+def setconfig(args, out):
+    kconf = cfglib.load_kconf(out, args.assignments)
+    cfglib.write_config(kconf, out)
+    print(f"# {out}: set {' '.join(args.assignments)}")
+
+
+def listnewconfig(args, out):
+    kconf = cfglib.load_kconf(out)
+    for sym in kconf.unique_defined_syms:
+        if sym.user_value is None and sym.visibility and sym.config_string:
+            print(sym.config_string, end="")
+
+
+def check(args, out):
+    cfglib.load(out)
+    print(f"# {out}: valid")
+
+
+def menuconfig(args, out):
+    import os
+
+    import menuconfig as kconfiglib_menuconfig
+
+    os.environ["KCONFIG_CONFIG"] = str(out)
+    kconfiglib_menuconfig.menuconfig(cfglib.load_tree())
+    cfglib.load(out)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m lib.configtool", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for command in (defconfig, olddefconfig, savedefconfig, setconfig, listnewconfig, check,
+                    menuconfig):
+        sub.add_parser(command.__name__).set_defaults(command=command)
+    sub.choices["defconfig"].add_argument("file")
+    sub.choices["savedefconfig"].add_argument("out", nargs="?", default="defconfig")
+    sub.choices["setconfig"].add_argument("assignments", nargs="+", metavar="NAME=VALUE")
+    args = parser.parse_args(argv)
+    try:
+        args.command(args, cfglib.default_config_path())
+    except cfglib.ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
