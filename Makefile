@@ -2,7 +2,7 @@
 
 PYTHON3 ?= python3
 VENV ?= .venv
-PY := $(VENV)/bin/python
+PY ?= $(VENV)/bin/python
 # The torch requirement pip resolves. Plain "torch" gets the CUDA build real
 # users want; CI, with no GPU, passes TORCH="torch<2.14" for the CPU-only build.
 TORCH ?= torch
@@ -12,6 +12,8 @@ export srctree := $(CURDIR)
 
 DEFCONFIGS := $(notdir $(wildcard defconfigs/*))
 STAMP := $(VENV)/.installed
+# Prerequisite of every target that needs the venv; `make INSTALL= PY=python3 ...` skips it.
+INSTALL = $(STAMP)
 TEST_STAMP := $(VENV)/.installed-test
 CONFIGTOOL := $(PY) -m lib.configtool
 
@@ -31,16 +33,16 @@ $(TEST_STAMP): $(STAMP)
 	$(VENV)/bin/pip install --quiet "$(TORCH)" -e ".[test]"
 	touch $@
 
-$(KCONFIG_CONFIG): | $(STAMP)
+$(KCONFIG_CONFIG): | $(INSTALL)
 	$(CONFIGTOOL) defconfig defconfigs/default
 
-train: $(STAMP) $(KCONFIG_CONFIG)
+train: $(INSTALL) $(KCONFIG_CONFIG)
 	$(PY) -m gpt2.train $(KCONFIG_CONFIG)
 
-data: $(STAMP) $(KCONFIG_CONFIG)
+data: $(INSTALL) $(KCONFIG_CONFIG)
 	$(PY) -m gpt2.data $(KCONFIG_CONFIG)
 
-sample: $(STAMP) $(KCONFIG_CONFIG)
+sample: $(INSTALL) $(KCONFIG_CONFIG)
 	$(PY) -m gpt2.sample $(KCONFIG_CONFIG)
 
 test: $(TEST_STAMP)
@@ -48,19 +50,19 @@ test: $(TEST_STAMP)
 
 defconfig: defconfig-default
 
-$(addprefix defconfig-,$(DEFCONFIGS)): defconfig-%: $(STAMP)
+$(addprefix defconfig-,$(DEFCONFIGS)): defconfig-%: $(INSTALL)
 	$(CONFIGTOOL) defconfig defconfigs/$*
 
-menuconfig: $(STAMP)
+menuconfig: $(INSTALL)
 	$(CONFIGTOOL) menuconfig
 
-olddefconfig savedefconfig listnewconfig: $(STAMP)
+olddefconfig savedefconfig listnewconfig: $(INSTALL)
 	$(CONFIGTOOL) $@
 
-checkconfig: $(STAMP)
+checkconfig: $(INSTALL)
 	$(CONFIGTOOL) check
 
-setconfig: $(STAMP)
+setconfig: $(INSTALL)
 	@test -n "$(SET)" || { echo 'usage: make setconfig SET="MAX_ITERS=20 EVAL_INTERVAL=10"' >&2; exit 2; }
 	$(CONFIGTOOL) setconfig $(SET)
 

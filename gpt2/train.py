@@ -1,0 +1,396 @@
+"""Train GPT-2 as a .config describes: python -m gpt2.train [.config] [--set NAME=VALUE ...]
+
+Resumes from the run directory's checkpoint when there is one, and says so
+when the run is already complete. Exit status: 0 done (or stopped by
+--stop-after), 2 bad configuration or input, 3 training failed (non-finite
+loss, out of memory), 130 interrupted (checkpoint saved; run again to resume).
+"""
+import argparse
+import logging
+import math
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+
+import torch
+from tqdm import tqdm
+
+from gpt2 import data
+from gpt2.model import GPT, GPTConfig, load_pretrained
+from gpt2.sample import generate_text
+from lib import checkpoint, optim, runtime
+from lib import config as cfglib
+from lib.metrics import MetricsLog, env_info
+from lib.run import RunDir, results_dir
+from lib.fsutil import atomic_write_json, atomic_write_text
+from lib.schedule import learning_rate
+
+# The AdamWPrune trainer's flags, kept as aliases of the symbols they set.
+FLAG_ALIASES = {
+    "--batch-size": "BATCH_SIZE",
+    "--gradient-accumulation": "GRADIENT_ACCUMULATION",
+    "--num-epochs": "NUM_EPOCHS",
+    "--device": "DEVICE",
+}
+
+
+class TrainingFailed(Exception):
+    """Training cannot go on (non-finite loss, out of memory); the message says why."""
+
+
+@dataclass
+class Progress:
+    """Where training stands; saved in every checkpoint."""
+    iter: int = 0
+    tokens_seen: int = 0
+    train_time_s: float = 0.0
+    best_val_loss: float = math.inf
+    last_eval: dict = field(default_factory=dict)
+
+
+class Budget:
+    """When training ends, and how far the LR decay has got."""
+
+    def __init__(self, cfg, tokens_per_iter: int, train_tokens: int):
+        self.kind = cfg.BUDGET
+        self.warmup = cfg.WARMUP_ITERS
+        self.seconds = cfg.MAX_MINUTES * 60 if self.kind == "minutes" else None
+        self.total_iters = {
+            "iters": lambda: cfg.MAX_ITERS,
+            "epochs": lambda: math.ceil(cfg.NUM_EPOCHS * train_tokens / tokens_per_iter),
+            "tokens": lambda: math.ceil(cfg.MAX_TOKENS / tokens_per_iter),
+            "minutes": lambda: None,
+        }[self.kind]()
+        self.decay_end = cfg.DECAY_ITERS or self.total_iters
+
+    def done(self, p: Progress) -> bool:
+        if self.seconds is not None:
+            return p.train_time_s >= self.seconds
+        return p.iter >= self.total_iters
+
+    def decay_progress(self, p: Progress) -> float:
+        if self.decay_end is None:
+            return p.train_time_s / self.seconds
+        return (p.iter - self.warmup) / max(1, self.decay_end - self.warmup)
+
+
+def build_model(cfg, vocab_size: int) -> GPT:
+    shape = GPTConfig(block_size=cfg.BLOCK_SIZE, vocab_size=vocab_size, n_layer=cfg.N_LAYER,
+                      n_head=cfg.N_HEAD, n_embd=cfg.N_EMBD, dropout=cfg.DROPOUT, bias=cfg.BIAS,
+                      tie_weights=cfg.WEIGHT_TYING)
+    if cfg.N_EMBD % cfg.N_HEAD:
+        raise cfglib.ConfigError(f"CONFIG_N_EMBD={cfg.N_EMBD} is not a multiple of "
+                                 f"CONFIG_N_HEAD={cfg.N_HEAD}")
+    if not cfg.INIT_FROM_DIR:
+        return GPT(shape)
+    model = load_pretrained(cfg.INIT_FROM_DIR, dropout=cfg.DROPOUT)
+    got = (model.config.n_layer, model.config.n_head, model.config.n_embd, model.config.vocab_size)
+    want = (shape.n_layer, shape.n_head, shape.n_embd, shape.vocab_size)
+    if got != want or model.config.block_size < shape.block_size:
+        raise cfglib.ConfigError(
+            f"CONFIG_INIT_FROM_DIR=\"{cfg.INIT_FROM_DIR}\": its shape (layers, heads, width, vocab) "
+            f"{got} does not match the configuration's {want}; choose the matching MODEL_SIZE")
+    model.crop_block_size(shape.block_size)
+    return model
+
+
+def setup_logging(run: RunDir) -> logging.Logger:
+    log = logging.getLogger("kmatrix.train")
+    log.handlers.clear()
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    to_file = logging.FileHandler(run.log)
+    to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+
+    class ToTqdm(logging.Handler):
+        def emit(self, record):
+            tqdm.write(self.format(record), file=sys.stderr)
+
+    log.addHandler(to_file)
+    log.addHandler(ToTqdm())
+    return log
+
+
+@torch.no_grad()
+def evaluate(model, prepared, cfg, device, autocast) -> dict:
+    """Loss, perplexity and next-token accuracy on the same EVAL_ITERS batches every time."""
+    model.eval()
+    result = {}
+    for split in ("train", "val"):
+        batches = data.Batches(prepared, cfg.BLOCK_SIZE, cfg.BATCH_SIZE, device, cfg.SEED)
+        losses = torch.zeros(cfg.EVAL_ITERS, device=device)
+        correct = torch.zeros(cfg.EVAL_ITERS, device=device)
+        for k in range(cfg.EVAL_ITERS):
+            x, y = batches.get(split)
+            with autocast:
+                logits, loss = model(x, y)
+            losses[k] = loss
+            correct[k] = (logits.argmax(-1) == y).float().mean()
+        result[f"{split}_loss"] = losses.mean().item()
+        result[f"{split}_acc"] = correct.mean().item()
+    result["val_ppl"] = math.exp(min(result["val_loss"], 700.0))
+    model.train()
+    return result
+
+
+class Trainer:
+    def __init__(self, cfg, run: RunDir, log: logging.Logger):
+        self.cfg, self.run, self.log = cfg, run, log
+        self.device = runtime.pick_device(cfg.DEVICE)
+        runtime.set_tf32(cfg.TF32)
+        torch.manual_seed(cfg.SEED)
+        self.prepared = data.prepare(cfg.DATASET, cfg.DATA_DIR, results_dir(cfg) / "_data",
+                                     cfg.TRAIN_SPLIT)
+        self.batches = data.Batches(self.prepared, cfg.BLOCK_SIZE, cfg.BATCH_SIZE, self.device,
+                                    cfg.SEED)
+        self.model = build_model(cfg, data.vocab_size(self.prepared)).to(self.device)
+        self.optimizer = optim.build(cfg, self.model)
+        self.scaler = runtime.grad_scaler(self.device, cfg.PRECISION)
+        self.autocast = runtime.autocast(self.device, cfg.PRECISION)
+        self.tokens_per_iter = cfg.BATCH_SIZE * cfg.GRADIENT_ACCUMULATION * cfg.BLOCK_SIZE
+        self.budget = Budget(cfg, self.tokens_per_iter, self.batches.train_tokens)
+        self.metrics = MetricsLog(run.metrics)
+        self.progress = Progress()
+        self.forward = self.model  # replaced by the compiled module in fit()
+
+    # -- checkpoints -------------------------------------------------------
+    def state_dict(self) -> dict:
+        p = self.progress
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "data": self.batches.state_dict(),
+            "rng_cpu": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
+            "progress": {"iter": p.iter, "tokens_seen": p.tokens_seen,
+                         "train_time_s": p.train_time_s, "best_val_loss": p.best_val_loss,
+                         "last_eval": p.last_eval},
+            "config_hash": self.cfg.hash,
+        }
+
+    def save_checkpoint(self) -> None:
+        checkpoint.save(self.run.ckpt, self.state_dict())
+
+    def resume(self) -> bool:
+        if not self.run.ckpt.exists():
+            return False
+        state = checkpoint.load(self.run.ckpt, map_location=self.device)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.batches.load_state_dict(state["data"])
+        torch.set_rng_state(state["rng_cpu"].cpu())
+        if state["rng_cuda"]:
+            torch.cuda.set_rng_state_all([s.cpu() for s in state["rng_cuda"]])
+        self.progress = Progress(**state["progress"])
+        self.metrics.truncate_after(self.progress.iter)
+        return True
+
+    # -- the step ----------------------------------------------------------
+    def set_lr(self) -> float:
+        cfg = self.cfg
+        lr = learning_rate(self.progress.iter, self.budget.decay_progress(self.progress),
+                           schedule=cfg.LR_SCHEDULE, lr=cfg.LEARNING_RATE, min_lr=cfg.MIN_LR,
+                           warmup_iters=cfg.WARMUP_ITERS)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        return lr
+
+    def train_step(self):
+        """One optimizer step over GRADIENT_ACCUMULATION micro-batches; no host sync."""
+        accum = self.cfg.GRADIENT_ACCUMULATION
+        for _ in range(accum):
+            x, y = self.batches.get("train")
+            with self.autocast:
+                _, loss = self.forward(x, y)
+            self.scaler.scale(loss / accum).backward()
+        self.scaler.unscale_(self.optimizer)
+        max_norm = self.cfg.GRAD_CLIP or math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss.detach(), grad_norm.detach()
+
+    # -- the loop ----------------------------------------------------------
+    def fit(self, stop_after=None) -> str:
+        cfg, p, log = self.cfg, self.progress, self.log
+        self.forward = runtime.maybe_compile(self.model, cfg.COMPILE, cfg.COMPILE_MODE,
+                                             self.device, log)
+        total = self.budget.total_iters
+        bar = tqdm(total=total if total is not None else round(self.budget.seconds),
+                   initial=p.iter if total is not None else round(p.train_time_s),
+                   unit="it" if total is not None else "s", dynamic_ncols=True,
+                   desc=self.run.path.name, disable=None)
+        loss_sum = torch.zeros((), device=self.device)
+        window_iters, window_start_s, steps_this_session = 0, p.train_time_s, 0
+        status = "complete"
+        while not self.budget.done(p):
+            if stop_after is not None and steps_this_session >= stop_after:
+                status = "stopped"
+                break
+            lr = self.set_lr()
+            t0 = time.perf_counter()
+            loss, grad_norm = self.train_step()
+            loss_sum += loss
+            p.train_time_s += time.perf_counter() - t0
+            p.iter += 1
+            p.tokens_seen += self.tokens_per_iter
+            steps_this_session += 1
+            window_iters += 1
+            last = self.budget.done(p)
+            if p.iter % cfg.LOG_INTERVAL == 0 or last:
+                t0 = time.perf_counter()
+                train_loss = (loss_sum / window_iters).item()  # the one sync per log window
+                p.train_time_s += time.perf_counter() - t0
+                if not math.isfinite(train_loss):
+                    raise TrainingFailed(f"non-finite training loss ({train_loss}) at iteration "
+                                         f"{p.iter}; lower LEARNING_RATE or use GRAD_CLIP")
+                tokens_per_s = (window_iters * self.tokens_per_iter
+                                / max(p.train_time_s - window_start_s, 1e-9))
+                peak, peak_kind = runtime.peak_memory(self.device)
+                self.metrics.write({"kind": "train", "iter": p.iter, "tokens": p.tokens_seen,
+                                    "train_loss": train_loss, "lr": lr,
+                                    "grad_norm": grad_norm.item(), "tokens_per_s": tokens_per_s,
+                                    "elapsed_s": p.train_time_s, "peak_mem_bytes": peak,
+                                    "peak_mem_kind": peak_kind})
+                bar.set_postfix(loss=f"{train_loss:.4f}", tok_s=f"{tokens_per_s:,.0f}",
+                                refresh=False)
+                loss_sum.zero_()
+                window_iters, window_start_s = 0, p.train_time_s
+            bar.update(1 if total is not None else round(p.train_time_s) - bar.n)
+            if p.iter % cfg.EVAL_INTERVAL == 0 or last:
+                self.eval_and_log()
+            if p.iter % cfg.CHECKPOINT_INTERVAL == 0 or last:
+                self.save_checkpoint()
+        bar.close()
+        if status == "stopped":
+            self.save_checkpoint()
+        return status
+
+    def eval_and_log(self) -> None:
+        p = self.progress
+        result = evaluate(self.forward, self.prepared, self.cfg, self.device, self.autocast)
+        if not math.isfinite(result["val_loss"]):
+            raise TrainingFailed(f"non-finite validation loss at iteration {p.iter}")
+        p.best_val_loss = min(p.best_val_loss, result["val_loss"])
+        p.last_eval = result
+        peak, peak_kind = runtime.peak_memory(self.device)
+        self.metrics.write({"kind": "eval", "iter": p.iter, "tokens": p.tokens_seen, **result,
+                            "elapsed_s": p.train_time_s, "peak_mem_bytes": peak,
+                            "peak_mem_kind": peak_kind})
+        self.log.info(f"iter {p.iter}: train loss {result['train_loss']:.4f}, val loss "
+                      f"{result['val_loss']:.4f}, val ppl {result['val_ppl']:.2f}, val acc "
+                      f"{result['val_acc']:.3f}")
+        if self.cfg.SAMPLE_AT_EVAL:
+            self.log.info("sample:\n" + "\n---\n".join(self.samples(count=1)))
+
+    def samples(self, count=None) -> list:
+        return generate_text(self.model, self.prepared, self.cfg, self.device,
+                             count=count or self.cfg.SAMPLE_COUNT)
+
+    def summary(self, status: str, error: str = None) -> dict:
+        p = self.progress
+        peak, peak_kind = runtime.peak_memory(self.device)
+        params = sum(t.numel() for t in self.model.parameters())
+        return {
+            "status": status,
+            "error": error,
+            "iters": p.iter,
+            "tokens_seen": p.tokens_seen,
+            "train_loss": p.last_eval.get("train_loss"),
+            "val_loss": p.last_eval.get("val_loss"),
+            "val_ppl": p.last_eval.get("val_ppl"),
+            "val_acc": p.last_eval.get("val_acc"),
+            "best_val_ppl": math.exp(p.best_val_loss) if math.isfinite(p.best_val_loss) else None,
+            "train_time_s": p.train_time_s,
+            "tokens_per_s": p.tokens_seen / p.train_time_s if p.train_time_s else None,
+            "peak_mem_bytes": peak,
+            "peak_mem_kind": peak_kind,
+            "param_count": params,
+            "param_bytes": sum(t.numel() * t.element_size() for t in self.model.parameters()),
+            "optimizer_state_bytes": optim.state_bytes(self.optimizer),
+            "device": str(self.device),
+            "config_hash": self.cfg.hash,
+        }
+
+
+def train(cfg, stop_after=None) -> int:
+    run = RunDir.for_config(cfg)
+    run.claim(cfg)
+    if run.read_summary().get("status") == "complete":
+        print(f"{run.path}: already complete (see summary.json); nothing to do")
+        return 0
+    log = setup_logging(run)
+    trainer = Trainer(cfg, run, log)
+    atomic_write_json(run.env, env_info(trainer.device, runtime.device_name(trainer.device)))
+    if trainer.resume():
+        log.info(f"resuming {run.path} at iteration {trainer.progress.iter}")
+    else:
+        log.info(f"training {run.path} on {trainer.device}: "
+                 f"{trainer.model.num_params():,} parameters, "
+                 f"{trainer.tokens_per_iter:,} tokens per iteration")
+    run.write_summary(trainer.summary("running"))
+    started = time.perf_counter()
+    try:
+        status = trainer.fit(stop_after)
+    except KeyboardInterrupt:
+        trainer.save_checkpoint()
+        run.write_summary(trainer.summary("interrupted"))
+        log.warning(f"interrupted at iteration {trainer.progress.iter}; checkpoint saved, "
+                    f"run the same command again to resume")
+        return 130
+    except (TrainingFailed, torch.OutOfMemoryError) as e:
+        reason = str(e) if isinstance(e, TrainingFailed) else (
+            f"out of memory at iteration {trainer.progress.iter}: lower BATCH_SIZE (raise "
+            f"GRADIENT_ACCUMULATION to keep tokens per step) or BLOCK_SIZE")
+        run.write_summary(trainer.summary("failed", reason))
+        log.error(f"training failed: {reason}")
+        return 3
+    summary = trainer.summary(status)
+    log.info(f"{status} at iteration {summary['iters']}: val loss {summary['val_loss']}, "
+             f"{summary['tokens_per_s'] or 0:,.0f} tokens/s, peak memory "
+             f"{summary['peak_mem_bytes'] / 2**20:,.0f} MiB ({summary['peak_mem_kind']}), "
+             f"{time.perf_counter() - started:.1f} s this session")
+    if status == "complete" and cfg.SAMPLE_AFTER_TRAINING:
+        text = "\n---\n".join(trainer.samples())
+        atomic_write_text(run.samples, text + "\n")
+        log.info("sample:\n" + text)
+    run.write_summary(summary)
+    return 0
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(prog="python -m gpt2.train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("config", nargs="?", help="config file (default: .config or $KCONFIG_CONFIG)")
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                        help="override a symbol for this run, validated like .config")
+    for flag, symbol in FLAG_ALIASES.items():
+        parser.add_argument(flag, dest=symbol, help=f"alias of --set {symbol}=VALUE")
+    parser.add_argument("--stop-after", type=int, metavar="N",
+                        help="train at most N iterations in this invocation, checkpoint and exit")
+    args = parser.parse_args(argv)
+    args.overrides = args.set + [f"{symbol}={getattr(args, symbol)}"
+                                 for symbol in FLAG_ALIASES.values()
+                                 if getattr(args, symbol) is not None]
+    if any(o.startswith("NUM_EPOCHS=") for o in args.overrides):
+        args.overrides.insert(0, "BUDGET=epochs")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        cfg = cfglib.load(args.config, args.overrides)
+        return train(cfg, args.stop_after)
+    except (cfglib.ConfigError, data.DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,58 @@
+"""metrics.jsonl, summary.json and env.json: the run directory's records."""
+import json
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from lib.config import ROOT
+from lib.fsutil import atomic_write_text
+
+
+class MetricsLog:
+    """Append-only JSON lines, one per log or eval record, flushed as written."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+
+    def truncate_after(self, iteration: int) -> None:
+        """Drop records past `iteration`: a resumed run rewrites what it redoes."""
+        if not self.path.exists():
+            return
+        kept = [line for line in self.path.read_text().splitlines(keepends=True)
+                if line.strip() and json.loads(line)["iter"] <= iteration]
+        atomic_write_text(self.path, "".join(kept))
+
+    def write(self, record: dict) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def read(self) -> list:
+        if not self.path.exists():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+
+
+def _git(*args) -> str:
+    try:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True,
+                              timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def env_info(device: torch.device, device_name: str) -> dict:
+    return {
+        "git_sha": _git("rev-parse", "HEAD") or None,
+        "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "hip": getattr(torch.version, "hip", None),
+        "device": device.type,
+        "device_name": device_name,
+        "platform": platform.platform(),
+        "cpu_threads": torch.get_num_threads(),
+    }

@@ -1,0 +1,148 @@
+"""The config reader: types, ranges, depends on, every warning an error, float strings."""
+import pickle
+from pathlib import Path
+
+import pytest
+
+from lib import config as cfglib
+from lib import configtool
+
+DEFCONFIGS = sorted((cfglib.ROOT / "defconfigs").iterdir())
+
+
+def write_config(tmp_path, *lines, base=None) -> Path:
+    """A full .config (the Kconfig defaults, or `base`) with `lines` appended."""
+    path = tmp_path / "config"
+    if base is None:
+        cfglib.write_config(cfglib.load_tree(), path)
+    else:
+        path.write_text(Path(base).read_text())
+    with path.open("a") as f:
+        f.writelines(line + "\n" for line in lines)
+    return path
+
+
+def test_types_of_values(tmp_path):
+    cfg = cfglib.load(write_config(tmp_path))
+    assert cfg.N_LAYER == 12 and type(cfg.N_LAYER) is int
+    assert cfg.BIAS is True
+    assert cfg.LEARNING_RATE == pytest.approx(6e-4) and type(cfg.LEARNING_RATE) is float
+    assert cfg.RESULTS_DIR == "results"
+    assert cfg.OPTIMIZER == "adamw" and cfg.MODEL_SIZE == "gpt2" and cfg.DATASET == "shakespeare-char"
+    # inactive symbols (dependencies unmet) carry no value
+    assert cfg.NUM_EPOCHS is None and cfg.COMPILE_MODE is None
+
+
+def test_config_is_frozen_and_picklable(tmp_path):
+    cfg = cfglib.load(write_config(tmp_path))
+    with pytest.raises(AttributeError):
+        cfg.N_LAYER = 3
+    with pytest.raises(AttributeError, match="no Kconfig symbol"):
+        cfg.NOT_A_SYMBOL
+    clone = pickle.loads(pickle.dumps(cfg))
+    assert dict(clone) == dict(cfg) and clone.hash == cfg.hash
+
+
+@pytest.mark.parametrize("line, message", [
+    ("CONFIG_MAX_ITERS=0", r"CONFIG_MAX_ITERS=0: outside the allowed range \[1, 100000000\]"),
+    ("CONFIG_NO_SUCH_KNOB=y", "undefined symbol NO_SUCH_KNOB"),
+    ("CONFIG_NUM_EPOCHS=\"2\"", "NUM_EPOCHS depends on BUDGET_EPOCHS, which is not met"),
+    ("CONFIG_N_LAYER=4", "N_LAYER can be set only when MODEL_SIZE_CUSTOM"),
+    ("this is not a config line", "malformed line"),
+    ("CONFIG_LEARNING_RATE=\"fast\"", r"CONFIG_LEARNING_RATE=\"fast\": not a number; expected a float in \(0, 10\]"),
+    ("CONFIG_DROPOUT=\"1.0\"", r"CONFIG_DROPOUT=\"1.0\": outside the allowed range \[0, 1\)"),
+    ("CONFIG_BATCH_SIZE=twelve", "BATCH_SIZE"),
+])
+def test_every_problem_is_an_error(tmp_path, line, message):
+    with pytest.raises(cfglib.ConfigError, match=message):
+        cfglib.load(write_config(tmp_path, line))
+
+
+def test_two_members_of_one_choice_is_an_error(tmp_path):
+    with pytest.raises(cfglib.ConfigError, match="CONFIG_MODEL_SIZE_GPT2=y: conflicts"):
+        cfglib.load(write_config(tmp_path, "CONFIG_MODEL_SIZE_CUSTOM=y"))
+
+
+def test_missing_config_names_the_fix(tmp_path):
+    with pytest.raises(cfglib.ConfigError, match="make defconfig"):
+        cfglib.load(tmp_path / "nope")
+
+
+def test_overrides_take_or_fail(tmp_path):
+    path = write_config(tmp_path)
+    cfg = cfglib.load(path, ["CONFIG_EVAL_INTERVAL=10", "MODEL_SIZE=custom",
+                             "N_LAYER=3", "BUDGET=epochs", "NUM_EPOCHS=2.5"])
+    assert (cfg.EVAL_INTERVAL, cfg.N_LAYER, cfg.BUDGET, cfg.NUM_EPOCHS) == (10, 3, "epochs", 2.5)
+    assert cfg.MAX_ITERS is None  # made irrelevant by the budget override: not an error
+    with pytest.raises(cfglib.ConfigError, match="MAX_ITERS depends on BUDGET_ITERS"):
+        cfglib.load(path, ["MAX_ITERS=20", "BUDGET=tokens"])  # contradictory overrides
+    with pytest.raises(cfglib.ConfigError, match="not a choice of OPTIMIZER"):
+        cfglib.load(path, ["OPTIMIZER=nonsense"])
+    with pytest.raises(cfglib.ConfigError, match="unknown symbol NOPE"):
+        cfglib.load(path, ["NOPE=1"])
+    with pytest.raises(cfglib.ConfigError, match="N_LAYER can be set only when"):
+        cfglib.load(path, ["N_LAYER=3"])
+    with pytest.raises(cfglib.ConfigError, match="outside the allowed range"):
+        cfglib.load(path, ["EVAL_ITERS=0"])
+    with pytest.raises(cfglib.ConfigError, match="expected NAME=VALUE"):
+        cfglib.load(path, ["EVAL_ITERS"])
+
+
+def test_hash_ignores_where_results_go_only(tmp_path):
+    path = write_config(tmp_path)
+    base = cfglib.load(path).hash
+    assert cfglib.load(path, ["RUN_NAME=x", "RESULTS_DIR=/tmp/elsewhere"]).hash == base
+    assert cfglib.load(path, ["SEED=1"]).hash != base
+    assert cfglib.load(path, ["LEARNING_RATE=1e-3"]).hash != base
+
+
+@pytest.mark.parametrize("defconfig", DEFCONFIGS, ids=lambda p: p.name)
+def test_defconfig_loads_cleanly_and_is_minimal(defconfig, tmp_path):
+    kconf = cfglib.load_kconf(defconfig)  # strict: any warning would raise
+    assert kconf.syms["RECIPE"].str_value == defconfig.name
+    minimal = tmp_path / "min"
+    cfglib.write_config(kconf, minimal, minimal=True)
+    assignments = [line for line in defconfig.read_text().splitlines()
+                   if line and not line.startswith("#")]
+    assert assignments == [line for line in minimal.read_text().splitlines()
+                           if line and not line.startswith("#")]
+    assert defconfig.read_text().startswith("# "), "first line: the one-line description"
+
+
+def test_savedefconfig_round_trip(tmp_path, monkeypatch):
+    monkeypatch.setenv("KCONFIG_CONFIG", str(tmp_path / ".config"))
+    assert configtool.main(["defconfig", str(cfglib.ROOT / "defconfigs/default")]) == 0
+    assert configtool.main(["setconfig", "SEED=7", "OPTIMIZER=adamw"]) == 0
+    full = cfglib.load(tmp_path / ".config")
+    assert configtool.main(["savedefconfig", str(tmp_path / "defconfig")]) == 0
+    assert "CONFIG_SEED=7" in (tmp_path / "defconfig").read_text()
+    again = cfglib.load(tmp_path / "defconfig")
+    assert dict(again) == dict(full) and again.hash == full.hash
+
+
+def test_failed_setconfig_loses_nothing(tmp_path, monkeypatch, capsys):
+    config = tmp_path / ".config"
+    monkeypatch.setenv("KCONFIG_CONFIG", str(config))
+    assert configtool.main(["defconfig", str(cfglib.ROOT / "defconfigs/default")]) == 0
+    before = config.read_text()
+    assert configtool.main(["setconfig", "MAX_ITERS=-5"]) == 2
+    assert "CONFIG_MAX_ITERS=-5: outside the allowed range" in capsys.readouterr().err
+    assert config.read_text() == before
+
+
+def test_olddefconfig_reports_and_drops_stale_values(tmp_path, monkeypatch, capsys):
+    config = write_config(tmp_path, "CONFIG_REMOVED_KNOB=3")
+    monkeypatch.setenv("KCONFIG_CONFIG", str(config))
+    assert configtool.main(["olddefconfig"]) == 0
+    assert "REMOVED_KNOB" in capsys.readouterr().err
+    assert "REMOVED_KNOB" not in config.read_text()
+    cfglib.load(config)  # clean now
+
+
+def test_listnewconfig_lists_unset_symbols(tmp_path, monkeypatch, capsys):
+    config = tmp_path / ".config"
+    config.write_text('CONFIG_RECIPE="x"\n')
+    monkeypatch.setenv("KCONFIG_CONFIG", str(config))
+    assert configtool.main(["listnewconfig"]) == 0
+    out = capsys.readouterr().out
+    assert "CONFIG_SEED=1337" in out and "CONFIG_RECIPE" not in out
