@@ -203,6 +203,14 @@ class AdamWSPAM(Optimizer):
         state_dict = dict(state_dict)
         spam = state_dict.pop("spam", None)
         super().load_state_dict(state_dict)
+        # Groups saved by another optimizer (e.g. AdamW) lack SPAM keys.
+        for group in self.param_groups:
+            for key, value in self.defaults.items():
+                group.setdefault(key, value)
+        # torch's AdamW keeps per-parameter steps as tensors; ours are ints.
+        for pstate in self.state.values():
+            if isinstance(pstate.get("step"), torch.Tensor):
+                pstate["step"] = int(pstate["step"].item())
         fresh = self._fresh_spam_state()
         if spam is not None:
             device = self._first_param_device()

@@ -1,0 +1,289 @@
+import math
+
+import pytest
+import torch
+
+from gpt2.model import GPT, GPTConfig, load_hf_state_dict, load_pretrained
+
+HF_VOCAB = 100  # not a multiple of 64, so the padded rows are exercised
+HF_BLOCK = 16
+
+
+@pytest.fixture(scope="module")
+def hf_model():
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(
+        vocab_size=HF_VOCAB,
+        n_positions=HF_BLOCK,
+        n_embd=32,
+        n_layer=2,
+        n_head=2,
+        activation_function="gelu_new",
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        layer_norm_epsilon=1e-5,
+        attn_implementation="eager",
+    )
+    model = transformers.GPT2LMHeadModel(config)
+    assert model.config._attn_implementation == "eager"
+    # HF initialises biases and LayerNorms to constants; randomise everything
+    # so a mis-mapped or untransposed tensor cannot go unnoticed.
+    with torch.no_grad():
+        for param in model.parameters():
+            param.normal_(0.0, 0.2)
+    return model.eval()
+
+
+def tiny_config(**overrides):
+    values = dict(block_size=8, vocab_size=50, n_layer=2, n_head=2, n_embd=16, dropout=0.0)
+    values.update(overrides)
+    return GPTConfig(**values)
+
+
+def ours_from_hf(hf):
+    config = GPTConfig(
+        block_size=HF_BLOCK, vocab_size=HF_VOCAB, n_layer=2, n_head=2, n_embd=32, dropout=0.0
+    )
+    model = GPT(config)
+    load_hf_state_dict(model, hf.state_dict())
+    return model.eval()
+
+
+def batch(vocab, block, seed=1, size=3):
+    gen = torch.Generator().manual_seed(seed)
+    idx = torch.randint(0, vocab, (size, block), generator=gen)
+    targets = torch.randint(0, vocab, (size, block), generator=gen)
+    return idx, targets
+
+
+def test_hf_parity_logits_and_loss(hf_model):
+    ours = ours_from_hf(hf_model)
+    idx, targets = batch(HF_VOCAB, HF_BLOCK)
+    with torch.no_grad():
+        hf_out = hf_model(idx)
+        logits, loss = ours(idx, targets)
+    assert logits.shape == hf_out.logits.shape
+    assert (logits - hf_out.logits).abs().max().item() < 1e-5
+    # HF's `labels` shift internally; compare against the same next-token loss.
+    hf_loss = torch.nn.functional.cross_entropy(hf_out.logits.reshape(-1, HF_VOCAB), targets.reshape(-1))
+    assert abs(loss.item() - hf_loss.item()) < 1e-5
+
+
+def test_hf_parity_shifted_labels_loss(hf_model):
+    ours = ours_from_hf(hf_model)
+    idx, _ = batch(HF_VOCAB, HF_BLOCK, seed=2)
+    with torch.no_grad():
+        hf_loss = hf_model(idx, labels=idx).loss
+        _, loss = ours(idx[:, :-1], idx[:, 1:])
+    assert abs(loss.item() - hf_loss.item()) < 1e-5
+
+
+def test_inference_returns_last_position_only(hf_model):
+    ours = ours_from_hf(hf_model)
+    idx, _ = batch(HF_VOCAB, 10)
+    with torch.no_grad():
+        full, _ = ours(idx, torch.zeros_like(idx))
+        last, loss = ours(idx)
+    assert loss is None
+    assert last.shape == (3, 1, HF_VOCAB)
+    torch.testing.assert_close(last[:, 0], full[:, -1], rtol=0, atol=1e-6)
+
+
+def test_load_hf_state_dict_without_prefix(hf_model):
+    stripped = {k.removeprefix("transformer."): v for k, v in hf_model.state_dict().items()}
+    ours = GPT(ours_from_hf(hf_model).config)
+    load_hf_state_dict(ours, stripped)
+    idx, _ = batch(HF_VOCAB, HF_BLOCK)
+    with torch.no_grad():
+        diff = (ours.eval()(idx, idx)[0] - hf_model(idx).logits).abs().max().item()
+    assert diff < 1e-5
+
+
+def test_load_hf_state_dict_reports_bad_keys_and_shapes(hf_model):
+    state = dict(hf_model.state_dict())
+    model = ours_from_hf(hf_model)
+
+    missing = {k: v for k, v in state.items() if k != "transformer.h.1.mlp.c_fc.weight"}
+    with pytest.raises(ValueError, match=r"missing keys \['transformer.h.1.mlp.c_fc.weight'\]"):
+        load_hf_state_dict(model, missing)
+
+    extra = dict(state, **{"transformer.h.0.attn.q_attn.weight": torch.zeros(1)})
+    with pytest.raises(ValueError, match=r"unexpected keys \['transformer.h.0.attn.q_attn.weight'\]"):
+        load_hf_state_dict(model, extra)
+
+    wrong_shape = dict(state, **{"transformer.wpe.weight": torch.zeros(HF_BLOCK + 1, 32)})
+    with pytest.raises(ValueError, match=r"transformer.wpe.weight: checkpoint \(17, 32\)"):
+        load_hf_state_dict(model, wrong_shape)
+
+
+def test_untied_lm_head_loads_into_untied_model_only(hf_model):
+    state = dict(hf_model.state_dict())
+    state["lm_head.weight"] = torch.randn(HF_VOCAB, 32)
+    with pytest.raises(ValueError, match="tie_weights=False"):
+        load_hf_state_dict(ours_from_hf(hf_model), state)
+
+    untied = GPT(GPTConfig(block_size=HF_BLOCK, vocab_size=HF_VOCAB, n_layer=2, n_head=2, n_embd=32,
+                           tie_weights=False))
+    load_hf_state_dict(untied, state)
+    assert torch.equal(untied.lm_head.weight[:HF_VOCAB], state["lm_head.weight"])
+    assert torch.equal(untied.transformer.wte.weight[:HF_VOCAB], state["transformer.wte.weight"])
+
+
+def test_load_pretrained_round_trip(hf_model, tmp_path):
+    hf_model.save_pretrained(tmp_path, safe_serialization=True)
+    assert (tmp_path / "model.safetensors").is_file()
+    ours = load_pretrained(tmp_path).eval()
+    assert ours.config.vocab_size == HF_VOCAB and ours.config.block_size == HF_BLOCK
+    idx, _ = batch(HF_VOCAB, HF_BLOCK, seed=3)
+    with torch.no_grad():
+        diff = (ours(idx, idx)[0] - hf_model(idx).logits).abs().max().item()
+    assert diff < 1e-5
+
+
+def test_load_pretrained_pytorch_bin(hf_model, tmp_path):
+    hf_model.config.to_json_file(tmp_path / "config.json")
+    torch.save(hf_model.state_dict(), tmp_path / "pytorch_model.bin")
+    ours = load_pretrained(tmp_path).eval()
+    idx, _ = batch(HF_VOCAB, HF_BLOCK, seed=4)
+    with torch.no_grad():
+        diff = (ours(idx, idx)[0] - hf_model(idx).logits).abs().max().item()
+    assert diff < 1e-5
+
+
+def test_load_pretrained_missing_weights_is_clear(hf_model, tmp_path):
+    hf_model.config.to_json_file(tmp_path / "config.json")
+    with pytest.raises(FileNotFoundError, match="model.safetensors") as err:
+        load_pretrained(tmp_path)
+    assert str(tmp_path) in str(err.value)
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        load_pretrained(tmp_path / "nowhere")
+
+
+def test_weight_tying_shares_storage():
+    tied = GPT(tiny_config())
+    assert tied.lm_head.weight is tied.transformer.wte.weight
+    assert tied.lm_head.weight.data_ptr() == tied.transformer.wte.weight.data_ptr()
+    untied = GPT(tiny_config(tie_weights=False))
+    assert untied.lm_head.weight.data_ptr() != untied.transformer.wte.weight.data_ptr()
+    embedding_rows = untied.transformer.wte.weight.numel()
+    assert untied.num_params(non_embedding=False) - tied.num_params(non_embedding=False) == embedding_rows
+    position_rows = tied.transformer.wpe.weight.numel()
+    assert tied.num_params(non_embedding=False) - tied.num_params() == position_rows
+
+
+def test_vocab_padding():
+    model = GPT(tiny_config(vocab_size=50))
+    assert model.transformer.wte.weight.shape[0] == 64
+    assert model.lm_head.weight.shape[0] == 64
+    assert GPTConfig(vocab_size=50257).padded_vocab_size == 50304
+    assert GPTConfig(vocab_size=128).padded_vocab_size == 128
+
+    # Make a padding row dominate: it must still never reach the logits.
+    with torch.no_grad():
+        model.lm_head.weight[60].fill_(100.0)
+    idx, targets = batch(50, 8)
+    logits, loss = model(idx, targets)
+    assert logits.shape == (3, 8, 50)
+    assert model(idx)[0].shape == (3, 1, 50)
+    expected = torch.nn.functional.cross_entropy(logits.reshape(-1, 50), targets.reshape(-1))
+    assert torch.allclose(loss, expected)
+    assert model.generate(idx[:, :2], 6, temperature=1.0).max().item() < 50
+
+
+def test_loss_ignores_minus_one():
+    model = GPT(tiny_config())
+    idx, targets = batch(50, 8)
+    masked = targets.clone()
+    masked[:, 4:] = -1
+    logits, loss = model(idx, masked)
+    expected = torch.nn.functional.cross_entropy(logits[:, :4].reshape(-1, 50), targets[:, :4].reshape(-1))
+    assert torch.allclose(loss, expected)
+
+
+def test_sequence_longer_than_block_size_is_rejected():
+    model = GPT(tiny_config(block_size=8))
+    with pytest.raises(AssertionError, match="block_size 8"):
+        model(torch.zeros(1, 9, dtype=torch.long))
+
+
+def greedy_reference(model, idx, steps):
+    for _ in range(steps):
+        logits, _ = model(idx[:, -model.config.block_size :])
+        idx = torch.cat((idx, logits[:, -1].argmax(-1, keepdim=True)), dim=1)
+    return idx
+
+
+def test_top_k_one_and_temperature_zero_are_greedy():
+    torch.manual_seed(0)
+    model = GPT(tiny_config()).eval()
+    prompt = torch.randint(0, 50, (2, 3))
+    expected = greedy_reference(model, prompt, 5)
+    gen = torch.Generator().manual_seed(123)
+    assert torch.equal(model.generate(prompt, 5, temperature=1.5, top_k=1, generator=gen), expected)
+    assert torch.equal(model.generate(prompt, 5, temperature=0.0), expected)
+
+
+def test_tiny_top_p_keeps_only_argmax():
+    torch.manual_seed(0)
+    model = GPT(tiny_config()).eval()
+    prompt = torch.randint(0, 50, (2, 3))
+    expected = greedy_reference(model, prompt, 5)
+    gen = torch.Generator().manual_seed(7)
+    assert torch.equal(model.generate(prompt, 5, temperature=2.0, top_p=1e-6, generator=gen), expected)
+
+
+def test_top_p_keeps_nucleus():
+    from gpt2.model import _keep_top_p
+
+    logits = torch.log(torch.tensor([[0.05, 0.5, 0.3, 0.15]]))
+    kept = torch.isfinite(_keep_top_p(logits, 0.75))
+    assert kept.tolist() == [[False, True, True, False]]
+    kept = torch.isfinite(_keep_top_p(logits, 0.81))
+    assert kept.tolist() == [[False, True, True, True]]
+
+
+def test_sampling_is_reproducible_with_generator_and_varies_without_filters():
+    torch.manual_seed(0)
+    model = GPT(tiny_config()).eval()
+    prompt = torch.zeros(4, 1, dtype=torch.long)
+    first = model.generate(prompt, 7, generator=torch.Generator().manual_seed(5))
+    second = model.generate(prompt, 7, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(first, second)
+    # Small-init logits are nearly uniform over 50 tokens: sampling must not be greedy.
+    assert not torch.equal(first, greedy_reference(model, prompt, 7))
+
+
+def test_generate_beyond_block_size_crops_context():
+    torch.manual_seed(0)
+    model = GPT(tiny_config(block_size=8)).eval()
+    prompt = torch.randint(0, 50, (1, 6))
+    out = model.generate(prompt, 12, temperature=0.0)
+    assert out.shape == (1, 18)
+    assert torch.equal(out[:, :6], prompt)
+    assert torch.equal(out, greedy_reference(model, prompt, 12))
+
+
+def test_generate_in_train_mode():
+    model = GPT(tiny_config(dropout=0.0)).train()
+    out = model.generate(torch.zeros(1, 1, dtype=torch.long), 10, top_k=5)
+    assert out.shape == (1, 11)
+    assert model.training
+
+
+def test_gpt2_init():
+    n_layer = 4
+    model = GPT(GPTConfig(block_size=8, vocab_size=64, n_layer=n_layer, n_head=4, n_embd=256))
+    expected_proj = 0.02 / math.sqrt(2 * n_layer)
+    for block in model.transformer.h:
+        for proj in (block.attn.c_proj, block.mlp.c_proj):
+            assert abs(proj.weight.std().item() - expected_proj) < 0.1 * expected_proj
+            assert torch.count_nonzero(proj.bias) == 0
+        assert abs(block.mlp.c_fc.weight.std().item() - 0.02) < 0.002
+        assert torch.count_nonzero(block.attn.c_attn.bias) == 0
+
+
+def test_no_bias_config():
+    model = GPT(tiny_config(bias=False))
+    assert all(not name.endswith("bias") for name, _ in model.named_parameters())

@@ -1,0 +1,137 @@
+"""The trainer end to end on a tiny model: loss falls, the run directory, resume, errors."""
+import json
+import math
+
+import pytest
+import torch
+
+from gpt2 import train
+from lib import checkpoint
+from lib import config as cfglib
+from lib.run import RunDir
+
+
+def run_dir(config_path) -> RunDir:
+    return RunDir.for_config(cfglib.load(config_path))
+
+
+def test_tiny_training_loss_falls_and_fills_the_run_directory(tiny_config):
+    config = tiny_config("MAX_ITERS=60", "EVAL_INTERVAL=30")
+    assert train.main([str(config)]) == 0
+    run = run_dir(config)
+    for f in ("config", "env.json", "metrics.jsonl", "train.log", "ckpt.pt", "summary.json",
+              "samples.txt"):
+        assert (run.path / f).is_file(), f
+    assert run.config.read_text() == config.read_text()
+    records = [json.loads(line) for line in run.metrics.read_text().splitlines()]
+    train_losses = [r["train_loss"] for r in records if r["kind"] == "train"]
+    assert [r["iter"] for r in records if r["kind"] == "train"] == list(range(5, 61, 5))
+    assert train_losses[-1] < train_losses[0] - 0.5
+    evals = [r for r in records if r["kind"] == "eval"]
+    assert [r["iter"] for r in evals] == [30, 60]
+    assert evals[-1]["val_ppl"] == pytest.approx(math.exp(evals[-1]["val_loss"]))
+    summary = json.loads(run.summary.read_text())
+    assert summary["status"] == "complete" and summary["iters"] == 60
+    assert summary["tokens_seen"] == 60 * 8 * 32
+    assert summary["val_loss"] == evals[-1]["val_loss"]
+    assert summary["peak_mem_kind"] == "cpu_peak_rss" and summary["peak_mem_bytes"] > 0
+    assert summary["tokens_per_s"] > 0
+    env = json.loads(run.env.read_text())
+    assert env["torch"] == torch.__version__ and env["device"] == "cpu"
+    # the checkpoint loads with weights_only and holds the whole training state
+    state = checkpoint.load(run.ckpt)
+    assert {"model", "optimizer", "scaler", "data", "rng_cpu", "progress"} <= state.keys()
+    assert state["progress"]["iter"] == 60
+
+
+def test_second_run_says_already_complete(tiny_config, capsys):
+    config = tiny_config("MAX_ITERS=10", "EVAL_INTERVAL=10", "SAMPLE_AFTER_TRAINING=n")
+    assert train.main([str(config)]) == 0
+    mtime = run_dir(config).ckpt.stat().st_mtime_ns
+    assert train.main([str(config)]) == 0
+    assert "already complete" in capsys.readouterr().out
+    assert run_dir(config).ckpt.stat().st_mtime_ns == mtime
+
+
+def test_resume_is_bit_exact(tiny_config, tmp_path):
+    common = ("MAX_ITERS=20", "EVAL_INTERVAL=10", "CHECKPOINT_INTERVAL=100", "DROPOUT=0.1",
+              "GRADIENT_ACCUMULATION=2", "SAMPLE_AFTER_TRAINING=n")
+    straight = tiny_config(*common, name="straight")
+    resumed = tiny_config(*common, f"RESULTS_DIR={tmp_path / 'other'}", name="resumed")
+    assert train.main([str(straight)]) == 0
+    assert train.main([str(resumed), "--stop-after", "10"]) == 0
+    assert json.loads(run_dir(resumed).summary.read_text())["status"] == "stopped"
+    assert checkpoint.load(run_dir(resumed).ckpt)["progress"]["iter"] == 10
+    assert train.main([str(resumed)]) == 0
+    a, b = checkpoint.load(run_dir(straight).ckpt), checkpoint.load(run_dir(resumed).ckpt)
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
+    sa, sb = (json.loads(run_dir(c).summary.read_text()) for c in (straight, resumed))
+    assert sa["val_loss"] == sb["val_loss"] and sa["train_loss"] == sb["train_loss"]
+    metrics = lambda c: [(r["iter"], r.get("train_loss"), r.get("val_loss"))  # noqa: E731
+                         for r in map(json.loads, run_dir(c).metrics.read_text().splitlines())]
+    assert metrics(straight) == metrics(resumed)
+
+
+def test_token_and_epoch_budgets_set_the_iterations(tiny_config):
+    cfg = cfglib.load(tiny_config("BUDGET=tokens", "MAX_TOKENS=2600"))
+    assert train.Budget(cfg, tokens_per_iter=256, train_tokens=10**6).total_iters == 11
+    cfg = cfglib.load(tiny_config("BUDGET=epochs", "NUM_EPOCHS=0.5"))
+    assert train.Budget(cfg, tokens_per_iter=256, train_tokens=1000).total_iters == 2
+
+
+def test_a_different_config_never_reuses_a_run_directory(tiny_config, capsys):
+    first = tiny_config("MAX_ITERS=5", "RUN_NAME=same", "SAMPLE_AFTER_TRAINING=n", name="a")
+    second = tiny_config("MAX_ITERS=6", "RUN_NAME=same", "SAMPLE_AFTER_TRAINING=n", name="b")
+    assert train.main([str(first)]) == 0
+    before = run_dir(first).summary.read_text()
+    assert train.main([str(second)]) == 2
+    assert "holds a run of a different configuration" in capsys.readouterr().err
+    assert run_dir(first).summary.read_text() == before
+
+
+def test_bad_value_stops_before_any_work(tiny_config, tmp_path, capsys):
+    config = tiny_config("MAX_ITERS=5")
+    assert train.main([str(config), "--set", "LEARNING_RATE=-1"]) == 2
+    err = capsys.readouterr().err
+    assert 'CONFIG_LEARNING_RATE="-1": outside the allowed range (0, 10]' in err
+    assert not (tmp_path / "results").exists()
+
+
+def test_missing_dataset_is_a_clear_error(tiny_config, monkeypatch, capsys, tmp_path):
+    from gpt2 import data
+
+    monkeypatch.setattr(data, "SHARED_DATA_DIR", tmp_path / "nowhere")
+    monkeypatch.delenv("KMATRIX_DATA", raising=False)
+    monkeypatch.setattr(data, "_cache_dir", lambda: tmp_path / "no-cache")
+
+    def offline(url, *args, **kwargs):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(data, "download", offline)
+    config = tiny_config("MAX_ITERS=5", f"DATA_DIR={tmp_path / 'empty'}")
+    assert train.main([str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "tinyshakespeare/input.txt" in err and "DATA_DIR" in err
+
+
+def test_non_finite_loss_fails_the_run_with_its_reason(tiny_config, monkeypatch):
+    config = tiny_config("MAX_ITERS=20", "LOG_INTERVAL=2")
+    real_forward = train.GPT.forward
+
+    def poisoned(self, idx, targets=None):
+        logits, loss = real_forward(self, idx, targets)
+        return logits, (loss * float("nan") if self.training else loss)
+
+    monkeypatch.setattr(train.GPT, "forward", poisoned)
+    assert train.main([str(config)]) == 3
+    summary = json.loads(run_dir(config).summary.read_text())
+    assert summary["status"] == "failed" and "non-finite training loss" in summary["error"]
+    assert summary["iters"] == 2
+
+
+def test_flag_aliases_map_to_symbols(tiny_config):
+    args = train.parse_args(["x", "--batch-size", "4", "--num-epochs", "3", "--device", "cpu"])
+    assert set(args.overrides) == {"BUDGET=epochs", "BATCH_SIZE=4", "NUM_EPOCHS=3", "DEVICE=cpu"}
+    cfg = cfglib.load(tiny_config(), args.overrides)
+    assert (cfg.BATCH_SIZE, cfg.BUDGET, cfg.NUM_EPOCHS) == (4, "epochs", 3.0)
