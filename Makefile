@@ -16,6 +16,8 @@ STAMP := $(VENV)/.installed
 INSTALL = $(STAMP)
 TEST_STAMP := $(VENV)/.installed-test
 CONFIGTOOL := $(PY) -m lib.configtool
+# Where `make savedefconfig` writes the minimal config.
+SAVEDEFCONFIG ?= defconfig
 
 .DEFAULT_GOAL := all
 .PHONY: all train data sample test help clean mrproper menuconfig olddefconfig \
@@ -56,8 +58,11 @@ $(addprefix defconfig-,$(DEFCONFIGS)): defconfig-%: $(INSTALL)
 menuconfig: $(INSTALL)
 	$(CONFIGTOOL) menuconfig
 
-olddefconfig savedefconfig listnewconfig: $(INSTALL)
+olddefconfig listnewconfig: $(INSTALL)
 	$(CONFIGTOOL) $@
+
+savedefconfig: $(INSTALL)
+	$(CONFIGTOOL) savedefconfig $(SAVEDEFCONFIG)
 
 checkconfig: $(INSTALL)
 	$(CONFIGTOOL) check
@@ -93,4 +98,4 @@ clean:
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -exec rm -rf {} +
 
 mrproper: clean
-	rm -rf $(KCONFIG_CONFIG) $(KCONFIG_CONFIG).old defconfig $(VENV)
+	rm -rf $(KCONFIG_CONFIG) $(KCONFIG_CONFIG).old $(SAVEDEFCONFIG) $(VENV)

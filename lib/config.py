@@ -159,13 +159,16 @@ def _not_taken(sym, wanted) -> str:
 
 
 def float_spec(sym):
-    """(lo, lo_closed, hi, hi_closed) from the help line 'Value: float in [lo, hi]', or None."""
+    """(is_list, lo, lo_closed, hi, hi_closed) from the symbol's last help line,
+    'Value: float in [lo, hi]' or 'Value: floats in [lo, hi]' (space-separated); else None."""
     for node in sym.nodes:
         for line in (node.help or "").splitlines():
-            spec = line.strip().removeprefix("Value: float in ")
-            if spec != line.strip():
-                low, high = spec[1:-1].split(",")
-                return float(low), spec[0] == "[", float(high), spec[-1] == "]"
+            line = line.strip()
+            for prefix, is_list in (("Value: float in ", False), ("Value: floats in ", True)):
+                if line.startswith(prefix):
+                    spec = line.removeprefix(prefix)
+                    low, high = spec[1:-1].split(",")
+                    return is_list, float(low), spec[0] == "[", float(high), spec[-1] == "]"
     return None
 
 
@@ -182,18 +185,26 @@ def _float_errors(kconf) -> list:
     return errors
 
 
-def _parse_float(sym, spec) -> float:
-    lo, lo_closed, hi, hi_closed = spec
+def _parse_float(sym, spec):
+    is_list, lo, lo_closed, hi, hi_closed = spec
     bounds = f"{'[' if lo_closed else '('}{lo:g}, {hi:g}{']' if hi_closed else ')'}"
-    try:
-        value = float(sym.str_value)
-    except ValueError:
-        raise ValueError(f"{sym.kconfig.config_prefix}{sym.name}=\"{sym.str_value}\": "
-                         f"not a number; expected a float in {bounds}") from None
-    if not ((lo <= value if lo_closed else lo < value) and (value <= hi if hi_closed else value < hi)):
-        raise ValueError(f"{sym.kconfig.config_prefix}{sym.name}=\"{sym.str_value}\": "
-                         f"outside the allowed range {bounds}")
-    return value
+    what = "space-separated floats" if is_list else "a float"
+    words = sym.str_value.split() if is_list else [sym.str_value]
+    values = []
+    for word in words:
+        try:
+            value = float(word)
+        except ValueError:
+            raise ValueError(f"{sym.kconfig.config_prefix}{sym.name}=\"{sym.str_value}\": "
+                             f"{word!r} is not a number; expected {what} in {bounds}") from None
+        if not ((lo <= value if lo_closed else lo < value)
+                and (value <= hi if hi_closed else value < hi)):
+            raise ValueError(f"{sym.kconfig.config_prefix}{sym.name}=\"{sym.str_value}\": "
+                             f"{word} is outside the allowed range {bounds}")
+        values.append(value)
+    if is_list and not values:
+        raise ValueError(f"{sym.kconfig.config_prefix}{sym.name}=\"\": expected {what} in {bounds}")
+    return tuple(values) if is_list else values[0]
 
 
 def _named_choices(kconf) -> dict:

@@ -49,13 +49,23 @@ def test_config_is_frozen_and_picklable(tmp_path):
     ("CONFIG_NUM_EPOCHS=\"2\"", "NUM_EPOCHS depends on BUDGET_EPOCHS, which is not met"),
     ("CONFIG_N_LAYER=4", "N_LAYER can be set only when MODEL_SIZE_CUSTOM"),
     ("this is not a config line", "malformed line"),
-    ("CONFIG_LEARNING_RATE=\"fast\"", r"CONFIG_LEARNING_RATE=\"fast\": not a number; expected a float in \(0, 10\]"),
-    ("CONFIG_DROPOUT=\"1.0\"", r"CONFIG_DROPOUT=\"1.0\": outside the allowed range \[0, 1\)"),
+    ("CONFIG_LEARNING_RATE=\"fast\"", r"CONFIG_LEARNING_RATE=\"fast\": 'fast' is not a number; expected a float in \(0, 10\]"),
+    ("CONFIG_DROPOUT=\"1.0\"", r"CONFIG_DROPOUT=\"1.0\": 1.0 is outside the allowed range \[0, 1\)"),
     ("CONFIG_BATCH_SIZE=twelve", "BATCH_SIZE"),
 ])
 def test_every_problem_is_an_error(tmp_path, line, message):
     with pytest.raises(cfglib.ConfigError, match=message):
         cfglib.load(write_config(tmp_path, line))
+
+
+def test_float_lists(tmp_path):
+    path = write_config(tmp_path)
+    cfg = cfglib.load(path, ["MATRIX=y", "MATRIX_SPARSITIES=0.5 0.7  0.9"])
+    assert cfg.MATRIX_SPARSITIES == (0.5, 0.7, 0.9)
+    with pytest.raises(cfglib.ConfigError, match="1.5 is outside the allowed range"):
+        cfglib.load(path, ["MATRIX=y", "MATRIX_SPARSITIES=0.5 1.5"])
+    with pytest.raises(cfglib.ConfigError, match="expected space-separated floats"):
+        cfglib.load(path, ["MATRIX=y", "MATRIX_SPARSITIES="])
 
 
 def test_two_members_of_one_choice_is_an_error(tmp_path):
@@ -102,11 +112,9 @@ def test_defconfig_loads_cleanly_and_is_minimal(defconfig, tmp_path):
     assert kconf.syms["RECIPE"].str_value == defconfig.name
     minimal = tmp_path / "min"
     cfglib.write_config(kconf, minimal, minimal=True)
-    assignments = [line for line in defconfig.read_text().splitlines()
-                   if line and not line.startswith("#")]
-    assert assignments == [line for line in minimal.read_text().splitlines()
-                           if line and not line.startswith("#")]
-    assert defconfig.read_text().startswith("# "), "first line: the one-line description"
+    description, *assignments = defconfig.read_text().splitlines()
+    assert description.startswith("# ") and len(description) > 10, "line 1: the description"
+    assert assignments == minimal.read_text().splitlines()
 
 
 def test_savedefconfig_round_trip(tmp_path, monkeypatch):
