@@ -255,7 +255,7 @@ class Trainer:
                                     "train_loss": train_loss, "lr": lr,
                                     "grad_norm": grad_norm.item(), "tokens_per_s": tokens_per_s,
                                     "elapsed_s": p.train_time_s, "peak_mem_bytes": peak,
-                                    "peak_mem_kind": peak_kind})
+                                    "peak_mem_kind": peak_kind, **optim.stats(self.optimizer)})
                 bar.set_postfix(loss=f"{train_loss:.4f}", tok_s=f"{tokens_per_s:,.0f}",
                                 refresh=False)
                 loss_sum.zero_()
@@ -312,12 +312,16 @@ class Trainer:
             "param_count": params,
             "param_bytes": sum(t.numel() * t.element_size() for t in self.model.parameters()),
             "optimizer_state_bytes": optim.state_bytes(self.optimizer),
+            **optim.stats(self.optimizer),
             "device": str(self.device),
             "config_hash": self.cfg.hash,
         }
 
 
 def train(cfg, stop_after=None) -> int:
+    if cfg.MATRIX:
+        raise cfglib.ConfigError("CONFIG_MATRIX=y: this configuration describes a test matrix, "
+                                 "not one run; run it with `make` or `make test-matrix`")
     run = RunDir.for_config(cfg)
     run.claim(cfg)
     if run.read_summary().get("status") == "complete":
