@@ -167,11 +167,14 @@ class GPT(nn.Module):
         if targets is None:
             logits = self.lm_head(x[:, [-1], :])[..., :vocab]
             return logits, None
-        logits = self.lm_head(x)[..., :vocab]
+        logits = self.lm_head(x)
+        # Padding columns get -inf: they never win, the softmax equals the unpadded
+        # one, and the loss reads the contiguous padded logits without a copy.
+        logits[..., vocab:] = float("-inf")
         loss = F.cross_entropy(
-            logits.reshape(-1, vocab), targets.reshape(-1), ignore_index=-1
+            logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1
         )
-        return logits, loss
+        return logits[..., :vocab], loss
 
     @torch.inference_mode()
     def generate(
