@@ -19,7 +19,7 @@ from tqdm import tqdm
 from gpt2 import data
 from gpt2.model import GPT, GPTConfig, load_pretrained
 from gpt2.sample import generate_text
-from lib import checkpoint, optim, runtime
+from lib import checkpoint, optim, prune, runtime
 from lib import config as cfglib
 from lib.metrics import MetricsLog, env_info
 from lib.run import RunDir, results_dir
@@ -49,25 +49,43 @@ class Progress:
     last_eval: dict = field(default_factory=dict)
 
 
+def extra_budget(cfg) -> tuple:
+    """AdamWPrune bitter2 spends what sparsity saves: (iteration factor, batch factor,
+    label for summaries and reports, or None for every other configuration)."""
+    if cfg.ADAMWPRUNE_VARIANT != "bitter2":
+        return 1.0, 1.0, None
+    if cfg.BITTER2_SPEND == "iters":
+        return 1 + cfg.BITTER2_EXTRA_ITERS_PCT / 100, 1.0, f"+{cfg.BITTER2_EXTRA_ITERS_PCT}% iterations"
+    return 1.0, 1 + cfg.BITTER2_BATCH_PCT / 100, f"+{cfg.BITTER2_BATCH_PCT}% batch"
+
+
 class Budget:
     """When training ends, and how far the LR decay has got."""
 
     def __init__(self, cfg, tokens_per_iter: int, train_tokens: int):
         self.kind = cfg.BUDGET
         self.warmup = cfg.WARMUP_ITERS
-        self.seconds = cfg.MAX_MINUTES * 60 if self.kind == "minutes" else None
-        self.total_iters = {
+        iter_factor = extra_budget(cfg)[0]
+        self.seconds = cfg.MAX_MINUTES * 60 * iter_factor if self.kind == "minutes" else None
+        total = {
             "iters": lambda: cfg.MAX_ITERS,
-            "epochs": lambda: math.ceil(cfg.NUM_EPOCHS * train_tokens / tokens_per_iter),
-            "tokens": lambda: math.ceil(cfg.MAX_TOKENS / tokens_per_iter),
+            "epochs": lambda: cfg.NUM_EPOCHS * train_tokens / tokens_per_iter,
+            "tokens": lambda: cfg.MAX_TOKENS / tokens_per_iter,
             "minutes": lambda: None,
         }[self.kind]()
+        self.total_iters = None if total is None else math.ceil(total * iter_factor)
         self.decay_end = cfg.DECAY_ITERS or self.total_iters
 
     def done(self, p: Progress) -> bool:
         if self.seconds is not None:
             return p.train_time_s >= self.seconds
         return p.iter >= self.total_iters
+
+    def fraction(self, p: Progress) -> float:
+        """How much of the budget is spent, in [0, 1]."""
+        if self.seconds is not None:
+            return min(1.0, p.train_time_s / self.seconds)
+        return min(1.0, p.iter / self.total_iters)
 
     def decay_progress(self, p: Progress) -> float:
         if self.decay_end is None:
@@ -83,7 +101,9 @@ def build_model(cfg, vocab_size: int) -> GPT:
         raise cfglib.ConfigError(f"CONFIG_N_EMBD={cfg.N_EMBD} is not a multiple of "
                                  f"CONFIG_N_HEAD={cfg.N_HEAD}")
     if not cfg.INIT_FROM_DIR:
-        return GPT(shape)
+        model = GPT(shape)
+        prune.attach_masks(model, cfg)
+        return model
     model = load_pretrained(cfg.INIT_FROM_DIR, dropout=cfg.DROPOUT)
     got = (model.config.n_layer, model.config.n_head, model.config.n_embd, model.config.vocab_size)
     want = (shape.n_layer, shape.n_head, shape.n_embd, shape.vocab_size)
@@ -92,6 +112,7 @@ def build_model(cfg, vocab_size: int) -> GPT:
             f"CONFIG_INIT_FROM_DIR=\"{cfg.INIT_FROM_DIR}\": its shape (layers, heads, width, vocab) "
             f"{got} does not match the configuration's {want}; choose the matching MODEL_SIZE")
     model.crop_block_size(shape.block_size)
+    prune.attach_masks(model, cfg)
     return model
 
 
@@ -142,13 +163,15 @@ class Trainer:
         torch.manual_seed(cfg.SEED)
         self.prepared = data.prepare(cfg.DATASET, cfg.DATA_DIR, results_dir(cfg) / "_data",
                                      cfg.TRAIN_SPLIT)
-        self.batches = data.Batches(self.prepared, cfg.BLOCK_SIZE, cfg.BATCH_SIZE, self.device,
+        self.batch_size = round(cfg.BATCH_SIZE * extra_budget(cfg)[1])
+        self.batches = data.Batches(self.prepared, cfg.BLOCK_SIZE, self.batch_size, self.device,
                                     cfg.SEED)
         self.model = build_model(cfg, data.vocab_size(self.prepared)).to(self.device)
         self.optimizer = optim.build(cfg, self.model)
         self.scaler = runtime.grad_scaler(self.device, cfg.PRECISION)
         self.autocast = runtime.autocast(self.device, cfg.PRECISION)
-        self.tokens_per_iter = cfg.BATCH_SIZE * cfg.GRADIENT_ACCUMULATION * cfg.BLOCK_SIZE
+        self.pruner = prune.build(cfg, self.model, self.optimizer)
+        self.tokens_per_iter = self.batch_size * cfg.GRADIENT_ACCUMULATION * cfg.BLOCK_SIZE
         self.budget = Budget(cfg, self.tokens_per_iter, self.batches.train_tokens)
         self.metrics = MetricsLog(run.metrics)
         self.progress = Progress()
@@ -162,6 +185,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
             "data": self.batches.state_dict(),
+            "pruner": self.pruner.state_dict(),
             "rng_cpu": torch.get_rng_state(),
             "rng_cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
             "progress": {"iter": p.iter, "tokens_seen": p.tokens_seen,
@@ -181,6 +205,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         self.batches.load_state_dict(state["data"])
+        self.pruner.load_state_dict(state["pruner"])
         torch.set_rng_state(state["rng_cpu"].cpu())
         if state["rng_cuda"]:
             torch.cuda.set_rng_state_all([s.cpu() for s in state["rng_cuda"]])
@@ -207,6 +232,7 @@ class Trainer:
                 _, loss = self.forward(x, y)
             self.scaler.scale(loss / accum).backward()
         self.scaler.unscale_(self.optimizer)
+        self.pruner.before_step()
         max_norm = self.cfg.GRAD_CLIP or math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
         self.scaler.step(self.optimizer)
@@ -238,6 +264,9 @@ class Trainer:
             p.train_time_s += time.perf_counter() - t0
             p.iter += 1
             p.tokens_seen += self.tokens_per_iter
+            pruned = self.pruner.after_step(p.iter, self.budget.fraction(p))
+            if pruned:
+                self.metrics.write({"kind": "prune", "tokens": p.tokens_seen, **pruned})
             steps_this_session += 1
             window_iters += 1
             last = self.budget.done(p)
@@ -313,6 +342,10 @@ class Trainer:
             "param_bytes": sum(t.numel() * t.element_size() for t in self.model.parameters()),
             "optimizer_state_bytes": optim.state_bytes(self.optimizer),
             **optim.stats(self.optimizer),
+            **self.pruner.stats(),
+            "target_sparsity": self.cfg.TARGET_SPARSITY,
+            "batch_size": self.batch_size,
+            "extra_budget": extra_budget(self.cfg)[2],
             "device": str(self.device),
             "config_hash": self.cfg.hash,
         }

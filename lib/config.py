@@ -145,8 +145,10 @@ def _not_taken(sym, wanted) -> str:
                 except ValueError:
                     return f"{name}: not an integer"
     if not kconfiglib.expr_value(sym.direct_dep):
-        return (f"{name}: dropped, {sym.name} depends on "
-                f"{kconfiglib.expr_str(sym.direct_dep)}, which is not met")
+        deps = kconfiglib.expr_str(sym.direct_dep)
+        if sym.choice is not None:  # kconfiglib adds the choice itself to its members' deps
+            deps = deps.replace(f" && <choice {sym.choice.name}>", "")
+        return f"{name}: dropped, {sym.name} depends on {deps}, which is not met"
     if sym.choice is not None and sym.choice.selection is not sym:
         sel = sym.choice.selection
         return (f"{name}: conflicts with the choice's selection "

@@ -154,3 +154,14 @@ def test_listnewconfig_lists_unset_symbols(tmp_path, monkeypatch, capsys):
     assert configtool.main(["listnewconfig"]) == 0
     out = capsys.readouterr().out
     assert "CONFIG_SEED=1337" in out and "CONFIG_RECIPE" not in out
+
+
+def test_state_pruning_with_sgd_is_impossible(tmp_path):
+    path = write_config(tmp_path, "# CONFIG_OPTIMIZER_ADAMW is not set", "CONFIG_OPTIMIZER_SGD=y",
+                        "# CONFIG_PRUNING_NONE is not set", "CONFIG_PRUNING_STATE=y")
+    with pytest.raises(cfglib.ConfigError, match=r"PRUNING_STATE depends on \(OPTIMIZER_ADAM \|\| OPTIMIZER_ADAMW \|\| OPTIMIZER_ADAMWSPAM\), which"):
+        cfglib.load(path)
+    with pytest.raises(cfglib.ConfigError, match="PRUNING_STATE depends on"):
+        cfglib.load(write_config(tmp_path), ["OPTIMIZER=sgd", "PRUNING=state"])
+    with pytest.raises(cfglib.ConfigError, match="TARGET_SPARSITY=\"0.995\": 0.995 is outside"):
+        cfglib.load(write_config(tmp_path), ["PRUNING=magnitude", "TARGET_SPARSITY=0.995"])
