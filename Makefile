@@ -23,7 +23,9 @@ SAVEDEFCONFIG ?= defconfig
 .PHONY: all train data sample test help clean mrproper menuconfig olddefconfig \
 	savedefconfig listnewconfig setconfig checkconfig defconfig $(addprefix defconfig-,$(DEFCONFIGS))
 
-all: train
+# The default goal runs what .config describes: one training run, or with MATRIX=y the matrix.
+all: $(INSTALL) $(KCONFIG_CONFIG)
+	$(PY) -m scripts.run $(KCONFIG_CONFIG)
 
 $(STAMP): pyproject.toml
 	$(PYTHON3) -m venv $(VENV)
@@ -50,6 +52,15 @@ sample: $(INSTALL) $(KCONFIG_CONFIG)
 test: $(TEST_STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
+# The test matrix (scripts/Kconfig): DRY_RUN=1 lists the cells, RETRY_FAILED=1 reruns failed
+# ones; `make report` reports on .config's matrix, or MATRIX=<dir>, against BASELINE_MATRIX=<dir>.
+.PHONY: test-matrix report
+test-matrix: $(INSTALL) $(KCONFIG_CONFIG)
+	$(PY) -m scripts.matrix $(KCONFIG_CONFIG) $(if $(filter 1,$(DRY_RUN)),--dry-run) $(if $(filter 1,$(RETRY_FAILED)),--retry-failed)
+
+report: $(INSTALL)
+	$(PY) -m scripts.report $(or $(MATRIX),$(KCONFIG_CONFIG)) $(if $(BASELINE_MATRIX),--baseline-matrix $(BASELINE_MATRIX))
+
 defconfig: defconfig-default
 
 $(addprefix defconfig-,$(DEFCONFIGS)): defconfig-%: $(INSTALL)
@@ -73,10 +84,13 @@ setconfig: $(INSTALL)
 
 help:
 	@echo 'Training:'
-	@echo '  all (default)     - set up .venv, write .config from defconfigs/default if missing, prepare data, train'
+	@echo '  all (default)     - set up .venv, write .config from defconfigs/default if missing, prepare data,'
+	@echo '                      train (or, with MATRIX=y, run the test matrix)'
 	@echo '  train             - train what .config describes (resumes an interrupted run)'
 	@echo '  data              - prepare the dataset .config selects'
 	@echo '  sample            - generate text from the run of .config'
+	@echo '  test-matrix       - run every cell of the matrix .config describes, then report (DRY_RUN=1, RETRY_FAILED=1)'
+	@echo '  report            - rewrite the matrix report (MATRIX=<dir or config>, BASELINE_MATRIX=<dir>)'
 	@echo 'Configuration:'
 	@echo '  menuconfig        - edit .config in the terminal UI'
 	@echo '  defconfig-<name>  - write .config from defconfigs/<name> (defconfig = defconfig-default)'

@@ -1,0 +1,297 @@
+"""The matrix report on results directories built by hand: CSV, statistics, plots, comparison."""
+import json
+import math
+import statistics
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from lib import config as cfglib
+from scripts import matrix, report
+
+DEFAULT = cfglib.ROOT / "defconfigs" / "default"
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def write_matrix_config(tmp_path, *extra):
+    kconf = cfglib.load_kconf(DEFAULT, [f"RESULTS_DIR={tmp_path / 'results'}", "MATRIX=y", *extra])
+    path = tmp_path / "matrix.config"
+    cfglib.write_config(kconf, path)
+    return path
+
+
+def fake_summary(ppl, seed, **extra):
+    return {"status": "complete", "error": None, "iters": 100, "tokens_seen": 100 * 256,
+            "train_loss": math.log(ppl) - 0.1, "val_loss": math.log(ppl), "val_ppl": ppl,
+            "best_val_ppl": ppl * 0.99, "train_time_s": 10.0 + seed,
+            "tokens_per_s": 25600 / (10.0 + seed), "peak_mem_bytes": (300 + seed) * 2**20,
+            "peak_mem_kind": "cpu_peak_rss", "optimizer_state_bytes": 1000 * seed, **extra}
+
+
+def add_cell(mdir, optimizer, pruning, seed, ppl=None, *, variant=None, sparsity=None,
+             summary=None, state=None, extra=(), config=True):
+    """A cell's run directory as the runner and trainer leave it; returns its id."""
+    spec = matrix.CellSpec(optimizer, pruning, variant, sparsity, seed)
+    kconf = cfglib.load_kconf(DEFAULT, [*spec.overrides(), *extra])
+    cell_id = f"{spec.name}-{cfglib.config_hash(kconf)}"
+    run = mdir / cell_id
+    if config:
+        run.mkdir(parents=True)
+        cfglib.write_config(cfglib.load_kconf(DEFAULT, [*spec.overrides(), *extra,
+                                                        f"RUN_NAME={cell_id}"]), run / "config")
+    if ppl is not None:
+        summary = summary or fake_summary(ppl, seed)
+        (run / "summary.json").write_text(json.dumps(summary))
+        records = [{"kind": "train", "iter": 10, "train_loss": 4.0},
+                   {"kind": "eval", "iter": 50, "val_loss": math.log(ppl) + 0.5},
+                   {"kind": "eval", "iter": 100, "val_loss": math.log(ppl)}]
+        (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        (run / "env.json").write_text(json.dumps(
+            {"git_sha": "0123abcd", "git_dirty": False, "torch": "2.13.0+cpu", "cuda": None,
+             "hip": None, "python": "3.11.7", "device": "cpu", "device_name": "cpu"}))
+    if state is None and ppl is not None and summary["status"] == "complete":
+        state = {"status": "done", "exit_code": 0, "wall_s": summary["train_time_s"] + 3.0}
+    if state is not None:
+        (mdir / "state").mkdir(parents=True, exist_ok=True)
+        full = {"cell": cell_id, "optimizer": optimizer, "pruning": pruning, "variant": variant,
+                "target_sparsity": sparsity, "seed": seed, **state}
+        (mdir / "state" / f"{cell_id}.json").write_text(json.dumps(full))
+    return cell_id
+
+
+PPL = {("adamw", "none"): [10.0, 10.6, 11.1], ("lion", "none"): [12.0, 12.4, 13.5],
+       ("adamw", "magnitude"): [11.5, 11.9]}
+
+
+@pytest.fixture
+def built(tmp_path):
+    """A matrix directory: dense adamw and lion (3 seeds), magnitude at 0.5 (2 seeds) and
+    0.9, state bitter2 with extra budget, a failed cell and a pending one."""
+    config = write_matrix_config(tmp_path)
+    mdir = matrix.dir_of_config(config)
+    mdir.mkdir(parents=True)
+    (mdir / "matrix.config").write_text(config.read_text())
+    ids = {}
+    for (opt, pruning), values in PPL.items():
+        for seed, ppl in enumerate(values, start=1):
+            sparsity = None if pruning == "none" else 0.5
+            extra = {} if pruning == "none" else {"sparsity": 0.5 - 0.001 * seed}
+            ids[opt, pruning, seed] = add_cell(mdir, opt, pruning, seed, ppl, sparsity=sparsity,
+                                               summary=fake_summary(ppl, seed, **extra))
+    ids["mag09"] = add_cell(mdir, "adamw", "magnitude", 1, 15.0, sparsity=0.9,
+                            summary=fake_summary(15.0, 1, sparsity=0.9))
+    ids["bitter2"] = add_cell(mdir, "adamw", "state", 1, 10.8, variant="bitter2", sparsity=0.5,
+                              summary=fake_summary(10.8, 1, sparsity=0.5,
+                                                   extra_budget="+21% iterations"))
+    ids["failed"] = add_cell(
+        mdir, "lion", "magnitude", 1, 99.0, sparsity=0.5,
+        summary={"status": "failed", "error": "non-finite training loss (nan) at iteration 7"},
+        state={"status": "failed", "exit_code": 3, "reason": "exit 3 (training failed)",
+               "error": "non-finite training loss (nan) at iteration 7",
+               "log_tail": ["iter 5: loss 9.1", "training failed: non-finite loss"]})
+    ids["pending"] = add_cell(mdir, "adamw", "movement", 1, sparsity=0.5,
+                              state={"status": "pending"}, config=False)
+    return config, mdir, ids
+
+
+def test_summary_csv_holds_each_cells_summary(built):
+    _, mdir, ids = built
+    out = report.write_report(mdir)
+    csv = pd.read_csv(out["summary"]).set_index("cell")
+    assert sorted(csv.index) == sorted(ids.values())
+    for key, cell_id in ids.items():
+        if key in ("failed", "pending"):
+            continue
+        s = json.loads((mdir / cell_id / "summary.json").read_text())
+        row = csv.loc[cell_id]
+        for field in ("train_loss", "val_loss", "val_ppl", "best_val_ppl", "iters", "tokens_seen",
+                      "train_time_s", "tokens_per_s", "peak_mem_bytes", "optimizer_state_bytes"):
+            assert row[field] == s[field], (cell_id, field)
+        assert row["peak_mem_kind"] == "cpu_peak_rss" and row["status"] == "done"
+        assert row["achieved_sparsity"] == s.get("sparsity", 0.0)
+        assert row["wall_s"] == s["train_time_s"] + 3.0
+        assert row["overhead_s"] == pytest.approx(3.0)
+    row = csv.loc[ids["bitter2"]]
+    assert (row["optimizer"], row["pruning"], row["variant"], row["method"], row["seed"],
+            row["target_sparsity"]) == ("adamw", "state", "bitter2", "state-bitter2", 1, 0.5)
+    assert row["extra_budget"] == "+21% iterations"
+    assert csv.loc[ids["adamw", "none", 2], "target_sparsity"] == 0.0
+    assert pd.isna(csv.loc[ids["adamw", "none", 2], "variant"])
+    failed = csv.loc[ids["failed"]]
+    assert failed["status"] == "failed" and failed["exit_code"] == 3
+    assert failed["error"] == "non-finite training loss (nan) at iteration 7"
+    pending = csv.loc[ids["pending"]]
+    assert pending["status"] == "pending" and pending["method"] == "movement"
+    assert pd.isna(pending["val_ppl"])
+
+
+def test_means_stds_and_welch_tests_equal_scipys(built):
+    _, mdir, _ = built
+    out = report.write_report(mdir)
+    groups = out["groups"].set_index(["group", "target_sparsity"])
+    for (opt, pruning), values in PPL.items():
+        g = groups.loc[(f"{opt}-{pruning}", 0.0 if pruning == "none" else 0.5)]
+        assert g["n"] == len(values)
+        assert g["mean"] == pytest.approx(statistics.mean(values), rel=1e-12)
+        assert g["std"] == pytest.approx(statistics.stdev(values), rel=1e-12)
+    assert math.isnan(groups.loc[("adamw-state-bitter2", 0.5), "std"])
+    assert ("lion-magnitude", 0.5) not in groups.index  # failed cells are not averaged
+
+    deltas = out["deltas"].set_index(["group", "target_sparsity"])
+    base = PPL["adamw", "none"]
+    for (opt, pruning), values in PPL.items():
+        row = deltas.loc[(f"{opt}-{pruning}", 0.0 if pruning == "none" else 0.5)]
+        if (opt, pruning) == ("adamw", "none"):
+            assert row["mark"] == "baseline" and row["delta"] == 0
+            continue
+        expected = stats.ttest_ind(values, base, equal_var=False)
+        assert row["delta"] == pytest.approx(statistics.mean(values) - statistics.mean(base))
+        assert row["delta_pct"] == pytest.approx(100 * row["delta"] / statistics.mean(base))
+        assert row["t"] == pytest.approx(expected.statistic, rel=1e-12)
+        assert row["p"] == pytest.approx(expected.pvalue, rel=1e-12)
+        p = expected.pvalue
+        assert row["mark"] == ("**" if p < 0.01 else "*" if p < 0.05 else "ns")
+    one_seed = deltas.loc[("adamw-state-bitter2", 0.5)]
+    assert math.isnan(one_seed["p"]) and one_seed["mark"].startswith("n/a")
+    assert one_seed["delta"] == pytest.approx(10.8 - statistics.mean(base))
+    lion = deltas.loc[("lion-none", 0.0)]
+    md = out["report"].read_text()
+    assert (f"| lion-none | 0 | 3 | {lion['mean']:.3f} | {statistics.mean(base):.3f} | "
+            f"{lion['delta']:+.3f} | {lion['delta_pct']:+.2f}% | {lion['p']:.4f} | "
+            f"{lion['mark']} |") in md
+
+
+def test_another_baseline_can_be_named(built):
+    _, mdir, _ = built
+    deltas = report.write_report(mdir, baseline="lion-none")["deltas"].set_index("group")
+    assert deltas.loc["lion-none", "mark"] == "baseline"
+    assert deltas.loc["adamw-none", "delta"] == pytest.approx(
+        statistics.mean(PPL["adamw", "none"]) - statistics.mean(PPL["lion", "none"]))
+    assert "## Against the baseline `lion-none`" in (mdir / "report.md").read_text()
+
+
+def test_report_tables_failures_environment_and_plots(built):
+    _, mdir, ids = built
+    md = report.write_report(mdir)["report"].read_text()
+    adamw, lion = PPL["adamw", "none"], PPL["lion", "none"]
+    mag = PPL["adamw", "magnitude"]
+    table = md[md.index("### Target sparsity 0.5"):md.index("### Target sparsity 0.9")]
+    assert "| optimizer \\ pruning | none | magnitude | state-bitter2 |" in table
+    assert (f"| adamw | {statistics.mean(adamw):.3f} ± {statistics.stdev(adamw):.3f} (n=3) | "
+            f"{statistics.mean(mag):.3f} ± {statistics.stdev(mag):.3f} (n=2) | 10.800 |") in table
+    assert (f"| lion | {statistics.mean(lion):.3f} ± {statistics.stdev(lion):.3f} (n=3) | - | - |"
+            in table)
+    assert "| adamw | 10.567 ± 0.551 (n=3) | 15.000 |" in md  # the 0.9 table
+    failures = md[md.index("## Failures"):]
+    assert ids["failed"] in failures and "exit 3 (training failed)" in failures
+    assert "non-finite training loss (nan) at iteration 7" in failures
+    assert "training failed: non-finite loss" in failures
+    assert f"- {ids['pending']} (pending)" in md
+    assert "+21% iterations" in md
+    env = md[md.index("## Environment"):]
+    assert "0123abcd" in env and "2.13.0+cpu" in env and "different environments" not in env
+    for name in ("val_ppl", "sparsity", "wall_time", "peak_memory", "val_loss_none",
+                 "val_loss_magnitude", "val_loss_state-bitter2", "ppl_vs_sparsity"):
+        assert f"![{name}](plots/{name}.png)" in md
+
+
+def test_plots_are_pngs_of_the_expected_data(built):
+    _, mdir, ids = built
+    plots = report.write_report(mdir)["plots"]
+    for path, _ in plots.values():
+        data = path.read_bytes()
+        assert data.startswith(PNG) and len(data) > 2000, path
+    mean = statistics.mean
+    means = plots["val_ppl"][1]
+    assert list(means.index) == ["adamw", "lion"]
+    assert list(means.columns) == ["none", "magnitude s=0.5", "magnitude s=0.9",
+                                   "state-bitter2 s=0.5"]
+    assert means.loc["adamw", "none"] == pytest.approx(mean(PPL["adamw", "none"]))
+    assert means.loc["lion", "none"] == pytest.approx(mean(PPL["lion", "none"]))
+    assert means.loc["adamw", "magnitude s=0.9"] == 15.0
+    assert math.isnan(means.loc["lion", "magnitude s=0.5"])  # failed: nothing drawn
+
+    sparsity = plots["sparsity"][1]
+    assert sparsity.loc["adamw-magnitude-s0.5-seed2", "achieved_sparsity"] == 0.498
+    assert sparsity.loc["adamw-magnitude-s0.5-seed2", "target_sparsity"] == 0.5
+    assert sparsity.loc["lion-none-seed3", "achieved_sparsity"] == 0.0
+    assert "lion-magnitude-s0.5-seed1" not in sparsity.index
+
+    wall = plots["wall_time"][1]
+    assert wall.loc["lion-none-seed2"].tolist() == pytest.approx([12.0, 3.0])
+
+    memory = plots["peak_memory"][1]
+    assert memory.loc["adamw-none-seed3"] == 303.0 and len(memory) == 10
+    assert memory.name == "CPU peak RSS (MiB)"
+
+    dense = plots["val_loss_none"][1]
+    assert list(dense.index) == [50, 100] and list(dense.columns) == ["adamw", "lion"]
+    assert dense.loc[100, "lion"] == pytest.approx(np.mean(np.log(PPL["lion", "none"])))
+    assert dense.loc[50, "adamw"] == pytest.approx(np.mean(np.log(PPL["adamw", "none"])) + 0.5)
+    magnitude = plots["val_loss_magnitude"][1]
+    assert list(magnitude.columns) == ["adamw s=0.5", "adamw s=0.9"]
+    assert magnitude.loc[100, "adamw s=0.9"] == pytest.approx(math.log(15.0))
+
+    curve = plots["ppl_vs_sparsity"][1]
+    assert list(curve.index) == [0.5, 0.9]
+    assert curve.loc[0.5, "adamw-magnitude"] == pytest.approx(mean(PPL["adamw", "magnitude"]))
+    assert curve.loc[0.9, "adamw-magnitude"] == 15.0
+    assert math.isnan(curve.loc[0.9, "adamw-state-bitter2"])
+    assert curve["adamw-none"].tolist() == pytest.approx([mean(PPL["adamw", "none"])] * 2)
+
+
+def test_memory_axis_names_what_was_measured(tmp_path):
+    df = pd.DataFrame({"name": ["a", "b"], "status": ["done", "done"],
+                       "peak_mem_bytes": [2**30, 2**29], "peak_mem_kind": ["cuda_max_allocated"] * 2})
+    data = report.plot_peak_memory(df, tmp_path / "m.png")
+    assert data.name == "GPU memory (CUDA max allocated) (MiB)"
+    assert data.tolist() == [1024.0, 512.0]
+    df["peak_mem_kind"] = ["cuda_max_allocated", "cpu_peak_rss"]
+    assert report.plot_peak_memory(df, tmp_path / "m.png").name.startswith("mixed")
+
+
+def test_comparison_with_a_baseline_matrix(built, tmp_path):
+    _, mdir, ids = built
+    other = tmp_path / "before"
+    shift = {1: 0.5, 2: -0.25}
+    for seed, ppl in enumerate(PPL["adamw", "none"], start=1):
+        if seed in shift:  # the same cells before a code change: other hashes, other results
+            add_cell(other, "adamw", "none", seed, ppl - shift[seed], extra=["LEARNING_RATE=2e-3"])
+    add_cell(other, "sgd", "none", 1, 30.0)
+    assert report.main([str(mdir), "--baseline-matrix", str(other)]) == 0
+    comparison = pd.read_csv(mdir / "comparison.csv").set_index("name")
+    for seed, delta in shift.items():
+        row = comparison.loc[f"adamw-none-seed{seed}"]
+        assert row["delta"] == pytest.approx(delta)
+        assert row["val_ppl_there"] == pytest.approx(PPL["adamw", "none"][seed - 1] - delta)
+        assert row["delta_pct"] == pytest.approx(100 * delta / row["val_ppl_there"])
+    assert math.isnan(comparison.loc["adamw-none-seed3", "val_ppl_there"])
+    assert math.isnan(comparison.loc["sgd-none-seed1", "val_ppl_here"])
+    md = (mdir / "report.md").read_text()
+    section = md[md.index("## Compared with"):]
+    assert "| adamw-none-seed1 | 10.000 | 9.500 | 0.500 | 5.26 |" in section
+
+
+def test_report_takes_a_config_path_and_reruns_identically(built, tmp_path, capsys):
+    config, mdir, _ = built
+    assert report.main([str(config)]) == 0
+    first = (mdir / "summary.csv").read_bytes()
+    assert str(mdir / "report.md") in capsys.readouterr().out
+    assert report.main([str(mdir)]) == 0
+    assert (mdir / "summary.csv").read_bytes() == first
+    off = write_matrix_config(tmp_path, "MATRIX=n")
+    assert report.main([str(off)]) == 2
+    assert "matrix mode is off" in capsys.readouterr().err
+    assert report.main([str(tmp_path / "nowhere")]) == 2
+
+
+def test_old_results_stay_readable_after_the_kconfig_tree_changes(built):
+    _, mdir, ids = built
+    config = mdir / ids["adamw", "none", 1] / "config"
+    config.write_text(config.read_text() + "CONFIG_A_KNOB_SINCE_REMOVED=y\n")
+    with pytest.raises(cfglib.ConfigError):
+        cfglib.load(config)
+    cells = report.write_report(mdir)["cells"].set_index("cell")
+    assert cells.loc[ids["adamw", "none", 1], "optimizer"] == "adamw"
