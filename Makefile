@@ -20,7 +20,7 @@ CONFIGTOOL := $(PY) -m lib.configtool
 SAVEDEFCONFIG ?= defconfig
 
 .DEFAULT_GOAL := all
-.PHONY: all train data sample test help clean mrproper menuconfig olddefconfig \
+.PHONY: all train data sample test bench help clean mrproper menuconfig olddefconfig \
 	savedefconfig listnewconfig setconfig checkconfig defconfig $(addprefix defconfig-,$(DEFCONFIGS))
 
 # The default goal runs what .config describes: one training run, or with MATRIX=y the matrix.
@@ -60,6 +60,9 @@ test-matrix: $(INSTALL) $(KCONFIG_CONFIG)
 
 report: $(INSTALL)
 	$(PY) -m scripts.report $(or $(MATRIX),$(KCONFIG_CONFIG)) $(if $(BASELINE_MATRIX),--baseline-matrix $(BASELINE_MATRIX))
+
+bench: $(INSTALL) $(KCONFIG_CONFIG)
+	$(PY) -m scripts.bench $(KCONFIG_CONFIG) $(BENCH_ARGS)
 
 defconfig: defconfig-default
 
@@ -101,6 +104,7 @@ help:
 	@echo '  checkconfig       - validate .config'
 	@echo 'Development:'
 	@echo '  test              - run the test suite'
+	@echo '  bench             - time the training step of .config under every optimizer (BENCH_ARGS=...)'
 	@echo '  clean             - remove build leftovers (caches, egg-info)'
 	@echo '  mrproper          - clean, and remove .config, .config.old and .venv'
 	@echo 'Variables: TORCH="torch<2.14" (torch requirement), KCONFIG_CONFIG=<file>, PYTEST_ARGS=...'

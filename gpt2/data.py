@@ -6,7 +6,6 @@ $KMATRIX_DATA, then ../shared/data beside the project, then a download cache,
 and only then downloaded from their public source.
 """
 import argparse
-import contextlib
 import functools
 import hashlib
 import json
@@ -18,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lib.environ import scoped_env
 from lib.fsutil import atomic_write_bytes, atomic_write_json
 
 DATASETS = ("shakespeare-char", "shakespeare")
@@ -137,21 +137,6 @@ def find_input(relpath: str, data_dir: str = "") -> Path:
 
 # ------------------------------------------------------------------ tokenizers
 
-@contextlib.contextmanager
-def _tiktoken_cache_disabled():
-    # The files are local already; tiktoken would otherwise copy them into its
-    # cache directory, which may be configured to a shared folder.
-    saved = os.environ.get("TIKTOKEN_CACHE_DIR")
-    os.environ["TIKTOKEN_CACHE_DIR"] = ""
-    try:
-        yield
-    finally:
-        if saved is None:
-            del os.environ["TIKTOKEN_CACHE_DIR"]
-        else:
-            os.environ["TIKTOKEN_CACHE_DIR"] = saved
-
-
 @functools.lru_cache(maxsize=4)
 def _gpt2_encoding(vocab_bpe: str, encoder_json: str):
     import tiktoken
@@ -159,7 +144,8 @@ def _gpt2_encoding(vocab_bpe: str, encoder_json: str):
     from tiktoken_ext.openai_public import r50k_pat_str
 
     try:
-        with _tiktoken_cache_disabled():
+        # The files are local: an empty cache dir stops tiktoken copying them anywhere.
+        with scoped_env("TIKTOKEN_CACHE_DIR", ""):
             ranks = data_gym_to_mergeable_bpe_ranks(
                 vocab_bpe_file=vocab_bpe,
                 encoder_json_file=encoder_json,

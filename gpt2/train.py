@@ -5,12 +5,15 @@ when the run is already complete. Exit status: 0 done (or stopped by
 --stop-after), 2 bad configuration or input, 3 training failed (non-finite
 loss, out of memory), 130 interrupted (checkpoint saved; run again to resume).
 """
+import time
+
+PROCESS_START = time.time()  # before the heavy imports: start-up cost is part of a run's cost
+
 import argparse
 import logging
 import math
 import signal
 import sys
-import time
 from dataclasses import dataclass, field
 
 import torch
@@ -47,6 +50,7 @@ class Progress:
     train_time_s: float = 0.0
     best_val_loss: float = math.inf
     last_eval: dict = field(default_factory=dict)
+    startup_s: float = None  # this session: process start to the first training step
 
 
 def extra_budget(cfg) -> tuple:
@@ -160,6 +164,7 @@ class Trainer:
         self.cfg, self.run, self.log = cfg, run, log
         self.device = runtime.pick_device(cfg.DEVICE)
         runtime.set_tf32(cfg.TF32)
+        torch.set_flush_denormal(cfg.FLUSH_DENORMAL)
         torch.manual_seed(cfg.SEED)
         self.prepared = data.prepare(cfg.DATASET, cfg.DATA_DIR, results_dir(cfg) / "_data",
                                      cfg.TRAIN_SPLIT)
@@ -258,6 +263,8 @@ class Trainer:
                 status = "stopped"
                 break
             lr = self.set_lr()
+            if p.startup_s is None:
+                p.startup_s = time.time() - PROCESS_START
             t0 = time.perf_counter()
             loss, grad_norm = self.train_step()
             loss_sum += loss
@@ -346,6 +353,7 @@ class Trainer:
             "target_sparsity": self.cfg.TARGET_SPARSITY,
             "batch_size": self.batch_size,
             "extra_budget": extra_budget(self.cfg)[2],
+            "startup_s": p.startup_s,
             "device": str(self.device),
             "config_hash": self.cfg.hash,
         }

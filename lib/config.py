@@ -13,10 +13,11 @@ import os
 import shutil
 import tempfile
 from collections.abc import Mapping
-from contextlib import contextmanager
 from pathlib import Path
 
 import kconfiglib
+
+from lib.environ import scoped_env
 
 ROOT = Path(__file__).resolve().parent.parent
 KCONFIG = ROOT / "Kconfig"
@@ -33,22 +34,9 @@ def default_config_path() -> Path:
     return Path(os.environ.get("KCONFIG_CONFIG", ".config"))
 
 
-@contextmanager
-def _srctree():
-    old = os.environ.get("srctree")
-    os.environ["srctree"] = str(ROOT)
-    try:
-        yield
-    finally:
-        if old is None:
-            del os.environ["srctree"]
-        else:
-            os.environ["srctree"] = old
-
-
 def load_tree() -> kconfiglib.Kconfig:
     """The Kconfig tree with every symbol at its default; any parse warning is an error."""
-    with _srctree():
+    with scoped_env("srctree", str(ROOT)):  # where `source` paths are relative to
         try:
             kconf = kconfiglib.Kconfig(str(KCONFIG), warn_to_stderr=False)
         except kconfiglib.KconfigError as e:
@@ -248,9 +236,10 @@ def config_text(kconf) -> str:
         return out.read_text()
 
 
-def config_hash(kconf) -> str:
+def config_hash(kconf, ignored=NOT_HASHED) -> str:
+    """Short hash of every active symbol's value except the `ignored` ones."""
     lines = [sym.config_string for sym in kconf.unique_defined_syms
-             if sym.config_string and sym.name not in NOT_HASHED]
+             if sym.config_string and sym.name not in ignored]
     return hashlib.sha256("".join(lines).encode()).hexdigest()[:8]
 
 

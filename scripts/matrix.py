@@ -24,7 +24,6 @@ MATRIX_ON_FAILURE=stop), 2 bad configuration or matrix mode off, 130 interrupted
 import argparse
 import fcntl
 import fnmatch
-import hashlib
 import json
 import os
 import shlex
@@ -158,10 +157,7 @@ def enumerate_cells(cfg) -> tuple:
 def matrix_hash(kconf) -> str:
     """Short hash of the matrix configuration, ignoring where results go and
     the runner-only knobs."""
-    ignored = set(cfglib.NOT_HASHED) | set(RUNNER_ONLY)
-    lines = [sym.config_string for sym in kconf.unique_defined_syms
-             if sym.config_string and sym.name not in ignored]
-    return hashlib.sha256("".join(lines).encode()).hexdigest()[:8]
+    return cfglib.config_hash(kconf, ignored={*cfglib.NOT_HASHED, *RUNNER_ONLY})
 
 
 def results_setting(cfg, name: str) -> str:

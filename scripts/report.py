@@ -41,12 +41,12 @@ MEM_LABELS = {"cuda_max_allocated": "GPU memory (CUDA max allocated)",
 COLUMNS = ["cell", "name", "optimizer", "pruning", "variant", "method", "seed",
            "target_sparsity", "achieved_sparsity", "train_loss", "val_loss", "val_ppl",
            "best_val_ppl", "iters", "tokens_seen", "train_time_s", "wall_s", "overhead_s",
-           "tokens_per_s", "peak_mem_bytes", "peak_mem_kind", "optimizer_state_bytes",
+           "startup_s", "tokens_per_s", "peak_mem_bytes", "peak_mem_kind", "optimizer_state_bytes",
            "extra_budget", "status", "exit_code", "reason", "error"]
 OUTSIDE = {"loc": "upper left", "bbox_to_anchor": (1.01, 1.0)}  # legends beside the axes
 SUMMARY_KEYS = ("train_loss", "val_loss", "val_ppl", "best_val_ppl", "iters", "tokens_seen",
                 "train_time_s", "tokens_per_s", "peak_mem_bytes", "peak_mem_kind",
-                "optimizer_state_bytes", "extra_budget")
+                "optimizer_state_bytes", "extra_budget", "startup_s")
 
 
 # ------------------------------------------------------------------ reading

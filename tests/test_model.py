@@ -131,22 +131,17 @@ def test_untied_lm_head_loads_into_untied_model_only(hf_model):
     assert torch.equal(untied.transformer.wte.weight[:HF_VOCAB], state["transformer.wte.weight"])
 
 
-def test_load_pretrained_round_trip(hf_model, tmp_path):
-    hf_model.save_pretrained(tmp_path, safe_serialization=True)
-    assert (tmp_path / "model.safetensors").is_file()
+@pytest.mark.parametrize("weights_file", ["model.safetensors", "pytorch_model.bin"])
+def test_load_pretrained_round_trip(hf_model, tmp_path, weights_file):
+    if weights_file == "model.safetensors":
+        hf_model.save_pretrained(tmp_path, safe_serialization=True)
+    else:
+        hf_model.config.to_json_file(tmp_path / "config.json")
+        torch.save(hf_model.state_dict(), tmp_path / weights_file)
+    assert (tmp_path / weights_file).is_file()
     ours = load_pretrained(tmp_path).eval()
     assert ours.config.vocab_size == HF_VOCAB and ours.config.block_size == HF_BLOCK
     idx, _ = batch(HF_VOCAB, HF_BLOCK, seed=3)
-    with torch.no_grad():
-        diff = (ours(idx, idx)[0] - hf_model(idx).logits).abs().max().item()
-    assert diff < 1e-5
-
-
-def test_load_pretrained_pytorch_bin(hf_model, tmp_path):
-    hf_model.config.to_json_file(tmp_path / "config.json")
-    torch.save(hf_model.state_dict(), tmp_path / "pytorch_model.bin")
-    ours = load_pretrained(tmp_path).eval()
-    idx, _ = batch(HF_VOCAB, HF_BLOCK, seed=4)
     with torch.no_grad():
         diff = (ours(idx, idx)[0] - hf_model(idx).logits).abs().max().item()
     assert diff < 1e-5

@@ -36,6 +36,7 @@ def test_tiny_training_loss_falls_and_fills_the_run_directory(tiny_config):
     assert summary["val_loss"] == evals[-1]["val_loss"]
     assert summary["peak_mem_kind"] == "cpu_peak_rss" and summary["peak_mem_bytes"] > 0
     assert summary["tokens_per_s"] > 0
+    assert 0 < summary["startup_s"] < 600
     env = json.loads(run.env.read_text())
     assert env["torch"] == torch.__version__ and env["device"] == "cpu"
     # the checkpoint loads with weights_only and holds the whole training state
@@ -53,9 +54,10 @@ def test_second_run_says_already_complete(tiny_config, capsys):
     assert run_dir(config).ckpt.stat().st_mtime_ns == mtime
 
 
-def test_resume_is_bit_exact(tiny_config, tmp_path):
+@pytest.mark.parametrize("optimizer", ["adamw", "adamw-8bit", "lion", "adafactor", "sgd"])
+def test_resume_is_bit_exact(tiny_config, tmp_path, optimizer):
     common = ("MAX_ITERS=20", "EVAL_INTERVAL=10", "CHECKPOINT_INTERVAL=100", "DROPOUT=0.1",
-              "GRADIENT_ACCUMULATION=2", "SAMPLE_AFTER_TRAINING=n")
+              "GRADIENT_ACCUMULATION=2", "SAMPLE_AFTER_TRAINING=n", f"OPTIMIZER={optimizer}")
     straight = tiny_config(*common, name="straight")
     resumed = tiny_config(*common, f"RESULTS_DIR={tmp_path / 'other'}", name="resumed")
     assert train.main([str(straight)]) == 0
@@ -135,3 +137,13 @@ def test_flag_aliases_map_to_symbols(tiny_config):
     assert set(args.overrides) == {"BUDGET=epochs", "BATCH_SIZE=4", "NUM_EPOCHS=3", "DEVICE=cpu"}
     cfg = cfglib.load(tiny_config(), args.overrides)
     assert (cfg.BATCH_SIZE, cfg.BUDGET, cfg.NUM_EPOCHS) == (4, "epochs", 3.0)
+
+
+@pytest.mark.parametrize("flush", [True, False])
+def test_flush_denormal_knob_sets_cpu_arithmetic(tiny_config, flush):
+    config = tiny_config("MAX_ITERS=1", "SAMPLE_AFTER_TRAINING=n",
+                         f"FLUSH_DENORMAL={'y' if flush else 'n'}")
+    assert train.main([str(config)]) == 0
+    tiny = (torch.tensor([1e-39]) * 1.0).item()  # a denormal float32
+    assert (tiny == 0.0) == flush
+    torch.set_flush_denormal(False)
