@@ -165,3 +165,14 @@ def test_state_pruning_with_sgd_is_impossible(tmp_path):
         cfglib.load(write_config(tmp_path), ["OPTIMIZER=sgd", "PRUNING=state"])
     with pytest.raises(cfglib.ConfigError, match="TARGET_SPARSITY=\"0.995\": 0.995 is outside"):
         cfglib.load(write_config(tmp_path), ["PRUNING=magnitude", "TARGET_SPARSITY=0.995"])
+
+
+def test_every_symbol_and_choice_has_a_prompt_and_help():
+    tree = cfglib.load_tree()
+    for item in [*tree.unique_defined_syms, *tree.unique_choices]:
+        for node in item.nodes:
+            assert node.prompt, f"{item.name}: no prompt"
+            assert node.help and len(node.help) >= 10, f"{item.name}: no help text"
+    # every choice is named, so it reads as cfg.<NAME>; its members carry its prefix
+    for choice in tree.unique_choices:
+        assert choice.name and all(m.name.startswith(choice.name + "_") for m in choice.syms)

@@ -436,9 +436,8 @@ class StatePruner(Pruner):
 
 
 class NoPruner:
-    """Dense training (PRUNING=none): the Pruner interface with no-op hooks, for a
-    trainer that wants no `if pruner` checks. build() returns None for none; use
-    `build(cfg, model, optimizer) or NoPruner(model)`."""
+    """Dense training (PRUNING=none): the Pruner interface with no-op hooks, so the
+    training step needs no `if pruner` checks; build() returns it for "none"."""
 
     method = "none"
 
