@@ -24,6 +24,7 @@ MATRIX_ON_FAILURE=stop), 2 bad configuration or matrix mode off, 130 interrupted
 import argparse
 import fcntl
 import fnmatch
+import functools
 import json
 import os
 import shlex
@@ -41,9 +42,6 @@ from lib.config import ConfigError
 from lib.fsutil import atomic_write_json, atomic_write_text
 from lib.run import results_dir
 
-# Optimizers whose state AdamWPrune prunes from; lib/prune/Kconfig's
-# `depends on` of PRUNING_STATE says the same (a test keeps them in step).
-STATE_OPTIMIZERS = ("adam", "adamw", "adamwspam")
 # Runner knobs: they change how the matrix runs, not what its cells compute,
 # so they stay out of the matrix directory's hash (a changed MATRIX_JOBS
 # resumes the same matrix).
@@ -72,6 +70,19 @@ sys.exit(3)
 
 
 # ------------------------------------------------------------------ the grid
+
+@functools.lru_cache(maxsize=1)
+def state_optimizers() -> tuple:
+    """Optimizers AdamWPrune can prune from: those with which the Kconfig tree lets
+    PRUNING_STATE be selected (its `depends on` is the one place that says so)."""
+    tree = cfglib.load_tree()
+    allowed = []
+    for member in tree.named_choices["OPTIMIZER"].syms:
+        member.set_value("y")
+        if tree.syms["PRUNING_STATE"].visibility:
+            allowed.append(member.name.removeprefix("OPTIMIZER_").lower().replace("_", "-"))
+    return tuple(allowed)
+
 
 @dataclass(frozen=True)
 class CellSpec:
@@ -138,10 +149,10 @@ def enumerate_cells(cfg) -> tuple:
             if method == "none":
                 points = [(None, None)]
             elif method == "state":
-                if optimizer not in STATE_OPTIMIZERS:
+                if optimizer not in state_optimizers():
                     skipped.append((f"{optimizer}-state",
                                     f"state pruning prunes from Adam moments; {optimizer} has "
-                                    f"none (only {', '.join(STATE_OPTIMIZERS)})"))
+                                    f"none (only {', '.join(state_optimizers())})"))
                     continue
                 points = [(v, s) for v in variants for s in sparsities]
             else:
