@@ -142,8 +142,8 @@ def evaluate(model, prepared, cfg, device, autocast) -> dict:
     """Loss, perplexity and next-token accuracy on the same EVAL_ITERS batches every time."""
     model.eval()
     result = {}
+    batches = data.Batches(prepared, cfg.BLOCK_SIZE, cfg.BATCH_SIZE, device, cfg.SEED)
     for split in ("train", "val"):
-        batches = data.Batches(prepared, cfg.BLOCK_SIZE, cfg.BATCH_SIZE, device, cfg.SEED)
         losses = torch.zeros(cfg.EVAL_ITERS, device=device)
         correct = torch.zeros(cfg.EVAL_ITERS, device=device)
         for k in range(cfg.EVAL_ITERS):

@@ -3,7 +3,6 @@ import contextlib
 import resource
 import shutil
 import sys
-import warnings
 
 import torch
 
@@ -81,7 +80,3 @@ def peak_memory(device: torch.device) -> tuple:
         return torch.cuda.max_memory_allocated(device), "cuda_max_allocated"
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss * (1 if sys.platform == "darwin" else 1024), "cpu_peak_rss"
-
-
-def quiet_known_warnings() -> None:
-    warnings.filterwarnings("ignore", message=".*TypedStorage is deprecated.*")

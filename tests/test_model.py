@@ -210,23 +210,19 @@ def greedy_reference(model, idx, steps):
     return idx
 
 
-def test_top_k_one_and_temperature_zero_are_greedy():
+@pytest.mark.parametrize("sampling", [
+    dict(temperature=1.5, top_k=1, seed=123),   # top-k 1 keeps only the argmax
+    dict(temperature=0.0, seed=None),           # temperature 0 is greedy
+    dict(temperature=2.0, top_p=1e-6, seed=7),  # a tiny nucleus keeps only the argmax
+])
+def test_degenerate_sampling_is_greedy(sampling):
     torch.manual_seed(0)
     model = GPT(tiny_config()).eval()
     prompt = torch.randint(0, 50, (2, 3))
     expected = greedy_reference(model, prompt, 5)
-    gen = torch.Generator().manual_seed(123)
-    assert torch.equal(model.generate(prompt, 5, temperature=1.5, top_k=1, generator=gen), expected)
-    assert torch.equal(model.generate(prompt, 5, temperature=0.0), expected)
-
-
-def test_tiny_top_p_keeps_only_argmax():
-    torch.manual_seed(0)
-    model = GPT(tiny_config()).eval()
-    prompt = torch.randint(0, 50, (2, 3))
-    expected = greedy_reference(model, prompt, 5)
-    gen = torch.Generator().manual_seed(7)
-    assert torch.equal(model.generate(prompt, 5, temperature=2.0, top_p=1e-6, generator=gen), expected)
+    seed = sampling.pop("seed")
+    gen = torch.Generator().manual_seed(seed) if seed is not None else None
+    assert torch.equal(model.generate(prompt, 5, generator=gen, **sampling), expected)
 
 
 def test_top_p_keeps_nucleus():
