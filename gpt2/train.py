@@ -221,8 +221,9 @@ class Trainer:
     # -- the step ----------------------------------------------------------
     def set_lr(self) -> float:
         cfg = self.cfg
+        peak = optim.peak_lr(cfg)
         lr = learning_rate(self.progress.iter, self.budget.decay_progress(self.progress),
-                           schedule=cfg.LR_SCHEDULE, lr=cfg.LEARNING_RATE, min_lr=cfg.MIN_LR,
+                           schedule=cfg.LR_SCHEDULE, lr=peak, min_lr=peak * cfg.MIN_LR_FRACTION,
                            warmup_iters=cfg.WARMUP_ITERS)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -238,6 +239,7 @@ class Trainer:
             self.scaler.scale(loss / accum).backward()
         self.scaler.unscale_(self.optimizer)
         self.pruner.before_step()
+        optim.prepare_grads(self.optimizer)  # SPAM sees raw gradients, before any global clip
         max_norm = self.cfg.GRAD_CLIP or math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
         self.scaler.step(self.optimizer)
@@ -283,7 +285,8 @@ class Trainer:
                 p.train_time_s += time.perf_counter() - t0
                 if not math.isfinite(train_loss):
                     raise TrainingFailed(f"non-finite training loss ({train_loss}) at iteration "
-                                         f"{p.iter}; lower LEARNING_RATE or use GRAD_CLIP")
+                                         f"{p.iter}; lower {optim.OPTIMIZERS[cfg.OPTIMIZER].lr} or use "
+                                         f"GRAD_CLIP")
                 tokens_per_s = (window_iters * self.tokens_per_iter
                                 / max(p.train_time_s - window_start_s, 1e-9))
                 peak, peak_kind = runtime.peak_memory(self.device)
@@ -348,6 +351,8 @@ class Trainer:
             "param_count": params,
             "param_bytes": sum(t.numel() * t.element_size() for t in self.model.parameters()),
             "optimizer_state_bytes": optim.state_bytes(self.optimizer),
+            "learning_rate": optim.peak_lr(self.cfg),
+            "grad_clips": optim.gradient_clips(self.cfg),
             **optim.stats(self.optimizer),
             **self.pruner.stats(),
             "target_sparsity": self.cfg.TARGET_SPARSITY,

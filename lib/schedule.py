@@ -1,7 +1,7 @@
 """Learning-rate schedules: linear warm-up, then a shape from LR_SCHEDULE.
 
-A shape maps decay progress p in [0, 1] to a factor in [0, 1] between MIN_LR
-(0) and LEARNING_RATE (1). Progress is measured in iterations, or in time for
+A shape maps decay progress p in [0, 1] to a factor in [0, 1] between min_lr
+(0) and the optimizer's peak rate lr (1). Progress is measured in iterations, or in time for
 the minutes budget, by the training loop.
 """
 import math

@@ -1,7 +1,8 @@
 """The test matrix: python -m scripts.matrix [CONFIG] [--dry-run] [--retry-failed] [--set NAME=VALUE ...]
 
 Expands the "Test matrix" settings of a .config (MATRIX=y) into cells, one
-optimizer x pruning method (x AdamWPrune variant x sparsity) x seed each,
+optimizer x pruning method (x AdamWPrune variant x sparsity) (x learning-rate
+multiplier) x seed each, every optimizer at its own <OPTIMIZER>_LR,
 writes every cell's own .config through kconfiglib, runs the ordinary trainer
 on each in its own process (MATRIX_JOBS at once), and writes the comparison
 report (scripts.report) at the end. Run it again to resume: finished cells are
@@ -38,6 +39,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from lib import config as cfglib
+from lib import optim
 from lib.config import ConfigError
 from lib.fsutil import atomic_write_json, atomic_write_text
 from lib.run import results_dir
@@ -92,6 +94,8 @@ class CellSpec:
     variant: str = None
     sparsity: float = None
     seed: int = 0
+    lr_multiplier: float = 1.0
+    lr_setting: str = None  # NAME=VALUE of the optimizer's LR symbol, when not x1
 
     @property
     def method(self) -> str:
@@ -100,10 +104,12 @@ class CellSpec:
 
     @property
     def name(self) -> str:
-        """The readable part of the cell id: adamw-state-bitter0-s0.5-seed1337."""
+        """The readable part of the cell id: adamw-state-bitter0-s0.5[-lr0.3x]-seed1337."""
         parts = [self.optimizer, self.method]
         if self.sparsity is not None:
             parts.append(f"s{self.sparsity:g}")
+        if self.lr_setting:
+            parts.append(f"lr{self.lr_multiplier:g}x")
         return "-".join(parts + [f"seed{self.seed}"])
 
     def overrides(self) -> list:
@@ -113,6 +119,8 @@ class CellSpec:
             out.append(f"ADAMWPRUNE_VARIANT={self.variant}")
         if self.sparsity is not None:
             out.append(f"TARGET_SPARSITY={self.sparsity:g}")
+        if self.lr_setting:
+            out.append(self.lr_setting)
         return out + [f"SEED={self.seed}"]
 
 
@@ -133,6 +141,7 @@ def enumerate_cells(cfg) -> tuple:
     methods = selected(cfg, "PRUNING")
     variants = selected(cfg, "VARIANT")
     sparsities = cfg.MATRIX_SPARSITIES or ()
+    multipliers = cfg.MATRIX_LR_MULTIPLIERS or (1.0,)
     seeds = [cfg.SEED + i for i in range(cfg.MATRIX_SEEDS)]
     cells, skipped = [], []
     if not optimizers:
@@ -145,6 +154,9 @@ def enumerate_cells(cfg) -> tuple:
     if "state" in methods and not variants:
         skipped.append(("state", "no AdamWPrune variant selected (MATRIX_VARIANT_*)"))
     for optimizer in optimizers:
+        lr_symbol = optim.OPTIMIZERS[optimizer].lr
+        rates = [(m, None if m == 1 else f"{lr_symbol}={cfg[lr_symbol] * m:.6g}")
+                 for m in multipliers]
         for method in methods:
             if method == "none":
                 points = [(None, None)]
@@ -158,8 +170,10 @@ def enumerate_cells(cfg) -> tuple:
             else:
                 points = [(None, s) for s in sparsities]
             for variant, sparsity in points:
-                for seed in seeds:
-                    cells.append(CellSpec(optimizer, method, variant, sparsity, seed))
+                for multiplier, lr_setting in rates:
+                    for seed in seeds:
+                        cells.append(CellSpec(optimizer, method, variant, sparsity, seed,
+                                              multiplier, lr_setting))
     return cells, skipped
 
 
@@ -198,6 +212,11 @@ class Cell:
     @property
     def name(self) -> str:
         return self.spec.name
+
+    @property
+    def learning_rate(self) -> float:
+        """The peak learning rate the cell's config gives its optimizer."""
+        return float(self.kconf.syms[optim.OPTIMIZERS[self.spec.optimizer].lr].str_value)
 
 
 @dataclass
@@ -297,6 +316,8 @@ def new_state(cell) -> dict:
     s = cell.spec
     return {"cell": cell.id, "name": s.name, "optimizer": s.optimizer, "pruning": s.pruning,
             "variant": s.variant, "target_sparsity": s.sparsity, "seed": s.seed,
+            "lr_multiplier": s.lr_multiplier,
+            "learning_rate": cell.learning_rate,
             "config": f"{cell.id}/config", "status": "pending", "pid": None,
             "started_at": None, "finished_at": None, "exit_code": None, "reason": None,
             "error": None, "log_tail": [], "attempts": [], "wall_s": 0.0}
@@ -598,7 +619,7 @@ def dry_run(matrix: Matrix, retry_failed: bool) -> int:
         to_run += run_it
         if state.get("status") == "done" and state.get("wall_s"):
             walls.append(state["wall_s"])
-        print(f"  {cell.id:<60} {why}")
+        print(f"  {cell.id:<60} lr {cell.learning_rate:<8g} {why}")
     if m.skipped:
         print(f"skipped ({len(m.skipped)}):")
         for what, reason in m.skipped:

@@ -6,7 +6,8 @@ any time without training. Writes into the matrix directory:
 
   summary.csv      one row per cell (one cell per seed)
   report.md        perplexity tables, deltas to MATRIX_BASELINE with Welch's t-test,
-                   failures, environment, plots
+                   learning rates (with a sweep: each optimizer at the rate that won on
+                   the validation split), failures, environment, plots
   plots/*.png      val perplexity, achieved sparsity, wall time, peak memory,
                    validation-loss curves per pruning method, perplexity vs sparsity
   comparison.csv   with --baseline-matrix: val perplexity here vs there, per cell
@@ -31,6 +32,7 @@ import pandas as pd  # noqa: E402
 from scipy import stats  # noqa: E402
 
 from lib import config as cfglib  # noqa: E402
+from lib import optim  # noqa: E402
 from lib.config import ConfigError  # noqa: E402
 from lib.fsutil import atomic_write_bytes, atomic_write_text  # noqa: E402
 
@@ -39,7 +41,7 @@ HASH_SUFFIX = re.compile(r"-[0-9a-f]{8}$")
 MEM_LABELS = {"cuda_max_allocated": "GPU memory (CUDA max allocated)",
               "cpu_peak_rss": "CPU peak RSS"}
 COLUMNS = ["cell", "name", "optimizer", "pruning", "variant", "method", "seed",
-           "target_sparsity", "achieved_sparsity", "train_loss", "val_loss", "val_ppl",
+           "learning_rate", "lr_multiplier", "target_sparsity", "achieved_sparsity", "train_loss", "val_loss", "val_ppl",
            "best_val_ppl", "iters", "tokens_seen", "train_time_s", "wall_s", "overhead_s",
            "startup_s", "tokens_per_s", "peak_mem_bytes", "peak_mem_kind", "optimizer_state_bytes",
            "extra_budget", "status", "exit_code", "reason", "error"]
@@ -72,6 +74,12 @@ def _load_config(path):
         return cfglib.from_kconf(cfglib.load_kconf(path, strict=False), path)
 
 
+def _learning_rate(cfg):
+    """The peak learning rate a cell's config gives its optimizer (None for results from
+    before per-optimizer rates)."""
+    return cfg.get(optim.OPTIMIZERS[cfg.OPTIMIZER].lr) if cfg.OPTIMIZER in optim.OPTIMIZERS else None
+
+
 def _choice_order(name: str) -> list:
     tree = cfglib.load_tree()
     choice = next(c for c in tree.unique_choices if c.name == name)
@@ -100,10 +108,11 @@ def load_cells(matrix_dir) -> pd.DataFrame:
             cfg = _load_config(run / "config")
             row.update(optimizer=cfg.OPTIMIZER, pruning=cfg.PRUNING,
                        variant=cfg.ADAMWPRUNE_VARIANT, seed=cfg.SEED,
-                       target_sparsity=cfg.TARGET_SPARSITY)
+                       target_sparsity=cfg.TARGET_SPARSITY, learning_rate=_learning_rate(cfg))
         else:
             row.update({k: state.get(k) for k in ("optimizer", "pruning", "variant", "seed",
-                                                  "target_sparsity")})
+                                                  "target_sparsity", "learning_rate")})
+        row["lr_multiplier"] = state.get("lr_multiplier", 1.0)
         if row["pruning"] == "none":
             row["target_sparsity"] = 0.0
         row["method"] = (f"{row['pruning']}-{row['variant']}" if row.get("variant")
@@ -126,7 +135,8 @@ def load_cells(matrix_dir) -> pd.DataFrame:
         row["log_tail"] = state.get("log_tail") or []
         rows.append(row)
     df = pd.DataFrame(rows, columns=COLUMNS + ["log_tail"])
-    for col in ("target_sparsity", "achieved_sparsity", "train_loss", "val_loss", "val_ppl",
+    for col in ("learning_rate", "lr_multiplier", "target_sparsity", "achieved_sparsity",
+                "train_loss", "val_loss", "val_ppl",
                 "best_val_ppl", "train_time_s", "wall_s", "overhead_s", "tokens_per_s"):
         df[col] = pd.to_numeric(df[col], errors="coerce").astype(float)
     for col in ("seed", "iters", "tokens_seen", "peak_mem_bytes", "optimizer_state_bytes",
@@ -190,20 +200,38 @@ def matrix_baseline(matrix_dir) -> str:
 
 # ---------------------------------------------------------------- statistics
 
+AGG_COLUMNS = ["group", "optimizer", "method", "target_sparsity", "learning_rate",
+               "lr_multiplier", "n", "mean", "std", "values", "rates_tried", "best_rate"]
+
+
 def aggregate(df: pd.DataFrame, metric: str = "val_ppl") -> pd.DataFrame:
-    """Per group (optimizer, method, target_sparsity) of done cells: n, mean,
-    std (ddof=1, NaN for one seed) and the values."""
+    """Per group (optimizer, method, target_sparsity, learning rate) of done cells: n,
+    mean, std (ddof=1, NaN for one seed) and the values. Where a group was run at several
+    learning rates, best_rate marks the rate with the lowest mean (chosen on the
+    validation split); with one rate it is always set."""
     done = df[(df["status"] == "done") & df[metric].notna()]
     groups = []
-    for (opt, method, sp), g in done.groupby(["optimizer", "method", "target_sparsity"],
-                                             sort=False):
+    keys = ["optimizer", "method", "target_sparsity", "learning_rate"]
+    for (opt, method, sp, lr), g in done.groupby(keys, sort=False, dropna=False):
         values = g[metric].tolist()
         groups.append({"group": f"{opt}-{method}", "optimizer": opt, "method": method,
-                       "target_sparsity": sp, "n": len(values), "mean": float(np.mean(values)),
+                       "target_sparsity": sp, "learning_rate": lr,
+                       "lr_multiplier": g["lr_multiplier"].iloc[0], "n": len(values),
+                       "mean": float(np.mean(values)),
                        "std": float(np.std(values, ddof=1)) if len(values) > 1 else math.nan,
                        "values": values})
-    return pd.DataFrame(groups, columns=["group", "optimizer", "method", "target_sparsity",
-                                         "n", "mean", "std", "values"])
+    agg = pd.DataFrame(groups, columns=AGG_COLUMNS)
+    if agg.empty:
+        return agg
+    by_setting = agg.groupby(["optimizer", "method", "target_sparsity"], sort=False)
+    agg["rates_tried"] = by_setting["mean"].transform("size")
+    agg["best_rate"] = agg.index.isin(by_setting["mean"].idxmin())
+    return agg
+
+
+def at_best_rate(agg: pd.DataFrame) -> pd.DataFrame:
+    """Each (optimizer, method, sparsity) once, at its winning learning rate."""
+    return agg[agg["best_rate"]].reset_index(drop=True) if not agg.empty else agg
 
 
 def _parse_baseline(baseline: str):
@@ -410,6 +438,10 @@ def _fmt(x, digits=3) -> str:
     return str(x)
 
 
+def _fmt_lr(x) -> str:
+    return "-" if x is None or pd.isna(x) else f"{x:g}"
+
+
 def _md_table(header, rows) -> list:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows]
@@ -419,9 +451,10 @@ def _md_table(header, rows) -> list:
 def _cell_text(g) -> str:
     if g is None:
         return "-"
-    if g["n"] > 1:
-        return f"{g['mean']:.3f} ± {g['std']:.3f} (n={g['n']})"
-    return f"{g['mean']:.3f}"
+    text = f"{g['mean']:.3f} ± {g['std']:.3f} (n={g['n']})" if g["n"] > 1 else f"{g['mean']:.3f}"
+    if g.get("rates_tried", 1) > 1:  # a learning-rate sweep: say which rate this is
+        text += f" @ lr {g['learning_rate']:g}"
+    return text
 
 
 def ppl_tables(agg: pd.DataFrame) -> list:
@@ -451,8 +484,36 @@ def ppl_tables(agg: pd.DataFrame) -> list:
     return lines
 
 
+def lr_section(agg: pd.DataFrame) -> list:
+    """Markdown: each optimizer's learning rate; with a sweep, every rate tried per setting
+    with the winner marked, and a note that it was chosen on the validation split."""
+    if agg.empty:
+        return []
+    lines = ["## Learning rates", ""]
+    if (agg["rates_tried"] <= 1).all():
+        rates = agg.groupby("optimizer", sort=False)["learning_rate"].unique()
+        lines += ["Each optimizer ran at its own peak learning rate (<OPTIMIZER>_LR):", ""]
+        lines += _md_table(["optimizer", "peak learning rate"],
+                           [[o, ", ".join(f"{r:g}" for r in lrs)] for o, lrs in rates.items()])
+        return lines
+    lines += ["Each optimizer was run at several multiples of its own peak learning rate "
+              "(MATRIX_LR_MULTIPLIERS). The tables above and the baseline comparison show "
+              "each setting at the rate with the lowest mean final validation perplexity, "
+              "marked **best** here. **The rate was chosen on the validation split, the same "
+              "split those tables report, so the winners' figures are optimistically "
+              "biased.**", ""]
+    rows = []
+    for r in agg.itertuples():
+        mean = _cell_text({"mean": r.mean, "std": r.std, "n": r.n})
+        rows.append([r.group, f"{r.target_sparsity:g}", f"{r.learning_rate:g}",
+                     f"x{r.lr_multiplier:g}", mean, "**best**" if r.best_rate else ""])
+    lines += _md_table(["setting", "sparsity", "learning rate", "multiplier", "val ppl",
+                        "chosen"], rows)
+    return lines
+
+
 def render(matrix_dir, df, agg, deltas, baseline, env, plots, comparison=None,
-           other_dir=None) -> str:
+           other_dir=None, all_rates=None) -> str:
     matrix_dir = Path(matrix_dir)
     counts = df["status"].value_counts().to_dict()
     lines = [f"# Matrix report: {matrix_dir.name}", "",
@@ -460,6 +521,7 @@ def render(matrix_dir, df, agg, deltas, baseline, env, plots, comparison=None,
              "", "## Validation perplexity (final)", "",
              "Mean ± sample std (ddof=1) over seeds where there are several.", ""]
     lines += ppl_tables(agg)
+    lines += lr_section(all_rates if all_rates is not None else agg)
     lines += [f"## Against the baseline `{baseline}`", ""]
     if deltas.empty:
         lines += [f"No finished baseline cell `{baseline}` in this matrix.", ""]
@@ -482,9 +544,10 @@ def render(matrix_dir, df, agg, deltas, baseline, env, plots, comparison=None,
     lines += ["## Cells", "", "Overhead is the process's wall time minus its training time "
               "(start-up, data, evaluation, sampling, checkpoints).", ""]
     lines += _md_table(
-        ["cell", "status", "val ppl", "best val ppl", "sparsity", "iters", "train s", "wall s",
-         "overhead s", "tokens/s", "peak MiB", "optimizer state MiB"],
-        [[r.cell, r.status, _fmt(r.val_ppl), _fmt(r.best_val_ppl), _fmt(r.achieved_sparsity),
+        ["cell", "status", "lr", "val ppl", "best val ppl", "sparsity", "iters", "train s",
+         "wall s", "overhead s", "tokens/s", "peak MiB", "optimizer state MiB"],
+        [[r.cell, r.status, _fmt_lr(r.learning_rate), _fmt(r.val_ppl), _fmt(r.best_val_ppl),
+          _fmt(r.achieved_sparsity),
           _fmt(r.iters, 0), _fmt(r.train_time_s, 1), _fmt(r.wall_s, 1), _fmt(r.overhead_s, 1),
           _fmt(r.tokens_per_s, 0),
           _fmt(r.peak_mem_bytes / 2**20, 1) if pd.notna(r.peak_mem_bytes) else "-",
@@ -533,7 +596,8 @@ def write_report(matrix_dir, baseline_matrix=None, baseline=None) -> dict:
     if df.empty:
         raise ConfigError(f"{matrix_dir}: no cells (no run directories or state files)")
     baseline = baseline or matrix_baseline(matrix_dir)
-    agg = aggregate(df)
+    all_rates = aggregate(df)
+    agg = at_best_rate(all_rates)
     deltas = baseline_deltas(agg, baseline)
     curves = load_curves(matrix_dir, df)
     plots = make_plots(df, agg, curves, matrix_dir / "plots")
@@ -547,9 +611,9 @@ def write_report(matrix_dir, baseline_matrix=None, baseline=None) -> dict:
         atomic_write_text(out["comparison"], comparison.to_csv(index=False))
     atomic_write_text(out["summary"], df[COLUMNS].to_csv(index=False))
     atomic_write_text(out["report"], render(matrix_dir, df, agg, deltas, baseline, env, plots,
-                                            comparison, baseline_matrix))
-    return {**out, "cells": df, "groups": agg, "deltas": deltas, "plots": plots,
-            "comparison": comparison}
+                                            comparison, baseline_matrix, all_rates))
+    return {**out, "cells": df, "groups": agg, "all_rates": all_rates, "deltas": deltas,
+            "plots": plots, "comparison": comparison}
 
 
 def resolve(target) -> Path:

@@ -1,11 +1,26 @@
 import pytest
 
 from lib import config as cfglib
+from lib import optim
 
 # A GPT small enough to train in seconds on 2 CPU cores.
 TINY = ["MODEL_SIZE=custom", "N_LAYER=2", "N_HEAD=2", "N_EMBD=32", "BLOCK_SIZE=32",
         "BATCH_SIZE=8", "EVAL_ITERS=2", "LOG_INTERVAL=5", "WARMUP_ITERS=5",
-        "LEARNING_RATE=3e-3", "MIN_LR=3e-4", "SAMPLE_LENGTH=20", "DEVICE=cpu"]
+        "SAMPLE_LENGTH=20", "DEVICE=cpu"]
+# The tiny model's learning rate for the Adam family, unless a test sets its own.
+TINY_ADAM_LR = "3e-3"
+
+
+def tiny_overrides(*extra) -> list:
+    """TINY + extra, plus the Adam-family optimizer's LR at TINY_ADAM_LR when extra sets none."""
+    overrides = [*TINY, *extra]
+    kconf = cfglib.load_kconf(cfglib.ROOT / "defconfigs" / "default", overrides)
+    name = cfglib.typed_values(kconf)["OPTIMIZER"]
+    symbol = optim.OPTIMIZERS[name].lr
+    if name in ("adam", "adamw", "adamw-8bit", "adamwspam") and not any(
+            o.startswith(f"{symbol}=") for o in extra):
+        overrides.append(f"{symbol}={TINY_ADAM_LR}")
+    return overrides
 
 
 @pytest.fixture
@@ -13,7 +28,7 @@ def tiny_config(tmp_path):
     """Write a tiny .config (defaults + TINY + extra) into tmp_path; results go there too."""
     def make(*extra, name="config"):
         kconf = cfglib.load_kconf(cfglib.ROOT / "defconfigs" / "default",
-                                  TINY + [f"RESULTS_DIR={tmp_path / 'results'}", *extra])
+                                  tiny_overrides(f"RESULTS_DIR={tmp_path / 'results'}", *extra))
         path = tmp_path / name
         cfglib.write_config(kconf, path)
         return path

@@ -26,7 +26,7 @@ def test_types_of_values(tmp_path):
     cfg = cfglib.load(write_config(tmp_path))
     assert cfg.N_LAYER == 12 and type(cfg.N_LAYER) is int
     assert cfg.BIAS is True
-    assert cfg.LEARNING_RATE == pytest.approx(6e-4) and type(cfg.LEARNING_RATE) is float
+    assert cfg.ADAMW_LR == pytest.approx(6e-4) and type(cfg.ADAMW_LR) is float
     assert cfg.RESULTS_DIR == "results"
     assert cfg.OPTIMIZER == "adamw" and cfg.MODEL_SIZE == "gpt2" and cfg.DATASET == "shakespeare-char"
     # inactive symbols (dependencies unmet) carry no value
@@ -49,7 +49,7 @@ def test_config_is_frozen_and_picklable(tmp_path):
     ("CONFIG_NUM_EPOCHS=\"2\"", "NUM_EPOCHS depends on BUDGET_EPOCHS, which is not met"),
     ("CONFIG_N_LAYER=4", "N_LAYER can be set only when MODEL_SIZE_CUSTOM"),
     ("this is not a config line", "malformed line"),
-    ("CONFIG_LEARNING_RATE=\"fast\"", r"CONFIG_LEARNING_RATE=\"fast\": 'fast' is not a number; expected a float in \(0, 10\]"),
+    ("CONFIG_ADAMW_LR=\"fast\"", r"CONFIG_ADAMW_LR=\"fast\": 'fast' is not a number; expected a float in \(0, 10\]"),
     ("CONFIG_DROPOUT=\"1.0\"", r"CONFIG_DROPOUT=\"1.0\": 1.0 is outside the allowed range \[0, 1\)"),
     ("CONFIG_BATCH_SIZE=twelve", "BATCH_SIZE"),
 ])
@@ -103,7 +103,7 @@ def test_hash_ignores_where_results_go_only(tmp_path):
     base = cfglib.load(path).hash
     assert cfglib.load(path, ["RUN_NAME=x", "RESULTS_DIR=/tmp/elsewhere"]).hash == base
     assert cfglib.load(path, ["SEED=1"]).hash != base
-    assert cfglib.load(path, ["LEARNING_RATE=1e-3"]).hash != base
+    assert cfglib.load(path, ["ADAMW_LR=1e-3"]).hash != base
 
 
 @pytest.mark.parametrize("defconfig", DEFCONFIGS, ids=lambda p: p.name)

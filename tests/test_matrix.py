@@ -115,7 +115,7 @@ def test_ids_are_deterministic_and_follow_the_configuration(matrix_config, tmp_p
     assert re.fullmatch(r"default-matrix-[0-9a-f]{8}", first.path.name)
     assert first.path.parent == tmp_path / "results"
     # a knob that changes what the cells compute changes every id (names stay) and the matrix
-    changed = matrix.load_matrix(config, ["LEARNING_RATE=2e-3"])
+    changed = matrix.load_matrix(config, ["ADAMW_LR=2e-3"])
     assert [c.name for c in changed.cells] == [c.name for c in first.cells]
     assert not set(c.id for c in changed.cells) & set(ids)
     assert changed.path != first.path
@@ -126,6 +126,28 @@ def test_ids_are_deterministic_and_follow_the_configuration(matrix_config, tmp_p
     # a bigger grid keeps the ids of the cells it shares
     more = matrix.load_matrix(config, ["MATRIX_SEEDS=3"])
     assert set(ids) < set(c.id for c in more.cells) and more.path != first.path
+
+
+def test_each_optimizer_runs_at_its_own_rate_times_each_multiplier(matrix_config):
+    """Cells read the same <OPTIMIZER>_LR symbols as single runs; a multiplier list sweeps
+    each optimizer around its own rate, and every cell's config records the rate it used."""
+    config = matrix_config("MATRIX_OPTIMIZER_LION=y", "LION_LR=2e-4", "ADAMW_LR=1e-3")
+    plain = {c.spec.optimizer: c for c in matrix.load_matrix(config).cells}
+    assert plain["lion"].learning_rate == 2e-4 and plain["adamw"].learning_rate == 1e-3
+    assert 'CONFIG_LION_LR="2e-4"' in plain["lion"].text
+    assert "ADAMW_LR" not in plain["lion"].text  # a lion cell carries only its own rate
+    swept = matrix.load_matrix(config, ["MATRIX_LR_MULTIPLIERS=0.3 1 3"])
+    rates = {c.name: c.learning_rate for c in swept.cells}
+    assert rates == pytest.approx({
+        "adamw-none-lr0.3x-seed1337": 3e-4, "adamw-none-seed1337": 1e-3,
+        "adamw-none-lr3x-seed1337": 3e-3, "lion-none-lr0.3x-seed1337": 6e-5,
+        "lion-none-seed1337": 2e-4, "lion-none-lr3x-seed1337": 6e-4})
+    # the x1 cells are the plain matrix's cells: same ids, results shared on resume
+    assert {c.id for c in plain.values()} <= {c.id for c in swept.cells}
+    state = matrix.new_state(swept.cells[0])
+    assert state["lr_multiplier"] == 0.3 and state["learning_rate"] == pytest.approx(3e-4)
+    with pytest.raises(cfglib.ConfigError, match=r"cell adamw-none-lr1000x-seed1337: .*ADAMW_LR"):
+        matrix.load_matrix(config, ["ADAMW_LR=2e-2", "MATRIX_LR_MULTIPLIERS=1000"])
 
 
 def test_cell_configs_are_valid_and_what_the_trainer_writes(matrix_config, tmp_path):
@@ -203,7 +225,7 @@ def test_dry_run_lists_cells_skips_and_an_estimate_and_writes_nothing(matrix_con
     assert matrix.main([str(config), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "4 of 6 cells would run" in out and "estimated wall time: 6.7 min" in out
-    assert f"{m.cells[0].id:<60} done" in out
+    assert f"{m.cells[0].id:<60} lr {m.cells[0].learning_rate:<8g} done" in out
 
 
 def test_make_targets_pass_the_flags(tmp_path):

@@ -20,8 +20,12 @@ def tiny_model(bias=True):
 
 
 def settings(*overrides):
-    return cfglib.load(cfglib.ROOT / "defconfigs" / "default",
-                       ["WEIGHT_DECAY=0.1", "LEARNING_RATE=1e-2", *overrides])
+    """The default recipe with `overrides`; the selected optimizer's LR at 1e-2 unless set."""
+    cfg = cfglib.load(cfglib.ROOT / "defconfigs" / "default", overrides)
+    symbol = optim.OPTIMIZERS[cfg.OPTIMIZER].lr
+    if not any(o.startswith(f"{symbol}=") for o in overrides):
+        cfg = cfglib.load(cfglib.ROOT / "defconfigs" / "default", [*overrides, f"{symbol}=1e-2"])
+    return cfg
 
 
 def run_steps(model, optimizer, steps=5):
@@ -71,8 +75,8 @@ def test_bool_knobs_really_change_the_update(optimizer, knob):
 
 def test_lion_follows_the_published_update_rule():
     model = tiny_model()
-    cfg = settings("OPTIMIZER=lion", "LEARNING_RATE=1e-3")
-    assert (cfg.BETA1, cfg.BETA2) == (0.9, 0.99)  # the authors' defaults
+    cfg = settings("OPTIMIZER=lion", "LION_LR=1e-3", "LION_WEIGHT_DECAY=0.1")
+    assert (cfg.LION_BETA1, cfg.LION_BETA2) == (0.9, 0.99)  # the authors' defaults
     start = copy.deepcopy(model)
     ours = run_steps(model, optim.build(cfg, model))
     # Chen et al. 2023: c = b1 m + (1 - b1) g; p -= lr (sign(c) + wd p); m = b2 m + (1 - b2) g
@@ -91,11 +95,44 @@ def test_lion_follows_the_published_update_rule():
         torch.testing.assert_close(a.double(), b, rtol=0, atol=1e-6)
 
 
-def test_lion_default_learning_rate_is_smaller():
-    assert settings("OPTIMIZER=lion").LEARNING_RATE == 1e-2  # set explicitly: kept
+def test_each_optimizer_has_its_own_learning_rate_symbol():
+    """Every registry entry names an LR symbol of its own with a prompt, help and a float
+    range, visible when the optimizer is selected or in the matrix; Lion's default follows
+    its authors (3-10x below AdamW's) and its weight decay is its own."""
     tree = cfglib.load_tree()
+    symbols = {entry.lr for entry in optim.OPTIMIZERS.values()}
+    assert len(symbols) == len(optim.OPTIMIZERS)
+    for name, entry in optim.OPTIMIZERS.items():
+        sym = tree.syms[entry.lr]
+        assert sym.nodes[0].prompt and cfglib.float_spec(sym) is not None, entry.lr
+        member = f"OPTIMIZER_{name.upper().replace('-', '_')}"
+        assert member in kconfiglib_expr(sym) and f"MATRIX_{member}" in kconfiglib_expr(sym)
+    defaults = {n: float(tree.syms[e.lr].str_value or "nan") for n, e in optim.OPTIMIZERS.items()}
     tree.syms["OPTIMIZER_LION"].set_value("y")
-    assert float(tree.syms["LEARNING_RATE"].str_value) == 1e-4
+    lion_lr = float(tree.syms["LION_LR"].str_value)
+    assert 3 <= defaults["adamw"] / lion_lr <= 10
+    assert tree.syms["WEIGHT_DECAY"].str_value == ""  # Lion has its own
+    model = tiny_model()
+    opt = optim.build(settings("OPTIMIZER=lion", "LION_LR=2e-4", "LION_WEIGHT_DECAY=0.7"), model)
+    assert opt.param_groups[0]["lr"] == 2e-4 and opt.param_groups[0]["weight_decay"] == 0.7
+
+
+def kconfiglib_expr(sym) -> str:
+    import kconfiglib
+    return kconfiglib.expr_str(sym.direct_dep)
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam", "adamw", "lion", "adafactor", "adamwspam"])
+def test_the_optimizer_gets_its_own_rate_and_the_schedule_follows(tiny_config, name):
+    symbol = optim.OPTIMIZERS[name].lr
+    cfg = cfglib.load(tiny_config(f"OPTIMIZER={name}", f"{symbol}=0.0123", "WARMUP_ITERS=0",
+                                  "MAX_ITERS=10", "MIN_LR_FRACTION=0.5"))
+    assert optim.peak_lr(cfg) == 0.0123
+    trainer = train.Trainer(cfg, RunDir.for_config(cfg), train.logging.getLogger("test"))
+    assert trainer.set_lr() == 0.0123
+    assert all(g["lr"] == 0.0123 for g in trainer.optimizer.param_groups)
+    trainer.progress.iter = 10
+    assert trainer.set_lr() == pytest.approx(0.0123 * 0.5)
 
 
 def test_adamwspam_gets_every_spam_knob():
@@ -166,7 +203,8 @@ def test_adamw_8bit_state_is_under_a_third_of_adamw():
 
 @pytest.mark.parametrize("name", ["adamw-8bit", "lion", "adafactor", "sgd", "adamwspam"])
 def test_every_optimizer_trains_the_tiny_model(tiny_config, name):
-    lr = {"sgd": "LEARNING_RATE=0.3", "lion": "LEARNING_RATE=1e-3", "adafactor": "LEARNING_RATE=0.05"}.get(name, "LEARNING_RATE=3e-3")
+    lr = {"sgd": "SGD_LR=0.3", "lion": "LION_LR=1e-3", "adafactor": "ADAFACTOR_LR=0.05"}.get(
+        name, f"{optim.OPTIMIZERS[name].lr}=3e-3")
     config = tiny_config(f"OPTIMIZER={name}", lr, "MAX_ITERS=40", "EVAL_INTERVAL=40",
                          "SAMPLE_AFTER_TRAINING=n")
     assert train.main([str(config)]) == 0
@@ -195,3 +233,54 @@ def test_adamwspam_resumes_exactly_across_a_reset(tiny_config, tmp_path):
     summary = json.loads(RunDir.for_config(cfglib.load(resumed)).summary.read_text())
     assert summary["reset_count"] == 1 and summary["clip_count"] > 0
     assert {"spike_count", "clip_count", "reset_count"} <= summary.keys()
+
+
+def test_state_bytes_counts_each_storage_once():
+    """bitsandbytes shares its quantisation maps between parameters; SPAM keeps state of
+    its own beside the moments. Each storage counts once."""
+    layers = torch.nn.Sequential(torch.nn.Linear(128, 128, bias=False),
+                                 torch.nn.Linear(128, 128, bias=False))
+    opt = optim.build(settings("OPTIMIZER=adamw-8bit"), layers)
+    for p in layers.parameters():
+        p.grad = torch.randn_like(p)
+    opt.step()
+    tensors = [t for st in opt.state.values() for t in st.values() if torch.is_tensor(t)]
+    naive = sum(t.numel() * t.element_size() for t in tensors)
+    shared = {t.untyped_storage().data_ptr() for t in tensors}
+    assert len(shared) < len(tensors)  # the maps really are shared
+    assert optim.state_bytes(opt) == sum(
+        {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}.values())
+    assert optim.state_bytes(opt) < naive
+
+    spam = optim.build(settings("OPTIMIZER=adamwspam", "SPAM_SPIKE_WINDOW=100"), layers)
+    for p in layers.parameters():
+        p.grad = torch.randn_like(p)
+    spam.step()
+    moments = 2 * 2 * 128 * 128 * 4
+    assert optim.state_bytes(spam) == moments + 100 * 4 + 2 * 8  # + norm window, 2 counters
+
+
+def test_spam_sees_a_spike_that_the_global_clip_would_hide(tiny_config):
+    """Under GRAD_CLIP=1.0 a 1000x loss spike still reaches SPAM raw: it is counted as a
+    spike and clipped element-wise; the summary lists both clips in the order applied."""
+    config = tiny_config("OPTIMIZER=adamwspam", "GRAD_CLIP=1.0", "SPAM_CLIP_DELAY=5",
+                         "SPAM_THETA=50", "MAX_ITERS=40", "EVAL_INTERVAL=40",
+                         "SAMPLE_AFTER_TRAINING=n", "SPAM_SPIKE_WINDOW=20")
+    cfg = cfglib.load(config)
+    trainer = train.Trainer(cfg, RunDir.for_config(cfg), train.logging.getLogger("test"))
+    model = trainer.model
+    for _ in range(30):
+        trainer.set_lr()
+        trainer.train_step()
+    before = optim.stats(trainer.optimizer)
+
+    def spiking(x, y):
+        logits, loss = model(x, y)
+        return logits, loss * 1000
+    trainer.forward = spiking
+    trainer.train_step()
+    after = optim.stats(trainer.optimizer)
+    assert after["spike_count"] == before["spike_count"] + 1
+    assert after["clip_count"] > before["clip_count"]
+    assert trainer.summary("complete")["grad_clips"] == [
+        "spam-element (theta 50, raw gradients)", "global-norm (max 1)"]

@@ -258,7 +258,7 @@ def test_comparison_with_a_baseline_matrix(built, tmp_path):
     shift = {1: 0.5, 2: -0.25}
     for seed, ppl in enumerate(PPL["adamw", "none"], start=1):
         if seed in shift:  # the same cells before a code change: other hashes, other results
-            add_cell(other, "adamw", "none", seed, ppl - shift[seed], extra=["LEARNING_RATE=2e-3"])
+            add_cell(other, "adamw", "none", seed, ppl - shift[seed], extra=["ADAMW_LR=2e-3"])
     add_cell(other, "sgd", "none", 1, 30.0)
     assert report.main([str(mdir), "--baseline-matrix", str(other)]) == 0
     comparison = pd.read_csv(mdir / "comparison.csv").set_index("name")
@@ -295,3 +295,52 @@ def test_old_results_stay_readable_after_the_kconfig_tree_changes(built):
         cfglib.load(config)
     cells = report.write_report(mdir)["cells"].set_index("cell")
     assert cells.loc[ids["adamw", "none", 1], "optimizer"] == "adamw"
+
+
+def test_learning_rate_sweep_compares_each_optimizer_at_its_best_rate(tmp_path):
+    """Cells at several multiples of each optimizer's own rate: the tables and deltas use the
+    winning rate per setting, the report marks it and says it was chosen on validation."""
+    config = write_matrix_config(tmp_path, "MATRIX_OPTIMIZER_LION=y",
+                                 "MATRIX_LR_MULTIPLIERS=0.5 1 2")
+    mdir = matrix.dir_of_config(config)
+    mdir.mkdir(parents=True)
+    (mdir / "matrix.config").write_text(config.read_text())
+    # adamw wins at x2, lion at x0.5
+    ppl = {("adamw", 0.5): 12.0, ("adamw", 1): 11.0, ("adamw", 2): 10.0,
+           ("lion", 0.5): 9.0, ("lion", 1): 9.5, ("lion", 2): 14.0}
+    cells = matrix.load_matrix(config).cells
+    assert len(cells) == 6
+    for cell in cells:
+        s = cell.spec
+        run = mdir / cell.id
+        run.mkdir()
+        cfglib.write_config(cell.kconf, run / "config")
+        (run / "summary.json").write_text(json.dumps(fake_summary(ppl[s.optimizer, s.lr_multiplier], 1)))
+        (mdir / "state").mkdir(exist_ok=True)
+        (mdir / "state" / f"{cell.id}.json").write_text(json.dumps(
+            {**matrix.new_state(cell), "status": "done", "exit_code": 0, "wall_s": 12.0}))
+    out = report.write_report(mdir)
+    rates = out["cells"].set_index("name")["learning_rate"]
+    assert rates["adamw-none-lr2x-seed1337"] == pytest.approx(2 * 1e-3)  # default recipe's 1e-3
+    assert rates["lion-none-seed1337"] == pytest.approx(1e-4)  # Lion's own rate
+    best = out["groups"].set_index("optimizer")
+    assert best.loc["adamw", "learning_rate"] == pytest.approx(2e-3)
+    assert best.loc["lion", "learning_rate"] == pytest.approx(5e-5)
+    assert best.loc["lion", "mean"] == 9.0
+    deltas = out["deltas"].set_index("group")
+    assert deltas.loc["lion-none", "delta"] == pytest.approx(-1.0)  # 9.0 against 10.0
+    md = (mdir / "report.md").read_text()
+    assert "chosen on the validation split" in md
+    assert "| lion-none | 0 | 5e-05 | x0.5 | 9.000 | **best** |" in md
+    assert "| adamw-none | 0 | 0.001 | x1 | 11.000 |  |" in md
+    assert "10.000 @ lr 0.002" in md
+    csv = pd.read_csv(mdir / "summary.csv").set_index("name")
+    assert csv.loc["lion-none-lr2x-seed1337", "lr_multiplier"] == 2
+
+
+def test_single_rate_report_lists_each_optimizers_rate(built):
+    _, mdir, _ = built
+    md = report.write_report(mdir)["report"].read_text()
+    section = md[md.index("## Learning rates"):md.index("## Against the baseline")]
+    assert "| adamw | 0.001 |" in section and "| lion | 0.0001 |" in section
+    assert "chosen on the validation split" not in md

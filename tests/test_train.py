@@ -94,9 +94,9 @@ def test_a_different_config_never_reuses_a_run_directory(tiny_config, capsys):
 
 def test_bad_value_stops_before_any_work(tiny_config, tmp_path, capsys):
     config = tiny_config("MAX_ITERS=5")
-    assert train.main([str(config), "--set", "LEARNING_RATE=-1"]) == 2
+    assert train.main([str(config), "--set", "ADAMW_LR=-1"]) == 2
     err = capsys.readouterr().err
-    assert 'CONFIG_LEARNING_RATE="-1": -1 is outside the allowed range (0, 10]' in err
+    assert 'CONFIG_ADAMW_LR="-1": -1 is outside the allowed range (0, 10]' in err
     assert not (tmp_path / "results").exists()
 
 

@@ -1,10 +1,13 @@
 """Optimizer registry: OPTIMIZER choice -> constructor(param_groups, cfg).
 
 Every optimizer gets the same parameter groups from param_groups(), so a
-comparison differs only in the update rule. Adding an optimizer is one entry
-in OPTIMIZERS plus its block in lib/optim/Kconfig.
+comparison differs only in the update rule. Each entry names the symbols of its
+own learning rate and weight decay. Adding an optimizer is one entry in
+OPTIMIZERS plus its block in lib/optim/Kconfig.
 """
 import importlib
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import nn
@@ -42,45 +45,43 @@ def _betas(cfg) -> tuple:
     return (cfg.BETA1, cfg.BETA2)
 
 
-def _sgd(groups, cfg):
-    return torch.optim.SGD(groups, lr=cfg.LEARNING_RATE, momentum=cfg.SGD_MOMENTUM,
-                           nesterov=cfg.SGD_NESTEROV, **IMPLEMENTATIONS[cfg.OPTIMIZER_IMPL])
+def _sgd(groups, cfg, lr):
+    return torch.optim.SGD(groups, lr=lr, momentum=cfg.SGD_MOMENTUM, nesterov=cfg.SGD_NESTEROV,
+                           **IMPLEMENTATIONS[cfg.OPTIMIZER_IMPL])
 
 
-def _adam(groups, cfg):
-    return torch.optim.Adam(groups, lr=cfg.LEARNING_RATE, betas=_betas(cfg), eps=cfg.EPS,
-                            amsgrad=cfg.AMSGRAD, **IMPLEMENTATIONS[cfg.OPTIMIZER_IMPL])
+def _adam(groups, cfg, lr):
+    return torch.optim.Adam(groups, lr=lr, betas=_betas(cfg), eps=cfg.EPS, amsgrad=cfg.AMSGRAD,
+                            **IMPLEMENTATIONS[cfg.OPTIMIZER_IMPL])
 
 
-def _adamw(groups, cfg):
-    return torch.optim.AdamW(groups, lr=cfg.LEARNING_RATE, betas=_betas(cfg), eps=cfg.EPS,
-                             amsgrad=cfg.AMSGRAD, **IMPLEMENTATIONS[cfg.OPTIMIZER_IMPL])
+def _adamw(groups, cfg, lr):
+    return torch.optim.AdamW(groups, lr=lr, betas=_betas(cfg), eps=cfg.EPS, amsgrad=cfg.AMSGRAD,
+                             **IMPLEMENTATIONS[cfg.OPTIMIZER_IMPL])
 
 
-def _adamw_8bit(groups, cfg):
+def _adamw_8bit(groups, cfg, lr):
     bnb = _require("bitsandbytes", "OPTIMIZER_ADAMW_8BIT", "bitsandbytes")
     if cfg.ADAMW_8BIT_PAGED:
         if groups[0]["params"][0].device.type != "cuda":
             raise ConfigError("CONFIG_ADAMW_8BIT_PAGED=y: paged optimizer state needs a CUDA "
                               "device; unset ADAMW_8BIT_PAGED or select DEVICE_CUDA")
-        return bnb.optim.PagedAdamW8bit(groups, lr=cfg.LEARNING_RATE, betas=_betas(cfg),
-                                        eps=cfg.EPS)
-    return bnb.optim.AdamW8bit(groups, lr=cfg.LEARNING_RATE, betas=_betas(cfg), eps=cfg.EPS)
+        return bnb.optim.PagedAdamW8bit(groups, lr=lr, betas=_betas(cfg), eps=cfg.EPS)
+    return bnb.optim.AdamW8bit(groups, lr=lr, betas=_betas(cfg), eps=cfg.EPS)
 
 
-def _lion(groups, cfg):
+def _lion(groups, cfg, lr):
     lion = _require("lion_pytorch", "OPTIMIZER_LION", "lion-pytorch")
-    return lion.Lion(groups, lr=cfg.LEARNING_RATE, betas=_betas(cfg))
+    return lion.Lion(groups, lr=lr, betas=(cfg.LION_BETA1, cfg.LION_BETA2))
 
 
-def _adafactor(groups, cfg):
-    return torch.optim.Adafactor(groups, lr=cfg.LEARNING_RATE,
-                                 beta2_decay=cfg.ADAFACTOR_BETA2_DECAY,
+def _adafactor(groups, cfg, lr):
+    return torch.optim.Adafactor(groups, lr=lr, beta2_decay=cfg.ADAFACTOR_BETA2_DECAY,
                                  eps=(None, cfg.ADAFACTOR_EPS), d=cfg.ADAFACTOR_CLIP_THRESHOLD,
                                  **IMPLEMENTATIONS[cfg.OPTIMIZER_IMPL])
 
 
-def _adamwspam(groups, cfg):
+def _adamwspam(groups, cfg, lr):
     from lib.optim.spam import AdamWSPAM
 
     resets = bool(cfg.SPAM_PERIODIC_RESET)
@@ -92,29 +93,65 @@ def _adamwspam(groups, cfg):
         spam["reset_interval"] = cfg.SPAM_INTERVAL
     if warmup:
         spam["warmup_steps"] = cfg.SPAM_WARMUP_STEPS
-    return AdamWSPAM(groups, lr=cfg.LEARNING_RATE, betas=_betas(cfg), eps=cfg.EPS, **spam)
+    return AdamWSPAM(groups, lr=lr, betas=_betas(cfg), eps=cfg.EPS, **spam)
+
+
+@dataclass(frozen=True)
+class Entry:
+    build: Callable  # (param_groups, cfg, lr) -> torch.optim.Optimizer
+    lr: str  # the symbol holding its peak learning rate
+    weight_decay: str = "WEIGHT_DECAY"  # the symbol holding its weight decay
 
 
 OPTIMIZERS = {
-    "sgd": _sgd,
-    "adam": _adam,
-    "adamw": _adamw,
-    "adamw-8bit": _adamw_8bit,
-    "lion": _lion,
-    "adafactor": _adafactor,
-    "adamwspam": _adamwspam,
+    "sgd": Entry(_sgd, "SGD_LR"),
+    "adam": Entry(_adam, "ADAM_LR"),
+    "adamw": Entry(_adamw, "ADAMW_LR"),
+    "adamw-8bit": Entry(_adamw_8bit, "ADAMW_8BIT_LR"),
+    "lion": Entry(_lion, "LION_LR", "LION_WEIGHT_DECAY"),
+    "adafactor": Entry(_adafactor, "ADAFACTOR_LR"),
+    "adamwspam": Entry(_adamwspam, "ADAMWSPAM_LR"),
 }
 
 
+def peak_lr(cfg) -> float:
+    """The selected optimizer's peak learning rate (its own <OPTIMIZER>_LR symbol)."""
+    return cfg[OPTIMIZERS[cfg.OPTIMIZER].lr]
+
+
 def build(cfg, model: nn.Module) -> torch.optim.Optimizer:
-    groups = param_groups(model, cfg.WEIGHT_DECAY, cfg.DECAY_EMBEDDINGS)
-    return OPTIMIZERS[cfg.OPTIMIZER](groups, cfg)
+    entry = OPTIMIZERS[cfg.OPTIMIZER]
+    groups = param_groups(model, cfg[entry.weight_decay], cfg.DECAY_EMBEDDINGS)
+    return entry.build(groups, cfg, cfg[entry.lr])
+
+
+def prepare_grads(optimizer: torch.optim.Optimizer) -> None:
+    """Let an optimizer that acts on raw gradients (SPAM: reset, spike count, element
+    clip) do so; the trainer calls this after unscaling and before any global clip."""
+    if hasattr(optimizer, "prepare_grads"):
+        optimizer.prepare_grads()
+
+
+def gradient_clips(cfg) -> list:
+    """The gradient clips a run applies, in order (for summary.json)."""
+    clips = []
+    if cfg.OPTIMIZER == "adamwspam" and cfg.SPAM_ENABLE_CLIP:
+        clips.append(f"spam-element (theta {cfg.SPAM_THETA:g}, raw gradients)")
+    if cfg.GRAD_CLIP:
+        clips.append(f"global-norm (max {cfg.GRAD_CLIP:g})")
+    return clips
 
 
 def state_bytes(optimizer: torch.optim.Optimizer) -> int:
-    """Bytes held in optimizer state tensors (moments, quantisation maps, counters)."""
-    return sum(t.numel() * t.element_size() for state in optimizer.state.values()
-               for t in state.values() if torch.is_tensor(t))
+    """Bytes of every storage the optimizer keeps (moments, quantisation maps, counters,
+    SPAM's own state), each counted once however many parameters share it."""
+    tensors = [t for state in optimizer.state.values() for t in state.values()
+               if torch.is_tensor(t)]
+    if hasattr(optimizer, "state_tensors"):
+        tensors += optimizer.state_tensors()
+    storages = {(t.device, t.untyped_storage().data_ptr()): t.untyped_storage().nbytes()
+                for t in tensors}
+    return sum(storages.values())
 
 
 def stats(optimizer: torch.optim.Optimizer) -> dict:

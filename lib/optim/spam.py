@@ -1,73 +1,64 @@
-"""AdamW with SPAM: spike-aware clipping, periodic momentum reset, warm-up.
+"""SPAM: Spike-Aware Adam with Momentum reset (Huang et al., ICLR 2025).
 
-SPAM is described in Huang et al., "SPAM: Spike-Aware Adam with Momentum
-Reset for Stable LLM Training" (ICLR 2025). This is an independent
-implementation of the behaviour described there, on top of AdamW (decoupled
-weight decay, bias correction). Every SPAM feature can be switched off; with
-``enable_clip=False`` and ``periodic_reset=False`` the optimizer performs
-exactly the arithmetic of ``torch.optim.AdamW(foreach=False)``.
+The update follows the authors' public optimizer (github.com/TianjinYellow/
+SPAM-Optimizer, the class exported as ``SPAM``) step for step; the parity
+test in tests/test_spam.py replays a reference written from that description.
+Steps ``n`` are counted from 1, globally (one per ``step()`` call), and
+``DeltaT`` is ``reset_interval``:
 
-Step ``t`` (1-based, global: one per ``step()`` call) goes like this:
+1. **Momentum reset** (``periodic_reset``): on every step with
+   ``n % DeltaT == 0`` (steps DeltaT, 2 DeltaT, ...) both moments of every
+   parameter are zeroed before this step's gradient is folded in. Each
+   parameter's own step count ``t`` (bias correction) is never reset.
 
-1. **Periodic reset** (``periodic_reset``): if ``t > 1`` and
-   ``(t - 1) % reset_interval == 0`` -- i.e. after every ``reset_interval``
-   completed steps -- both moment estimates of every parameter are set to
-   zero before this step's gradient is folded in. The step counters used for
-   bias correction are *not* reset, so bias correction keeps using the
-   global step count. ``k`` (steps since the last reset, or since the start
-   of training when there has been no reset) is 1 on this step.
+2. **Spike-aware clipping** (``enable_clip``, the authors' ``threshold != 0``):
+   only where ``n >= clip_delay`` and, with resets, ``n % DeltaT >=
+   clip_delay`` (the authors' ``grad_accu_steps``: ``clip_delay - 1``
+   unclipped steps at the start, ``clip_delay`` after each reset). Every
+   gradient element with ``g**2 > theta * v`` (``v`` the second moment before
+   this step) becomes ``sign(g) * sqrt(theta * v)``, in place in ``p.grad``.
 
-2. **Spike detection** (``spike_window > 0``): the global L2 norm of all
-   gradients (before clipping) is compared with a window holding the last
-   ``spike_window`` norms (the current norm excluded). When the window holds
-   at least ``min(SPIKE_MIN_SAMPLES, spike_window)`` norms, its sample
-   standard deviation ``std`` (Bessel-corrected) is positive and
-   ``(norm - mean) / std > spike_threshold``, the step counts as a spike
-   (``spike_count``). The norm is then added to the window (the oldest one
-   falls out). Detection only counts; it does not change the update. All of
-   this stays on the gradients' device: no host sync.
+3. **Adam update**, per parameter with its own ``t``::
 
-3. **Spike-aware clipping** (``enable_clip``, only while ``k > clip_delay``):
-   with ``v`` the second-moment estimate before this step's update, every
-   gradient element with ``g**2 > theta * v`` is replaced by
-   ``sign(g) * sqrt(theta * v)``. ``clip_count`` counts the replaced
-   elements. Clipping is suspended for the first ``clip_delay`` steps of
-   training and after every reset, where ``v`` is not yet meaningful.
+       m <- beta1 m + (1 - beta1) g
+       v <- beta2 v + (1 - beta2) g**2
+       p <- p - scale * lr * sqrt(1 - beta2**t) / (1 - beta1**t) * m / (sqrt(v) + eps)
+       p <- p - lr * weight_decay * p          # after the update, never scaled
 
-4. **AdamW update** with the (clipped) gradient, per parameter::
+4. **Warm-up after a reset** (``warmup``): ``j = n - (step of the last
+   reset)`` (0 on the reset step itself) gives
+   ``scale = 1 - 0.99 * (1 + cos(pi * j / (W + 1))) / 2`` for ``j < W``
+   (``W = warmup_steps``; 0.01 on the reset step), else 1: the authors'
+   ``1 - CosineDecay(0.99, W)``. No ramp before the first reset.
 
-       p <- p * (1 - lr * weight_decay)              # decoupled, never scaled
-       m <- beta1 * m + (1 - beta1) * g
-       v <- beta2 * v + (1 - beta2) * g**2
-       p <- p - scale * lr / (1 - beta1**s) * m / (sqrt(v) / sqrt(1 - beta2**s) + eps)
+Beyond the authors' optimizer, and never changing the update:
 
-   where ``s`` is the parameter's own step count (the number of steps in
-   which it had a gradient; the same as ``t`` for parameters that always
-   have one) and ``scale`` is the warm-up factor below.
+- **Spike counting** (``spike_window > 0``): the global L2 norm of the raw
+  gradients is compared with a window of the last ``spike_window`` norms;
+  ``(norm - mean) / std > spike_threshold`` (sample std, at least
+  ``min(SPIKE_MIN_SAMPLES, spike_window)`` norms held) counts a spike.
+- ``clip_count`` counts clipped elements, ``reset_count`` resets.
 
-5. **Warm-up after reset** (``warmup``): after a reset (never at the very
-   start of training) the Adam part of the update is scaled by a cosine
-   ramp, with ``k`` as above (``k = 1`` on the first step after a reset)::
+The per-element work runs as torch's multi-tensor (``_foreach``) operations
+over all parameters of a group sharing a device, dtype and step count, with no
+host sync, in the authors' order of operations: results agree with theirs to
+the last bit (the element clip is a clamp, which equals their masked
+replacement but for ties at the bound).
+A trainer that clips the global gradient norm calls ``prepare_grads()``
+first (reset, spike count and element clip on the raw gradients), then its
+own clip, then ``step()``; ``step()`` calls ``prepare_grads()`` itself when
+nobody did.
 
-       scale(k) = 0.01 + (1 - 0.01) * 0.5 * (1 - cos(pi * min(k, warmup_steps) / warmup_steps))
-
-   ``scale(1)`` is just above 0.01 (0.010244 for ``warmup_steps=100``) and
-   ``scale(k) == 1.0`` exactly for ``k >= warmup_steps``; ``warmup_steps=0``
-   means no ramp. Before the first reset, or with ``warmup=False``,
-   ``scale = 1``.
-
-Counters and checkpoints: the global SPAM state (step, steps since reset,
-``reset_count``, ``clip_count``, ``spike_count`` and the norm window) lives in
-``self.spam_state``, not in the per-parameter ``self.state``. ``state_dict()``
-adds it under the top-level key ``"spam"`` and ``load_state_dict()`` restores
-it (a state dict without that key, e.g. one from torch's AdamW, loads as a
-fresh SPAM state). Per-parameter state (``step``, ``exp_avg``, ``exp_avg_sq``)
-is torch's usual per-parameter state.
+Counters and checkpoints: the global state (step, last reset, counters, norm
+window) lives in ``self.spam_state`` and is saved under ``"spam"`` by
+``state_dict()``; per-parameter state is torch's (``step``, ``exp_avg``,
+``exp_avg_sq``).
 """
 
 from __future__ import annotations
 
 import math
+from collections import defaultdict
 from typing import Any, Callable, Iterable
 
 import torch
@@ -75,32 +66,28 @@ from torch.optim import Optimizer
 
 __all__ = ["AdamWSPAM", "warmup_scale"]
 
-# Smallest warm-up scale, at the instant of a reset.
-WARMUP_START = 0.01
+# The authors' cosine decays the ramp's complement from this value.
+WARMUP_DEPTH = 0.99
 
 
-def warmup_scale(k: int, warmup_steps: int) -> float:
-    """Cosine ramp factor ``k`` steps after a reset (``k = 1`` right after it).
-
-    ``0.01 + 0.99 * 0.5 * (1 - cos(pi * min(k, warmup_steps) / warmup_steps))``;
-    exactly 1.0 for ``k >= warmup_steps`` (and for ``warmup_steps <= 0``).
-    """
-    if warmup_steps <= 0 or k >= warmup_steps:
+def warmup_scale(j: int, warmup_steps: int) -> float:
+    """The update scale ``j`` steps after a reset (``j = 0`` on the reset step):
+    ``1 - 0.99 * (1 + cos(pi * j / (W + 1))) / 2`` for ``j < W``, else 1."""
+    if j >= warmup_steps:
         return 1.0
-    frac = max(k, 0) / warmup_steps
-    return WARMUP_START + (1.0 - WARMUP_START) * 0.5 * (1.0 - math.cos(math.pi * frac))
+    return 1.0 - WARMUP_DEPTH * (1.0 + math.cos(math.pi * j / (warmup_steps + 1))) / 2
 
 
 class AdamWSPAM(Optimizer):
-    """AdamW plus SPAM (spike clipping, momentum reset, post-reset warm-up).
+    """The authors' SPAM optimizer plus spike counting; see the module docstring.
 
-    See the module docstring for the exact algorithm. ``lr``, ``betas``,
-    ``eps``, ``weight_decay`` and ``theta`` may be set per parameter group;
-    the schedule arguments (clip delay, reset, warm-up, spike detection) are
-    optimizer-wide.
+    The keyword defaults are the authors' (threshold 5000, DeltaT 500,
+    warm-up 150, grad_accu_steps 20, eps 1e-6). ``lr``, ``betas``, ``eps``,
+    ``weight_decay`` and ``theta`` may be set per parameter group; the
+    schedule arguments are optimizer-wide.
     """
 
-    # Spike detection needs at least this many norms in the window (or the
+    # Spike counting needs at least this many norms in the window (or the
     # whole window when spike_window is smaller).
     SPIKE_MIN_SAMPLES = 10
 
@@ -109,49 +96,37 @@ class AdamWSPAM(Optimizer):
         params: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
         lr: float = 1e-3,
         betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float = 1e-2,
+        eps: float = 1e-6,
+        weight_decay: float = 0.0,
         *,
-        theta: float = 50.0,
+        theta: float = 5000.0,
         enable_clip: bool = True,
         clip_delay: int = 20,
         periodic_reset: bool = True,
-        reset_interval: int = 1000,
+        reset_interval: int = 500,
         warmup: bool = True,
-        warmup_steps: int = 100,
+        warmup_steps: int = 150,
         spike_threshold: float = 2.0,
         spike_window: int = 100,
     ) -> None:
-        if isinstance(lr, torch.Tensor):
-            raise TypeError("AdamWSPAM: lr must be a float")
-        if not lr >= 0.0:
-            raise ValueError(f"Invalid learning rate: {lr}")
-        if not eps >= 0.0:
-            raise ValueError(f"Invalid epsilon value: {eps}")
-        if not 0.0 <= betas[0] < 1.0:
-            raise ValueError(f"Invalid beta parameter at index 0: {betas[0]}")
-        if not 0.0 <= betas[1] < 1.0:
-            raise ValueError(f"Invalid beta parameter at index 1: {betas[1]}")
-        if not weight_decay >= 0.0:
-            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
-        if not theta > 0.0:
-            raise ValueError(f"Invalid theta: {theta}")
-        if int(clip_delay) != clip_delay or clip_delay < 0:
-            raise ValueError(f"Invalid clip_delay: {clip_delay}")
-        if int(reset_interval) != reset_interval or reset_interval < 1:
-            raise ValueError(f"Invalid reset_interval: {reset_interval}")
-        if int(warmup_steps) != warmup_steps or warmup_steps < 0:
-            raise ValueError(f"Invalid warmup_steps: {warmup_steps}")
-        if int(spike_window) != spike_window or spike_window < 0 or spike_window == 1:
-            raise ValueError(f"Invalid spike_window (0 disables, else >= 2): {spike_window}")
-        if not spike_threshold >= 0.0:
-            raise ValueError(f"Invalid spike_threshold: {spike_threshold}")
-
-        defaults = dict(
-            lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, theta=theta
-        )
-        super().__init__(params, defaults)
-
+        checks = {
+            "lr": (lr, not isinstance(lr, torch.Tensor) and lr >= 0.0),
+            "eps": (eps, eps >= 0.0),
+            "betas": (betas, 0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0),
+            "weight_decay": (weight_decay, weight_decay >= 0.0),
+            "theta": (theta, theta > 0.0),
+            "clip_delay": (clip_delay, int(clip_delay) == clip_delay >= 0),
+            "reset_interval": (reset_interval, int(reset_interval) == reset_interval >= 1),
+            "warmup_steps": (warmup_steps, int(warmup_steps) == warmup_steps >= 0),
+            "spike_window (0 disables, else >= 2)": (
+                spike_window, int(spike_window) == spike_window >= 0 and spike_window != 1),
+            "spike_threshold": (spike_threshold, spike_threshold >= 0.0),
+        }
+        for name, (value, ok) in checks.items():
+            if not ok:
+                raise ValueError(f"AdamWSPAM: invalid {name}: {value}")
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps,
+                                      weight_decay=weight_decay, theta=theta))
         self.enable_clip = bool(enable_clip)
         self.clip_delay = int(clip_delay)
         self.periodic_reset = bool(periodic_reset)
@@ -161,18 +136,19 @@ class AdamWSPAM(Optimizer):
         self.spike_threshold = float(spike_threshold)
         self.spike_window = int(spike_window)
         self.spam_state: dict[str, Any] = self._fresh_spam_state()
+        self._prepared_step = 0  # the step whose gradients prepare_grads() has handled
 
     # ------------------------------------------------------------------ state
 
     @staticmethod
     def _fresh_spam_state() -> dict[str, Any]:
         return {
-            "step": 0,  # global step count (host int: known without a sync)
-            "since_reset": 0,  # k: steps since last reset (or since start)
+            "step": 0,  # steps taken (host int: known without a sync)
+            "last_reset": 0,  # step of the last reset, 0 before the first
             "reset_count": 0,
             "window_len": 0,  # norms held in norm_window
             "window_pos": 0,  # next slot to write in norm_window
-            # Device tensors, created lazily on the gradients' device.
+            # Device tensors, created on the gradients' device at the first step.
             "clip_count": None,  # int64 scalar
             "spike_count": None,  # int64 scalar
             "norm_window": None,  # float32 [spike_window]
@@ -180,107 +156,151 @@ class AdamWSPAM(Optimizer):
 
     def _ensure_device_state(self, device: torch.device) -> None:
         st = self.spam_state
-        if st["clip_count"] is None:
-            st["clip_count"] = torch.zeros((), dtype=torch.int64, device=device)
-        if st["spike_count"] is None:
-            st["spike_count"] = torch.zeros((), dtype=torch.int64, device=device)
-        if st["norm_window"] is None or st["norm_window"].numel() != self.spike_window:
-            st["norm_window"] = torch.zeros(
-                self.spike_window, dtype=torch.float32, device=device
-            )
-            st["window_len"] = 0
-            st["window_pos"] = 0
+        for key in ("clip_count", "spike_count"):
+            if st[key] is None:
+                st[key] = torch.zeros((), dtype=torch.int64, device=device)
+        if st["norm_window"] is None:
+            st["norm_window"] = torch.zeros(self.spike_window, dtype=torch.float32,
+                                            device=device)
+            st["window_len"] = st["window_pos"] = 0
 
     def state_dict(self) -> dict[str, Any]:
         sd = super().state_dict()
-        sd["spam"] = {
-            k: (v.detach().clone() if isinstance(v, torch.Tensor) else v)
-            for k, v in self.spam_state.items()
-        }
+        sd["spam"] = {k: (v.detach().clone() if isinstance(v, torch.Tensor) else v)
+                      for k, v in self.spam_state.items()}
         return sd
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         state_dict = dict(state_dict)
-        spam = state_dict.pop("spam", None)
+        spam = state_dict.pop("spam", None) or {}
         super().load_state_dict(state_dict)
-        # Groups saved by another optimizer (e.g. AdamW) lack SPAM keys.
-        for group in self.param_groups:
+        for group in self.param_groups:  # groups saved by torch's AdamW lack theta
             for key, value in self.defaults.items():
                 group.setdefault(key, value)
-        # torch's AdamW keeps per-parameter steps as tensors; ours are ints.
-        for pstate in self.state.values():
+        for pstate in self.state.values():  # torch keeps steps as tensors; ours are ints
             if isinstance(pstate.get("step"), torch.Tensor):
                 pstate["step"] = int(pstate["step"].item())
         fresh = self._fresh_spam_state()
-        if spam is not None:
-            device = self._first_param_device()
-            for k in fresh:
-                if k not in spam:
-                    continue
-                v = spam[k]
-                if isinstance(v, torch.Tensor):
-                    v = v.detach().clone().to(device)
-                fresh[k] = v
-            win = fresh["norm_window"]
-            if win is not None and win.numel() != self.spike_window:
-                # Window size changed since the checkpoint: start a new window.
-                fresh["norm_window"] = None
-                fresh["window_len"] = 0
-                fresh["window_pos"] = 0
+        device = next((p.device for g in self.param_groups for p in g["params"]),
+                      torch.device("cpu"))
+        for key, value in spam.items():
+            if key in fresh:
+                fresh[key] = value.detach().clone().to(device) if isinstance(
+                    value, torch.Tensor) else value
+        window = fresh["norm_window"]
+        if window is not None and window.numel() != self.spike_window:
+            fresh["norm_window"] = None  # the window size changed: start a new one
         self.spam_state = fresh
-
-    def _first_param_device(self) -> torch.device:
-        for group in self.param_groups:
-            for p in group["params"]:
-                return p.device
-        return torch.device("cpu")
+        self._prepared_step = 0
 
     def stats(self) -> dict[str, int]:
         """Counters as Python ints (this syncs with the device)."""
         st = self.spam_state
+        return {key: 0 if st[key] is None else int(st[key])
+                for key in ("clip_count", "spike_count", "reset_count")}
 
-        def as_int(v: Any) -> int:
-            return 0 if v is None else int(v.item() if isinstance(v, torch.Tensor) else v)
-
-        return {
-            "clip_count": as_int(st["clip_count"]),
-            "spike_count": as_int(st["spike_count"]),
-            "reset_count": as_int(st["reset_count"]),
-        }
+    def state_tensors(self) -> list:
+        """SPAM's own tensors (counters, norm window), for memory accounting."""
+        return [v for v in self.spam_state.values() if isinstance(v, torch.Tensor)]
 
     # ------------------------------------------------------------- internals
 
-    def _reset_moments(self) -> None:
-        for group in self.param_groups:
-            for p in group["params"]:
-                state = self.state.get(p)
-                if not state:
-                    continue
-                state["exp_avg"].zero_()
-                state["exp_avg_sq"].zero_()
+    def _buckets(self, group) -> list:
+        """The group's parameters with a gradient, as lists per (device, dtype, step count),
+        their state created on first use: [(params, grads, exp_avgs, exp_avg_sqs, states)].
+        One step count per list gives one bias correction, so the update is one scaled
+        add, exactly the authors' ``p.add_(m / denom, alpha=...)``."""
+        buckets = defaultdict(lambda: ([], [], [], [], []))
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            if p.grad.is_sparse or torch.is_complex(p):
+                raise RuntimeError("AdamWSPAM supports neither sparse gradients nor complex "
+                                   "parameters")
+            state = self.state[p]
+            if not state:
+                state["step"] = 0
+                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            lists = buckets[(p.device, p.dtype, state["step"])]
+            for lst, item in zip(lists, (p, p.grad, state["exp_avg"], state["exp_avg_sq"],
+                                         state)):
+                lst.append(item)
+        return list(buckets.values())
 
-    def _detect_spike(self, grads: list[torch.Tensor], device: torch.device) -> None:
+    def _count_spike(self, grads: list) -> None:
         st = self.spam_state
-        # Accumulate in at least float32 (no copy of low-precision grads).
-        norms = [
-            torch.linalg.vector_norm(
-                g, dtype=torch.float64 if g.dtype == torch.float64 else torch.float32
-            ).to(device=device, dtype=torch.float32)
-            for g in grads
-        ]
-        norm = torch.linalg.vector_norm(torch.stack(norms))
         window = st["norm_window"]
+        norms = [n.to(device=window.device, dtype=torch.float32)
+                 for n in torch._foreach_norm(grads)]
+        norm = torch.linalg.vector_norm(torch.stack(norms))
         n = st["window_len"]
         if n >= max(2, min(self.SPIKE_MIN_SAMPLES, self.spike_window)):
-            valid = window if n == window.numel() else window[:n]
-            std, mean = torch.std_mean(valid, correction=1)
+            std, mean = torch.std_mean(window[:n], correction=1)
             is_spike = (std > 0) & ((norm - mean) > self.spike_threshold * std)
             st["spike_count"].add_(is_spike.to(torch.int64))
         window[st["window_pos"]] = norm
         st["window_pos"] = (st["window_pos"] + 1) % window.numel()
         st["window_len"] = min(n + 1, window.numel())
 
+    def _clip_active(self, n: int) -> bool:
+        if not self.enable_clip or n < self.clip_delay:
+            return False
+        return not self.periodic_reset or n % self.reset_interval >= self.clip_delay
+
+    @staticmethod
+    def _clip(params: list, grads: list, exp_avg_sqs: list, theta: float,
+              clip_count: torch.Tensor) -> None:
+        """p.grad <- clamp(g, -sqrt(theta v), sqrt(theta v)), counting clipped elements."""
+        bounds = torch._foreach_mul(exp_avg_sqs, theta)
+        torch._foreach_sqrt_(bounds)
+        clipped = torch._foreach_minimum(grads, bounds)
+        torch._foreach_neg_(bounds)
+        torch._foreach_maximum_(clipped, bounds)
+        # The clipped-off part, reduced to 1 where an element was clipped: its squared
+        # L2 norm (the fast multi-tensor norm) is the count.
+        torch._foreach_sub_(grads, clipped)
+        torch._foreach_sign_(grads)
+        counts = torch.stack(torch._foreach_norm(grads)).square().sum().round()
+        clip_count.add_(counts.to(clip_count.device, torch.int64))
+        for p, g in zip(params, clipped):
+            p.grad = g
+
     # ------------------------------------------------------------------ step
+
+    @torch.no_grad()
+    def prepare_grads(self) -> None:
+        """Reset, spike count and element clip for the coming step, on the raw gradients.
+
+        Once per set of gradients: when a GradScaler skips the step, the next gradients
+        are prepared for the same step again (without a second reset)."""
+        st = self.spam_state
+        n = st["step"] + 1
+        groups = [(group, self._buckets(group)) for group in self.param_groups]
+        grads = [g for _, buckets in groups for b in buckets for g in b[1]]
+        if not grads:
+            return
+        self._ensure_device_state(grads[0].device)
+        if self.periodic_reset and n % self.reset_interval == 0 and st["last_reset"] != n:
+            for _, buckets in groups:
+                for b in buckets:
+                    torch._foreach_zero_(b[2])
+                    torch._foreach_zero_(b[3])
+            st["last_reset"] = n
+            st["reset_count"] += 1
+        if self.spike_window > 0:
+            self._count_spike(grads)
+        if self._clip_active(n):
+            for group, buckets in groups:
+                for b in buckets:
+                    self._clip(b[0], b[1], b[3], group["theta"], st["clip_count"])
+        self._prepared_step = n
+
+    def _scale(self, n: int) -> float:
+        last_reset = self.spam_state["last_reset"]
+        if not self.warmup or not last_reset:
+            return 1.0
+        return warmup_scale(n - last_reset, self.warmup_steps)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None):  # type: ignore[override]
@@ -288,87 +308,28 @@ class AdamWSPAM(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-
-        grads_all: list[torch.Tensor] = []
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                if p.grad.is_sparse:
-                    raise RuntimeError("AdamWSPAM does not support sparse gradients")
-                if torch.is_complex(p):
-                    raise RuntimeError("AdamWSPAM does not support complex parameters")
-                grads_all.append(p.grad)
-        if not grads_all:
-            return loss
-
         st = self.spam_state
-        device = grads_all[0].device
-        self._ensure_device_state(device)
-
-        # 1. periodic reset, at the start of the step after every
-        #    reset_interval completed steps.
-        t = st["step"] + 1
-        if self.periodic_reset and t > 1 and (t - 1) % self.reset_interval == 0:
-            self._reset_moments()
-            st["reset_count"] += 1
-            st["since_reset"] = 0
-        st["step"] = t
-        st["since_reset"] += 1
-        k = st["since_reset"]
-
-        # 2. spike detection on the raw global gradient norm.
-        if self.spike_window > 0:
-            self._detect_spike(grads_all, device)
-
-        clip_active = self.enable_clip and k > self.clip_delay
-        scale = (
-            warmup_scale(k, self.warmup_steps)
-            if self.warmup and st["reset_count"] > 0
-            else 1.0
-        )
-        clip_count = st["clip_count"]
-
+        n = st["step"] + 1
+        if self._prepared_step != n:
+            self.prepare_grads()
+        scale = self._scale(n)
         for group in self.param_groups:
-            lr = group["lr"]
+            lr, eps, weight_decay = group["lr"], group["eps"], group["weight_decay"]
             beta1, beta2 = group["betas"]
-            eps = group["eps"]
-            weight_decay = group["weight_decay"]
-            theta = group["theta"]
-            for p in group["params"]:
-                grad = p.grad
-                if grad is None:
-                    continue
-                state = self.state[p]
-                if len(state) == 0:
-                    state["step"] = 0
-                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                exp_avg = state["exp_avg"]
-                exp_avg_sq = state["exp_avg_sq"]
-                state["step"] += 1
-                s = state["step"]
-
-                # 3. spike-aware clipping against the previous v.
-                if clip_active:
-                    bound_sq = exp_avg_sq * theta
-                    mask = grad * grad > bound_sq
-                    grad = torch.where(mask, torch.sign(grad) * bound_sq.sqrt(), grad)
-                    clip_count.add_(mask.sum().to(device))
-
-                # 4. AdamW (same op order as torch's single-tensor AdamW).
-                if weight_decay != 0:
-                    p.mul_(1 - lr * weight_decay)
-                exp_avg.lerp_(grad, 1 - beta1)
-                exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-
-                bias_correction1 = 1 - beta1**s
-                bias_correction2 = 1 - beta2**s
-                step_size = lr / bias_correction1
-                if scale != 1.0:
-                    step_size = step_size * scale
-                bias_correction2_sqrt = bias_correction2**0.5
-                denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
-                p.addcdiv_(exp_avg, denom, value=-step_size)
-
+            for params, grads, exp_avgs, exp_avg_sqs, states in self._buckets(group):
+                for state in states:
+                    state["step"] += 1
+                t = states[0]["step"]
+                step_size = lr * math.sqrt(1 - beta2**t) / (1 - beta1**t)
+                torch._foreach_mul_(exp_avgs, beta1)
+                torch._foreach_add_(exp_avgs, grads, alpha=1 - beta1)
+                torch._foreach_mul_(exp_avg_sqs, beta2)
+                torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1 - beta2)
+                denom = torch._foreach_sqrt(exp_avg_sqs)
+                torch._foreach_add_(denom, eps)
+                torch._foreach_add_(params, torch._foreach_div(exp_avgs, denom),
+                                    alpha=-step_size * scale)
+                if weight_decay > 0.0:
+                    torch._foreach_add_(params, params, alpha=-lr * weight_decay)
+        st["step"] = n
         return loss
