@@ -24,6 +24,11 @@ KCONFIG = ROOT / "Kconfig"
 
 # Where a run's files go does not change what it computes.
 NOT_HASHED = ("RUN_NAME", "RESULTS_DIR")
+# Symbols that are gone, with what took their place (named in the error about them).
+RETIRED = {
+    "LEARNING_RATE": "each optimizer's own rate, <OPTIMIZER>_LR (ADAMW_LR, LION_LR, ...)",
+    "MIN_LR": "MIN_LR_FRACTION, a fraction of the optimizer's peak rate",
+}
 
 
 class ConfigError(Exception):
@@ -89,7 +94,9 @@ def apply_overrides(kconf, overrides) -> dict:
         else:
             sym = kconf.syms.get(name)
             if sym is None or not sym.nodes:
-                raise ConfigError(f"{name}={value}: unknown symbol {name} (see `make menuconfig`)")
+                hint = f"; it was replaced by {RETIRED[name]}" if name in RETIRED else ""
+                raise ConfigError(f"{name}={value}: unknown symbol {name}{hint} (see `make "
+                                  f"menuconfig`)")
         if sym.type in (kconfiglib.BOOL, kconfiglib.TRISTATE) and value in ("0", "1", "true", "false"):
             value = "y" if value in ("1", "true") else "n"
         sym.set_value(value)
@@ -115,10 +122,19 @@ def check(kconf, requested, where) -> None:
     errors += _float_errors(kconf)
     errors = [f"{where}: {e}" for e in errors]
     reported = [line.split(": ")[1].split("=")[0].removeprefix(kconf.config_prefix) for line in errors]
-    errors += [w for w in kconf.warnings if not any(f" {name} " in w for name in reported)]
+    errors += [_with_retired_hint(w) for w in kconf.warnings
+               if not any(f" {name} " in w for name in reported)]
     kconf.warnings.clear()
     if errors:
         raise ConfigError("\n".join(errors))
+
+
+def _with_retired_hint(warning: str) -> str:
+    for name, successor in RETIRED.items():
+        if warning.endswith(f"undefined symbol {name}"):
+            return (f"{warning}: {name} was replaced by {successor}; `make olddefconfig` "
+                    f"drops it, then set the new symbol")
+    return warning
 
 
 def _not_taken(sym, wanted) -> str:

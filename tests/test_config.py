@@ -176,3 +176,14 @@ def test_every_symbol_and_choice_has_a_prompt_and_help():
     # every choice is named, so it reads as cfg.<NAME>; its members carry its prefix
     for choice in tree.unique_choices:
         assert choice.name and all(m.name.startswith(choice.name + "_") for m in choice.syms)
+
+
+def test_a_retired_symbol_names_its_successor(tmp_path):
+    old = tmp_path / "old.config"
+    old.write_text('CONFIG_LEARNING_RATE="1e-3"\nCONFIG_MIN_LR="1e-4"\n')
+    with pytest.raises(cfglib.ConfigError) as info:
+        cfglib.load(old)
+    assert "LEARNING_RATE was replaced by each optimizer's own rate" in str(info.value)
+    assert "MIN_LR was replaced by MIN_LR_FRACTION" in str(info.value)
+    with pytest.raises(cfglib.ConfigError, match="LEARNING_RATE.*replaced by .*ADAMW_LR"):
+        cfglib.load(cfglib.ROOT / "defconfigs" / "default", ["LEARNING_RATE=1e-3"])
