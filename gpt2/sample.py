@@ -61,7 +61,7 @@ def main(argv=None) -> int:
             for text in generate_text(model, prepared, cfg, device, cfg.SAMPLE_COUNT):
                 print(text)
                 print("---")
-    except (cfglib.ConfigError, data.DataError) as e:
+    except (cfglib.ConfigError, data.DataError, checkpoint.CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

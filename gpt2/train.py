@@ -12,9 +12,9 @@ PROCESS_START = time.time()  # before the heavy imports: start-up cost is part o
 import argparse
 import logging
 import math
-import signal
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from tqdm import tqdm
@@ -22,10 +22,11 @@ from tqdm import tqdm
 from gpt2 import data
 from gpt2.model import GPT, GPTConfig, load_pretrained
 from gpt2.sample import generate_text
-from lib import checkpoint, optim, prune, runtime
+from lib import checkpoint, faults, optim, prune, runtime
 from lib import config as cfglib
 from lib.metrics import MetricsLog, env_info
 from lib.run import RunDir, results_dir
+from lib.stop import StopRequest
 from lib.fsutil import atomic_write_json, atomic_write_text
 from lib.schedule import learning_rate
 
@@ -50,6 +51,10 @@ class Progress:
     train_time_s: float = 0.0
     best_val_loss: float = math.inf
     last_eval: dict = field(default_factory=dict)
+    eval_iter: int = None  # the iteration last_eval belongs to
+    # the log window in progress, so a resume logs the same train_loss
+    window_loss_sum: float = 0.0
+    window_iters: int = 0
     startup_s: float = None  # this session: process start to the first training step
 
 
@@ -160,8 +165,12 @@ def evaluate(model, prepared, cfg, device, autocast) -> dict:
 
 
 class Trainer:
-    def __init__(self, cfg, run: RunDir, log: logging.Logger):
-        self.cfg, self.run, self.log = cfg, run, log
+    """Everything a run needs, built without writing to its run directory."""
+
+    def __init__(self, cfg, run: RunDir, log: logging.Logger = None, stop=None):
+        self.cfg, self.run, self.log = cfg, run, log or logging.getLogger("kmatrix.train")
+        self.stop = stop if stop is not None else StopRequest()
+        self.saved_iter = None
         self.device = runtime.pick_device(cfg.DEVICE)
         runtime.set_tf32(cfg.TF32)
         torch.set_flush_denormal(cfg.FLUSH_DENORMAL)
@@ -195,28 +204,41 @@ class Trainer:
             "rng_cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
             "progress": {"iter": p.iter, "tokens_seen": p.tokens_seen,
                          "train_time_s": p.train_time_s, "best_val_loss": p.best_val_loss,
-                         "last_eval": p.last_eval},
+                         "last_eval": p.last_eval, "eval_iter": p.eval_iter,
+                         "window_loss_sum": p.window_loss_sum, "window_iters": p.window_iters},
             "config_hash": self.cfg.hash,
         }
 
     def save_checkpoint(self) -> None:
-        checkpoint.save(self.run.ckpt, self.state_dict())
+        if self.saved_iter != self.progress.iter:
+            checkpoint.save(self.run.ckpt, self.state_dict())
+            self.saved_iter = self.progress.iter
 
-    def resume(self) -> bool:
-        if not self.run.ckpt.exists():
-            return False
-        state = checkpoint.load(self.run.ckpt, map_location=self.device)
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scaler.load_state_dict(state["scaler"])
-        self.batches.load_state_dict(state["data"])
-        self.pruner.load_state_dict(state["pruner"])
-        torch.set_rng_state(state["rng_cpu"].cpu())
-        if state["rng_cuda"]:
-            torch.cuda.set_rng_state_all([s.cpu() for s in state["rng_cuda"]])
-        self.progress = Progress(**state["progress"])
+    def resume(self):
+        """Load ckpt.pt (or, when it was moved aside, the previous one it kept);
+        the path resumed from, or None for a fresh start."""
+        path = next((p for p in (self.run.ckpt, checkpoint.previous(self.run.ckpt))
+                     if p.exists()), None)
+        if path is None:
+            return None
+        state = checkpoint.load(path, map_location=self.device)
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scaler.load_state_dict(state["scaler"])
+            self.batches.load_state_dict(state["data"])
+            self.pruner.load_state_dict(state["pruner"])
+            torch.set_rng_state(state["rng_cpu"].cpu())
+            if state["rng_cuda"]:
+                torch.cuda.set_rng_state_all([s.cpu() for s in state["rng_cuda"]])
+            self.progress = Progress(**state["progress"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            raise checkpoint.CheckpointError(checkpoint.damaged_message(
+                path, f"its contents do not fit this configuration: {type(e).__name__}: "
+                      f"{(str(e).splitlines() or [''])[0][:200]}")) from None
+        self.saved_iter = self.progress.iter
         self.metrics.truncate_after(self.progress.iter)
-        return True
+        return path
 
     # -- the step ----------------------------------------------------------
     def set_lr(self) -> float:
@@ -257,10 +279,13 @@ class Trainer:
                    initial=p.iter if total is not None else round(p.train_time_s),
                    unit="it" if total is not None else "s", dynamic_ncols=True,
                    desc=self.run.path.name, disable=None)
-        loss_sum = torch.zeros((), device=self.device)
-        window_iters, window_start_s, steps_this_session = 0, p.train_time_s, 0
+        loss_sum = torch.full((), p.window_loss_sum, device=self.device)
+        window_iters, window_start_s, steps_this_session = p.window_iters, p.train_time_s, 0
         status = "complete"
         while not self.budget.done(p):
+            if self.stop:
+                status = "interrupted"
+                break
             if stop_after is not None and steps_this_session >= stop_after:
                 status = "stopped"
                 break
@@ -278,6 +303,7 @@ class Trainer:
                 self.metrics.write({"kind": "prune", "tokens": p.tokens_seen, **pruned})
             steps_this_session += 1
             window_iters += 1
+            faults.point("step", p.iter)
             last = self.budget.done(p)
             if p.iter % cfg.LOG_INTERVAL == 0 or last:
                 t0 = time.perf_counter()
@@ -302,20 +328,44 @@ class Trainer:
             bar.update(1 if total is not None else round(p.train_time_s) - bar.n)
             if p.iter % cfg.EVAL_INTERVAL == 0 or last:
                 self.eval_and_log()
-            if p.iter % cfg.CHECKPOINT_INTERVAL == 0 or last:
+            p.window_iters = window_iters
+            if p.iter % cfg.CHECKPOINT_INTERVAL == 0 or last or self.stop:
+                p.window_loss_sum = loss_sum.item() if window_iters else 0.0
                 self.save_checkpoint()
         bar.close()
-        if status == "stopped":
+        if status != "complete":
+            p.window_loss_sum = loss_sum.item() if window_iters else 0.0
             self.save_checkpoint()
         return status
 
+    def finish(self) -> str:
+        """After the last step: the final evaluation, its checkpoint and the samples,
+        each only if it is missing (a resume finishes what an interruption left).
+        Returns "complete", or "interrupted" when a stop signal came first."""
+        p = self.progress
+        if p.eval_iter != p.iter:
+            if self.stop:
+                return "interrupted"
+            self.eval_and_log()
+            self.saved_iter = None
+            self.save_checkpoint()
+        if self.cfg.SAMPLE_AFTER_TRAINING and not self.run.samples.exists():
+            if self.stop:
+                return "interrupted"
+            faults.point("sample", p.iter)
+            text = "\n---\n".join(self.samples())
+            atomic_write_text(self.run.samples, text + "\n")
+            self.log.info("sample:\n" + text)
+        return "complete"
+
     def eval_and_log(self) -> None:
         p = self.progress
+        faults.point("eval", p.iter)
         result = evaluate(self.forward, self.prepared, self.cfg, self.device, self.autocast)
         if not math.isfinite(result["val_loss"]):
             raise TrainingFailed(f"non-finite validation loss at iteration {p.iter}")
         p.best_val_loss = min(p.best_val_loss, result["val_loss"])
-        p.last_eval = result
+        p.last_eval, p.eval_iter = result, p.iter
         peak, peak_kind = runtime.peak_memory(self.device)
         self.metrics.write({"kind": "eval", "iter": p.iter, "tokens": p.tokens_seen, **result,
                             "elapsed_s": p.train_time_s, "peak_mem_bytes": peak,
@@ -343,6 +393,7 @@ class Trainer:
             "val_loss": p.last_eval.get("val_loss"),
             "val_ppl": p.last_eval.get("val_ppl"),
             "val_acc": p.last_eval.get("val_acc"),
+            "eval_iter": p.eval_iter,
             "best_val_ppl": math.exp(p.best_val_loss) if math.isfinite(p.best_val_loss) else None,
             "train_time_s": p.train_time_s,
             "tokens_per_s": p.tokens_seen / p.train_time_s if p.train_time_s else None,
@@ -364,20 +415,40 @@ class Trainer:
         }
 
 
-def train(cfg, stop_after=None) -> int:
+def train(cfg, stop_after=None, stop=None) -> int:
+    """Train (or resume, or finish) the run of cfg. Everything that can reject the
+    configuration or its input runs before the run directory is touched."""
     if cfg.MATRIX:
         raise cfglib.ConfigError("CONFIG_MATRIX=y: this configuration describes a test matrix, "
                                  "not one run; run it with `make` or `make test-matrix`")
+    stop = stop if stop is not None else StopRequest()
     run = RunDir.for_config(cfg)
-    run.claim(cfg)
-    if run.read_summary().get("status") == "complete":
+    run.check_owner(cfg)
+    if run.is_complete():
         print(f"{run.path}: already complete (see summary.json); nothing to do")
         return 0
-    log = setup_logging(run)
-    trainer = Trainer(cfg, run, log)
+    faults.point("start")
+    trainer = Trainer(cfg, run, stop=stop)
+    if stop:
+        print(f"{stop.name} before training started; nothing written", file=sys.stderr)
+        return 130
+    run.claim(cfg)
+    try:
+        return _train_claimed(trainer, run, stop_after)
+    finally:
+        run.unlock()
+
+
+def _train_claimed(trainer, run, stop_after) -> int:
+    cfg, stop = trainer.cfg, trainer.stop
+    log = trainer.log = setup_logging(run)
+    for name in checkpoint.remove_orphans(run.path):
+        log.info(f"removed {name}, left by an interrupted write")
     atomic_write_json(run.env, env_info(trainer.device, runtime.device_name(trainer.device)))
-    if trainer.resume():
-        log.info(f"resuming {run.path} at iteration {trainer.progress.iter}")
+    resumed = trainer.resume()
+    if resumed:
+        log.info(f"resuming {run.path} at iteration {trainer.progress.iter}"
+                 + (f" from {resumed.name}" if resumed != run.ckpt else ""))
     else:
         log.info(f"training {run.path} on {trainer.device}: "
                  f"{trainer.model.num_params():,} parameters, "
@@ -386,12 +457,8 @@ def train(cfg, stop_after=None) -> int:
     started = time.perf_counter()
     try:
         status = trainer.fit(stop_after)
-    except KeyboardInterrupt:
-        trainer.save_checkpoint()
-        run.write_summary(trainer.summary("interrupted"))
-        log.warning(f"interrupted at iteration {trainer.progress.iter}; checkpoint saved, "
-                    f"run the same command again to resume")
-        return 130
+        if status == "complete":
+            status = trainer.finish()
     except (TrainingFailed, torch.OutOfMemoryError) as e:
         reason = str(e) if isinstance(e, TrainingFailed) else (
             f"out of memory at iteration {trainer.progress.iter}: lower BATCH_SIZE (raise "
@@ -400,16 +467,24 @@ def train(cfg, stop_after=None) -> int:
         log.error(f"training failed: {reason}")
         return 3
     summary = trainer.summary(status)
+    if status == "interrupted":
+        run.write_summary(summary)
+        log.warning(f"{stop.name}: stopped at iteration {trainer.progress.iter}; checkpoint "
+                    f"saved, run the same command again to resume")
+        return 130
     log.info(f"{status} at iteration {summary['iters']}: val loss {summary['val_loss']}, "
              f"{summary['tokens_per_s'] or 0:,.0f} tokens/s, peak memory "
              f"{summary['peak_mem_bytes'] / 2**20:,.0f} MiB ({summary['peak_mem_kind']}), "
              f"{time.perf_counter() - started:.1f} s this session")
-    if status == "complete" and cfg.SAMPLE_AFTER_TRAINING:
-        text = "\n---\n".join(trainer.samples())
-        atomic_write_text(run.samples, text + "\n")
-        log.info("sample:\n" + text)
     run.write_summary(summary)
     return 0
+
+
+def _write_error(e: OSError) -> str:
+    where = Path(e.filename).parent if e.filename else None
+    what = f"cannot write in {where}" if where else "cannot write the run's files"
+    return (f"{what}: {e.strerror or e} (check that RESULTS_DIR is writable and has free "
+            f"space, or set RESULTS_DIR to another directory)")
 
 
 def parse_args(argv):
@@ -433,13 +508,16 @@ def parse_args(argv):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
-    try:
-        cfg = cfglib.load(args.config, args.overrides)
-        return train(cfg, args.stop_after)
-    except (cfglib.ConfigError, data.DataError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    with StopRequest() as stop:
+        try:
+            cfg = cfglib.load(args.config, args.overrides)
+            return train(cfg, args.stop_after, stop)
+        except (cfglib.ConfigError, data.DataError, checkpoint.CheckpointError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        except OSError as e:
+            print(f"error: {_write_error(e)}", file=sys.stderr)
+            return 2
 
 
 if __name__ == "__main__":

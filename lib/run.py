@@ -4,11 +4,15 @@
   env.json       git SHA and dirty flag, Python/torch/CUDA versions, device
   metrics.jsonl  one record per log and per evaluation
   train.log      the run's log
-  ckpt.pt        the latest checkpoint (atomic; weights_only loadable)
+  ckpt.pt        the latest checkpoint (atomic, verified; weights_only loadable)
+  ckpt.prev.pt   the checkpoint before it, kept until a new one is written and verified
   samples.txt    text generated after training
   summary.json   final figures and status (running, stopped, interrupted, failed, complete)
+  .lock          held (flock) by the trainer working on the run
 """
+import fcntl
 import json
+import os
 from pathlib import Path
 
 from lib import config as cfglib
@@ -35,13 +39,14 @@ class RunDir:
         self.ckpt = self.path / "ckpt.pt"
         self.samples = self.path / "samples.txt"
         self.summary = self.path / "summary.json"
+        self._lock_fd = None
 
     @classmethod
     def for_config(cls, cfg) -> "RunDir":
         return cls(results_dir(cfg) / run_name(cfg))
 
-    def claim(self, cfg) -> None:
-        """Create the directory for cfg, or check that it already belongs to cfg."""
+    def check_owner(self, cfg) -> None:
+        """Raise unless the directory is absent or already belongs to cfg; writes nothing."""
         if self.config.exists():
             other = cfglib.config_hash(cfglib.load_kconf(self.config, strict=False))
             if other != cfg.hash:
@@ -49,12 +54,46 @@ class RunDir:
                     f"{self.path} holds a run of a different configuration (hash {other}, "
                     f"this one is {cfg.hash}); set RUN_NAME to another name, or leave it "
                     f"empty to derive one from the configuration")
-            return
+
+    def claim(self, cfg) -> None:
+        """Create the directory for cfg (or check that it already belongs to cfg) and
+        lock it for this process until it exits."""
+        self.check_owner(cfg)
         self.path.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.config, cfg.text)
+        self.lock()
+        if not self.config.exists():
+            atomic_write_text(self.config, cfg.text)
+
+    def lock(self) -> None:
+        fd = os.open(self.path / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise ConfigError(f"{self.path} is being trained by another process; wait for it "
+                              f"or stop it, then run again") from None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+        self._lock_fd = fd
+
+    def unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def is_complete(self) -> bool:
+        """Complete means the summary says so and carries the evaluation of its last
+        iteration (a summary from before `eval_iter` existed is finished again)."""
+        summary = self.read_summary()
+        return (summary.get("status") == "complete"
+                and summary.get("eval_iter") is not None
+                and summary.get("eval_iter") == summary.get("iters"))
 
     def read_summary(self) -> dict:
-        return json.loads(self.summary.read_text()) if self.summary.exists() else {}
+        try:
+            return json.loads(self.summary.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return {}
 
     def write_summary(self, summary: dict) -> None:
         atomic_write_json(self.summary, summary)

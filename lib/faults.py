@@ -1,0 +1,46 @@
+"""Test hook for the fault-injection tests: send a signal to this process at a named
+point of training. Honoured only here; never set it outside tests.
+
+  KMATRIX_TEST_FAULT="step@7=TERM,ckpt@7=TERM"  SIGTERM after step 7, again while
+                                                its checkpoint is being written
+  KMATRIX_TEST_FAULT_MARK=<file>                fire only while <file> does not exist
+                                                (created first), so a fault hits one
+                                                process of a matrix, once
+
+Points: start (before data preparation), step (after the step, before its
+evaluation), eval (halfway through an evaluation), ckpt (checkpoint written to its
+temporary file, not yet verified or renamed), sample (before the final samples).
+"""
+import os
+import signal
+from pathlib import Path
+
+FAULT_ENV = "KMATRIX_TEST_FAULT"
+MARK_ENV = "KMATRIX_TEST_FAULT_MARK"
+
+
+def _parse(spec: str) -> dict:
+    faults = {}
+    for item in filter(None, (s.strip() for s in spec.split(","))):
+        where, _, name = item.partition("=")
+        point, _, iteration = where.partition("@")
+        faults.setdefault((point, int(iteration or 0)), []).append(getattr(signal, f"SIG{name}"))
+    return faults
+
+
+_FAULTS = _parse(os.environ.get(FAULT_ENV, ""))
+
+
+def point(name: str, iteration: int = 0) -> None:
+    """Deliver the signals set for (name, iteration), if any."""
+    if not _FAULTS:
+        return
+    signals = _FAULTS.pop((name, iteration), [])
+    mark = os.environ.get(MARK_ENV)
+    if signals and mark:
+        try:
+            Path(mark).touch(exist_ok=False)
+        except FileExistsError:
+            return
+    for sig in signals:
+        os.kill(os.getpid(), sig)
