@@ -8,7 +8,7 @@ point of training. Honoured only here; never set it outside tests.
                                                 process of a matrix, once
 
 Points: start (before data preparation), step (after the step, before its
-evaluation), eval (halfway through an evaluation), ckpt (checkpoint written to its
+evaluation), eval (as an evaluation starts), ckpt (checkpoint written to its
 temporary file, not yet verified or renamed), sample (before the final samples).
 """
 import os
@@ -44,3 +44,9 @@ def point(name: str, iteration: int = 0) -> None:
             return
     for sig in signals:
         os.kill(os.getpid(), sig)
+
+
+def arm(spec: str) -> None:
+    """Set the faults of this process (tests that train in-process)."""
+    global _FAULTS
+    _FAULTS = _parse(spec)
