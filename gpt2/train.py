@@ -237,7 +237,7 @@ class Trainer:
                 path, f"its contents do not fit this configuration: {type(e).__name__}: "
                       f"{(str(e).splitlines() or [''])[0][:200]}")) from None
         self.saved_iter = self.progress.iter
-        self.metrics.truncate_after(self.progress.iter)
+        self.metrics.truncate_after(self.progress.iter, self.progress.eval_iter or 0)
         return path
 
     # -- the step ----------------------------------------------------------
@@ -466,6 +466,12 @@ def _train_claimed(trainer, run, stop_after) -> int:
         run.write_summary(trainer.summary("failed", reason))
         log.error(f"training failed: {reason}")
         return 3
+    except OSError as e:
+        try:  # the summary may not fit either; the error line says why
+            run.write_summary(trainer.summary("failed", _write_error(e)))
+        except OSError:
+            pass
+        raise
     summary = trainer.summary(status)
     if status == "interrupted":
         run.write_summary(summary)

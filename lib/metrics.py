@@ -17,12 +17,18 @@ class MetricsLog:
     def __init__(self, path):
         self.path = Path(path)
 
-    def truncate_after(self, iteration: int) -> None:
-        """Drop records past `iteration`: a resumed run rewrites what it redoes."""
+    def truncate_after(self, iteration: int, last_eval_iter: int = None) -> None:
+        """Drop records past `iteration`, and evaluations past `last_eval_iter` (the one
+        the checkpoint holds): a resumed run rewrites what it redoes."""
         if not self.path.exists():
             return
+        evals_to = iteration if last_eval_iter is None else min(iteration, last_eval_iter)
+
+        def keep(record):
+            return record["iter"] <= (evals_to if record["kind"] == "eval" else iteration)
+
         kept = [line for line in self.path.read_text().splitlines(keepends=True)
-                if line.strip() and json.loads(line)["iter"] <= iteration]
+                if line.strip() and keep(json.loads(line))]
         atomic_write_text(self.path, "".join(kept))
 
     def write(self, record: dict) -> None:

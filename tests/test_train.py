@@ -147,3 +147,108 @@ def test_flush_denormal_knob_sets_cpu_arithmetic(tiny_config, flush):
     tiny = (torch.tensor([1e-39]) * 1.0).item()  # a denormal float32
     assert (tiny == 0.0) == flush
     torch.set_flush_denormal(False)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "random bytes", "a pickle"])
+def test_damaged_checkpoint_is_a_clear_error_and_the_previous_one_resumes(tiny_config, capsys,
+                                                                          damage):
+    config = tiny_config("MAX_ITERS=12", "EVAL_INTERVAL=6", "CHECKPOINT_INTERVAL=4",
+                         "SAMPLE_AFTER_TRAINING=n")
+    assert train.main([str(config), "--stop-after", "8"]) == 0
+    run = run_dir(config)
+    previous = checkpoint.previous(run.ckpt)
+    assert checkpoint.load(previous)["progress"]["iter"] == 4  # kept until 8 was verified
+    good = run.ckpt.read_bytes()
+    bad = {"truncated": good[: len(good) // 2], "random bytes": bytes(range(256)) * 64,
+           "a pickle": __import__("pickle").dumps(object)}[damage]
+    run.ckpt.write_bytes(bad)
+    capsys.readouterr()
+    assert train.main([str(config)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"checkpoint {run.ckpt} is damaged" in err
+    assert str(previous) in err and "Traceback" not in err
+    assert "weights_only=False" not in err and "weights_only" not in err.split("(")[1]
+    assert run.ckpt.read_bytes() == bad  # nothing was overwritten
+    run.ckpt.rename(run.path / "ckpt.pt.damaged")  # as the message says
+    assert train.main([str(config)]) == 0
+    assert "resuming" in run.log.read_text() and "from ckpt.prev.pt" in run.log.read_text()
+    summary = json.loads(run.summary.read_text())
+    assert (summary["status"], summary["iters"], summary["eval_iter"]) == ("complete", 12, 12)
+
+
+def test_stale_complete_summary_is_finished_again(tiny_config):
+    """A summary from an interrupted final evaluation (the old trainer wrote it complete)."""
+    config = tiny_config("MAX_ITERS=10", "EVAL_INTERVAL=5")
+    assert train.main([str(config)]) == 0
+    run = run_dir(config)
+    good = json.loads(run.summary.read_text())
+    state = checkpoint.load(run.ckpt)
+    state["progress"].update(eval_iter=5, last_eval={"val_loss": 9.0, "val_ppl": 8103.0})
+    checkpoint.save(run.ckpt, state)
+    run.samples.unlink()
+    stale = {**good, "val_loss": 9.0}
+    del stale["eval_iter"]
+    run.write_summary(stale)
+    assert train.main([str(config)]) == 0
+    summary = json.loads(run.summary.read_text())
+    assert summary["val_loss"] == good["val_loss"] and summary["eval_iter"] == 10
+    assert run.samples.read_text()
+    evals = [r["iter"] for r in map(json.loads, run.metrics.read_text().splitlines())
+             if r["kind"] == "eval"]
+    assert evals == [5, 10]
+
+
+def test_unwritable_results_dir_is_one_line(tiny_config, tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    config = tiny_config("MAX_ITERS=5", f"RESULTS_DIR={blocker / 'results'}")
+    assert train.main([str(config)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(tmp_path) in err and "RESULTS_DIR" in err
+
+
+def test_full_disk_during_a_checkpoint_keeps_the_last_one(tiny_config, monkeypatch, capsys):
+    import errno
+
+    config = tiny_config("MAX_ITERS=8", "CHECKPOINT_INTERVAL=4", "SAMPLE_AFTER_TRAINING=n")
+    assert train.main([str(config), "--stop-after", "4"]) == 0
+    run = run_dir(config)
+    before = run.ckpt.read_bytes()
+
+    def full(state, path):
+        open(path, "wb").write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(checkpoint.torch, "save", full)
+    capsys.readouterr()
+    assert train.main([str(config)]) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error")]
+    assert len(errors) == 1 and f"cannot write in {run.path}" in errors[0]
+    assert "No space left on device" in errors[0] and "Traceback" not in err
+    assert json.loads(run.summary.read_text())["status"] == "failed"
+    assert run.ckpt.read_bytes() == before and not list(run.path.glob(".*.tmp"))
+
+
+def test_nothing_is_written_on_a_bad_start(tiny_config, monkeypatch, tmp_path):
+    from gpt2 import data
+
+    monkeypatch.setattr(data, "find_input", lambda *a, **k: (_ for _ in ()).throw(
+        data.DataError("tinyshakespeare/input.txt not found; set DATA_DIR")))
+    config = tiny_config("MAX_ITERS=5")
+    assert train.main([str(config)]) == 2
+    assert not run_dir(config).path.exists()
+    # a model the configuration cannot build: no run directory either
+    assert train.main([str(tiny_config("N_EMBD=30", "N_HEAD=4", name="odd"))]) == 2
+    assert not run_dir(tmp_path / "odd").path.exists()
+
+
+def test_orphaned_temporary_files_are_removed_on_start(tiny_config):
+    config = tiny_config("MAX_ITERS=4", "SAMPLE_AFTER_TRAINING=n")
+    assert train.main([str(config), "--stop-after", "2"]) == 0
+    run = run_dir(config)
+    orphan = run.path / ".ckpt.pt.abc123.tmp"
+    orphan.write_bytes(b"half a checkpoint")
+    assert train.main([str(config)]) == 0
+    assert not orphan.exists()
+    assert "removed .ckpt.pt.abc123.tmp" in run.log.read_text()
