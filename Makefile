@@ -37,8 +37,14 @@ $(TEST_STAMP): $(STAMP)
 	$(VENV)/bin/pip install --quiet "$(TORCH)" -e ".[test]"
 	touch $@
 
+# Only the default .config is created on demand; a named config that does not exist is an
+# error (configtool check says so), never a silent copy of the default recipe.
 $(KCONFIG_CONFIG): | $(INSTALL)
+ifeq ($(KCONFIG_CONFIG),.config)
 	$(CONFIGTOOL) defconfig defconfigs/default
+else
+	@$(CONFIGTOOL) check
+endif
 
 train: $(INSTALL) $(KCONFIG_CONFIG)
 	$(PY) -m gpt2.train $(KCONFIG_CONFIG)

@@ -262,7 +262,13 @@ def config_hash(kconf, ignored=NOT_HASHED) -> str:
 def write_config(kconf, path, minimal=False) -> None:
     """Write .config (or a minimal defconfig) atomically; keep the previous one as <path>.old."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent or ".", prefix=f".{path.name}.", suffix=".tmp")
+    if not path.parent.is_dir():
+        raise ConfigError(f"{path}: the directory {path.parent} does not exist; create it "
+                          f"(mkdir -p {path.parent}) or choose another path")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot write in {path.parent}: {e.strerror}") from None
     os.close(fd)
     try:
         if minimal:

@@ -53,3 +53,20 @@ def test_savedefconfig_target_writes_the_minimal_config(tmp_path):
     saved = (tmp_path / "defconfig").read_text()
     shipped = (cfglib.ROOT / "defconfigs" / "gpt2-shakespeare-l4").read_text()
     assert saved.splitlines() == shipped.splitlines()[1:]
+
+
+def test_a_named_config_that_does_not_exist_is_an_error(tmp_path):
+    """Only the default .config is created on demand (KCONFIG_CONFIG here is not .config)."""
+    named = tmp_path / "mine.config"
+    result = make(tmp_path, f"KCONFIG_CONFIG={named}", "train")
+    assert result.returncode != 0
+    assert f"{named}: no such config file" in result.stderr
+    assert not named.exists() and not (tmp_path / "results").exists()
+
+
+def test_a_config_in_a_missing_directory_is_a_clear_error(tmp_path):
+    target = tmp_path / "no" / "such" / "dir" / ".config"
+    result = make(tmp_path, f"KCONFIG_CONFIG={target}", "defconfig")
+    assert result.returncode != 0
+    assert f"the directory {target.parent} does not exist" in result.stderr
+    assert "Traceback" not in result.stderr
