@@ -22,7 +22,7 @@ from tqdm import tqdm
 from gpt2 import data
 from gpt2.model import GPT, GPTConfig, load_pretrained
 from gpt2.sample import generate_text
-from lib import checkpoint, faults, optim, prune, runtime
+from lib import checkpoint, faults, optim, prune, recipe_fit, runtime
 from lib import config as cfglib
 from lib.metrics import MetricsLog, env_info
 from lib.run import RunDir, results_dir
@@ -445,6 +445,10 @@ def _train_claimed(trainer, run, stop_after) -> int:
     for name in checkpoint.remove_orphans(run.path):
         log.info(f"removed {name}, left by an interrupted write")
     atomic_write_json(run.env, env_info(trainer.device, runtime.device_name(trainer.device)))
+    mismatch = recipe_fit.gpu_recipe_on_cpu(cfg, trainer.device, trainer.model.num_params(),
+                                            trainer.tokens_per_iter, trainer.budget.total_iters)
+    if mismatch:
+        log.warning(mismatch)
     resumed = trainer.resume()
     if resumed:
         log.info(f"resuming {run.path} at iteration {trainer.progress.iter}"

@@ -137,6 +137,29 @@ def _with_retired_hint(warning: str) -> str:
     return warning
 
 
+def changed_values(kconf) -> list:
+    """[(NAME, "CONFIG_NAME=old -> new: why")] for every value the file set that the
+    tree did not keep (out of range, dependency not met, a choice member that lost)."""
+    for sym in kconf.unique_defined_syms:
+        sym.str_value  # evaluation is what makes kconfiglib emit range warnings
+    changes = []
+    for sym in kconf.unique_defined_syms:
+        if sym.user_value is None:
+            continue
+        if sym.type in (kconfiglib.BOOL, kconfiglib.TRISTATE):
+            wanted, now = kconfiglib.TRI_TO_STR[sym.user_value], sym.str_value
+            kept = sym.tri_value == sym.user_value
+        else:
+            wanted, now = sym.user_value, sym.str_value
+            kept = now == wanted and bool(sym.config_string)
+        if kept:
+            continue
+        reason = _not_taken(sym, wanted).split(": ", 1)[1]
+        new = repr(now) if sym.config_string else "unset"
+        changes.append((sym.name, f"{kconf.config_prefix}{sym.name}={wanted} -> {new}: {reason}"))
+    return changes
+
+
 def _not_taken(sym, wanted) -> str:
     name = f"{sym.kconfig.config_prefix}{sym.name}={wanted}"
     if sym.type in (kconfiglib.INT, kconfiglib.HEX):

@@ -25,11 +25,25 @@ def defconfig(args, out):
 
 
 def olddefconfig(args, out):
+    """Bring `out` up to the Kconfig tree, listing every value dropped or changed; a
+    value that stays invalid (a real number that is not one) is an error, nothing written."""
     kconf = cfglib.load_kconf(out, strict=False)
+    changes = cfglib.changed_values(kconf)
+    reported = {name for name, _ in changes}
     for warning in kconf.warnings:
-        print(warning, file=sys.stderr)
+        if not any(f" {name} " in warning or f"_{name} " in warning for name in reported):
+            print(cfglib._with_retired_hint(warning), file=sys.stderr)
+    kconf.warnings.clear()
+    for _, line in changes:
+        print(f"changed: {line}", file=sys.stderr)
+    invalid = cfglib._float_errors(kconf)
+    if invalid:
+        raise cfglib.ConfigError(f"{out}: " + f"\n{out}: ".join(invalid)
+                                 + "\nset a valid value (make menuconfig, or edit the file); "
+                                   "nothing was written")
     cfglib.write_config(kconf, out)
-    print(f"# {out} updated to the current Kconfig tree")
+    print(f"# {out} updated to the current Kconfig tree"
+          + (f"; {len(changes)} value(s) changed, listed above" if changes else ""))
 
 
 def savedefconfig(args, out):

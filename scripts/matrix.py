@@ -16,7 +16,8 @@ MATRIX_JOBS, MATRIX_BASELINE and MATRIX_ON_FAILURE):
                        `config` is written here before the trainer starts and is
                        byte for byte what the trainer would write itself
   <cell id>/stdout.log the trainer's stdout and stderr, every attempt appended
-  state/<cell id>.json the runner's record of the cell (pending, running, done, failed)
+  state/<cell id>.json the runner's record of the cell (pending, running, done,
+                       interrupted, failed)
   summary.csv, report.md, plots/   the report
 
 Exit status: 0 every cell done, 1 a cell failed (or was left pending by
@@ -57,6 +58,9 @@ LOG_TAIL_LINES = 20
 OFF_HINT = ("matrix mode is off: set MATRIX=y in make menuconfig, or "
             "make defconfig-shakespeare-char-matrix")
 EXIT_MEANINGS = {2: "bad configuration or input", 3: "training failed", 130: "interrupted"}
+# Signals by which a user (Ctrl-C, kill) or a batch scheduler stops work: a cell they end
+# is interrupted, not failed, and resumes on the next run.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGHUP)
 POLL_S = 0.2
 
 _FAKE_FAILURE = """\
@@ -332,8 +336,10 @@ def should_run(state: dict, retry_failed: bool) -> tuple:
         return False, "done"
     if status == "running":
         return True, "resume (its runner stopped)"
+    if status == "interrupted":
+        return True, "resume (interrupted)"
     if status == "failed":
-        if state.get("exit_code") == 130:
+        if state.get("exit_code") == 130:  # recorded so by an older runner
             return True, "resume (interrupted)"
         if retry_failed:
             return True, "retry (--retry-failed)"
@@ -370,10 +376,17 @@ def read_summary(cell) -> dict:
         return {}
 
 
-def outcome(exit_code: int, summary: dict) -> tuple:
-    """(status, reason) of a finished trainer process."""
+def outcome(exit_code: int, summary: dict, runner_signalled: bool = False) -> tuple:
+    """(status, reason) of a finished trainer process. Stopped by a stop signal (its
+    own, or the runner's while the runner was being stopped) is interrupted."""
     if exit_code == 0 and summary.get("status") == "complete":
         return "done", None
+    if exit_code == 130:
+        return "interrupted", "exit 130 (interrupted)"
+    if exit_code < 0 and -exit_code in STOP_SIGNALS:
+        return "interrupted", f"stopped by {signal.Signals(-exit_code).name}"
+    if runner_signalled and exit_code not in (0, 3):
+        return "interrupted", f"exit {exit_code} while the matrix was being stopped"
     if exit_code == 0:
         return "failed", (f"exit 0 but summary.json status is "
                           f"{summary.get('status')!r}, not 'complete'")
@@ -489,7 +502,7 @@ class Runner:
         cell, state, t0, _ = self.running.pop(proc)
         wall = time.monotonic() - t0
         summary = read_summary(cell)
-        status, reason = outcome(proc.returncode, summary)
+        status, reason = outcome(proc.returncode, summary, self.signal is not None)
         state["attempts"][-1].update(finished_at=time.time(), wall_s=wall,
                                      exit_code=proc.returncode)
         state.update(status=status, pid=None, finished_at=time.time(),
@@ -546,8 +559,7 @@ class Runner:
         earlier = f", {old_failures} failed earlier (--retry-failed reruns)" if old_failures else ""
         print(f"matrix {m.path}: {len(m.cells)} cells, {done} done{earlier}, {len(todo)} to run, "
               f"{self.jobs} at once, {where}", flush=True)
-        old_int = signal.signal(signal.SIGINT, self.on_signal)
-        old_term = signal.signal(signal.SIGTERM, self.on_signal)
+        old_handlers = {sig: signal.signal(sig, self.on_signal) for sig in STOP_SIGNALS}
         bar = tqdm(total=len(m.cells), initial=done, unit="cell", desc="matrix",
                    dynamic_ncols=True, disable=None)
         stopping = False
@@ -570,13 +582,17 @@ class Runner:
                                    f"({len(todo)} left pending)")
                 if stopping and not self.running:
                     break
+            if self.signal is not None:  # it came as the last cells ended
+                self.interrupt(bar)
+                return 130
         finally:
             bar.close()
-            signal.signal(signal.SIGINT, old_int)
-            signal.signal(signal.SIGTERM, old_term)
+            for sig, handler in old_handlers.items():
+                signal.signal(sig, handler)
         self.report()
         failed = [c.id for c in m.cells if states[c.id]["status"] == "failed"]
-        pending = [c.id for c in m.cells if states[c.id]["status"] in ("pending", "running")]
+        pending = [c.id for c in m.cells
+                   if states[c.id]["status"] in ("pending", "running", "interrupted")]
         print(f"matrix {m.path}: {len(m.cells) - len(failed) - len(pending)} done, "
               f"{len(failed)} failed, {len(pending)} not run")
         for cell_id in failed:
@@ -584,13 +600,13 @@ class Runner:
         return 1 if failed or pending else 0
 
     def interrupt(self, bar) -> None:
-        """Ctrl-C reached the cells too (one process group); a SIGTERM to the
-        runner alone is passed on. Either way the trainers checkpoint and exit 130."""
+        """The signal is passed on to the cells (Ctrl-C reached them already; a second
+        one costs nothing), which checkpoint and exit 130; they resume on the next run."""
         tqdm.write(f"interrupted: waiting for {len(self.running)} running cell(s) to "
                    f"checkpoint; run again to resume")
-        if self.signal == signal.SIGTERM:
-            for proc in self.running:
-                proc.send_signal(signal.SIGTERM)
+        for proc in self.running:
+            if proc.poll() is None:
+                proc.send_signal(self.signal)
         while self.running:
             time.sleep(POLL_S)
             for proc in [p for p in self.running if p.poll() is not None]:

@@ -27,6 +27,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker as mticker  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from scipy import stats  # noqa: E402
@@ -284,7 +285,19 @@ def compare_matrices(here: pd.DataFrame, there: pd.DataFrame) -> pd.DataFrame:
 
 # ------------------------------------------------------------------- plots
 
+def _plain_numbers(fig) -> None:
+    """Tick labels read as the numbers they are: never an offset ("+1.8225e1") or a
+    scale factor in the corner of an axis."""
+    for ax in fig.axes:
+        for axis in (ax.xaxis, ax.yaxis):
+            formatter = axis.get_major_formatter()
+            if isinstance(formatter, mticker.ScalarFormatter):
+                formatter.set_useOffset(False)
+                formatter.set_scientific(False)
+
+
 def _save(fig, path: Path) -> None:
+    _plain_numbers(fig)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
@@ -296,8 +309,9 @@ def _label(method: str, sparsity: float) -> str:
 
 
 def plot_val_ppl(agg: pd.DataFrame, path) -> pd.DataFrame:
-    """Grouped bars: optimizers on the x axis, one bar per pruning method (and
-    sparsity); mean over seeds with std error bars. Returns the means drawn."""
+    """Dot and whisker: optimizers on the x axis, one dot per pruning method (and
+    sparsity) at the mean over seeds, whiskers +- std, on an axis zoomed to the data
+    (bars from zero would hide 1% differences). Returns the means drawn."""
     table = agg.assign(label=[_label(m, s) for m, s in zip(agg["method"], agg["target_sparsity"])])
     means = table.pivot(index="optimizer", columns="label", values="mean")
     stds = table.pivot(index="optimizer", columns="label", values="std")
@@ -307,9 +321,11 @@ def plot_val_ppl(agg: pd.DataFrame, path) -> pd.DataFrame:
     width = 0.8 / max(1, len(means.columns))
     x = np.arange(len(means.index))
     for i, label in enumerate(means.columns):
-        ax.bar(x + i * width - 0.4 + width / 2, means[label], width,
-               yerr=stds[label].fillna(0), capsize=3, label=label)
+        ax.errorbar(x + i * width - 0.4 + width / 2, means[label], yerr=stds[label].fillna(0),
+                    fmt="o", capsize=3, label=label)
     ax.set_xticks(x, means.index)
+    ax.set_xlim(-0.5, len(means.index) - 0.5)
+    ax.grid(axis="y", alpha=0.3)
     ax.set_xlabel("optimizer")
     ax.set_ylabel("validation perplexity (lower is better)")
     ax.set_title("Final validation perplexity (mean ± std over seeds)")
@@ -392,10 +408,13 @@ def plot_ppl_vs_sparsity(agg: pd.DataFrame, path) -> pd.DataFrame:
     for dense in agg[agg["method"] == "none"].itertuples():
         data[dense.group] = dense.mean
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for col in data.columns:
-        dashed = col.endswith("-none")
-        ax.plot(data.index, data[col], linestyle="--" if dashed else "-",
-                marker=None if dashed else "o", label=col + (" (dense)" if dashed else ""))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, col in enumerate(data.columns):
+        color = colors[i % len(colors)]
+        if col.endswith("-none"):  # a reference line, visible with one sparsity level too
+            ax.axhline(data[col].iloc[0], linestyle="--", color=color, label=f"{col} (dense)")
+        else:
+            ax.plot(data.index, data[col], linestyle="-", marker="o", color=color, label=col)
     ax.set_xlabel("target sparsity (fraction of prunable weights)")
     ax.set_ylabel("validation perplexity (lower is better)")
     ax.set_title("Perplexity vs sparsity (mean over seeds)")
@@ -561,7 +580,7 @@ def render(matrix_dir, df, agg, deltas, baseline, env, plots, comparison=None,
         lines += [f"### {r.cell}", "", f"- reason: {r.reason or '-'}",
                   f"- error: {r.error or '-'}", f"- log: `{r.cell}/stdout.log`, last lines:", "",
                   "```", *(r.log_tail or ["(empty)"]), "```", ""]
-    unfinished = df[df["status"].isin(["pending", "running"])]
+    unfinished = df[df["status"].isin(["pending", "running", "interrupted"])]
     if not unfinished.empty:
         lines += ["## Not finished", "", "Run the matrix again to run or resume these:", ""]
         lines += [f"- {r.cell} ({r.status})" for r in unfinished.itertuples()] + [""]

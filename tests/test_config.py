@@ -187,3 +187,26 @@ def test_a_retired_symbol_names_its_successor(tmp_path):
     assert "MIN_LR was replaced by MIN_LR_FRACTION" in str(info.value)
     with pytest.raises(cfglib.ConfigError, match="LEARNING_RATE.*replaced by .*ADAMW_LR"):
         cfglib.load(cfglib.ROOT / "defconfigs" / "default", ["LEARNING_RATE=1e-3"])
+
+
+def test_olddefconfig_lists_every_value_it_changes(tmp_path, monkeypatch, capsys):
+    config = write_config(tmp_path, "CONFIG_N_LAYER=999", "CONFIG_REMOVED_KNOB=3",
+                          "CONFIG_NUM_EPOCHS=\"3\"")
+    monkeypatch.setenv("KCONFIG_CONFIG", str(config))
+    assert configtool.main(["olddefconfig"]) == 0
+    err = capsys.readouterr().err
+    assert "changed: CONFIG_N_LAYER=999 -> '12': outside the allowed range [1, 256]" in err
+    assert "changed: CONFIG_NUM_EPOCHS=3 -> unset: dropped, NUM_EPOCHS depends on" in err
+    assert "REMOVED_KNOB" in err
+    assert err.count("N_LAYER") == 1  # once, not again as kconfiglib's own warning
+    cfglib.load(config)
+
+
+def test_olddefconfig_refuses_an_invalid_value_it_cannot_fix(tmp_path, monkeypatch, capsys):
+    config = write_config(tmp_path, "CONFIG_DROPOUT=\"abc\"")
+    monkeypatch.setenv("KCONFIG_CONFIG", str(config))
+    before = config.read_text()
+    assert configtool.main(["olddefconfig"]) == 2
+    err = capsys.readouterr().err
+    assert "CONFIG_DROPOUT=\"abc\": 'abc' is not a number" in err and "nothing was written" in err
+    assert config.read_text() == before

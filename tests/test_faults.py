@@ -16,7 +16,7 @@ import time
 
 import pytest
 import torch
-from conftest import TINY, tiny_overrides  # noqa: F401
+from conftest import tiny_overrides
 
 from gpt2 import train
 from lib import checkpoint, faults
@@ -141,3 +141,76 @@ def test_sigint_from_outside_at_a_random_moment(tiny_config, reference):
     assert proc.returncode in (0, 130), err  # 0: it had finished already
     assert train.main([str(config)]) == 0
     assert_identical(outcome(config), reference)
+
+
+# ------------------------------------------------------------------ the matrix
+
+MATRIX_RUN = ("MATRIX=y", "MATRIX_SEEDS=2", "MATRIX_JOBS=2", *COMMON)
+RESULT_COLUMNS = ["cell", "status", "train_loss", "val_loss", "val_ppl", "best_val_ppl", "iters",
+                  "tokens_seen", "achieved_sparsity"]
+
+
+def run_matrix(config, env=None):
+    return subprocess.run([sys.executable, "-m", "scripts.matrix", str(config)], cwd=cfglib.ROOT,
+                          env=env, capture_output=True, text=True, timeout=300)
+
+
+def matrix_results(config):
+    import pandas as pd
+
+    from scripts import matrix
+
+    m = matrix.load_matrix(config)
+    frame = pd.read_csv(m.path / "summary.csv")[RESULT_COLUMNS]
+    return m, frame.sort_values("cell").reset_index(drop=True)
+
+
+@pytest.fixture(scope="module")
+def matrix_reference(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("matrix-reference")
+    kconf = cfglib.load_kconf(cfglib.ROOT / "defconfigs" / "default",
+                              tiny_overrides(f"RESULTS_DIR={tmp / 'results'}", *MATRIX_RUN))
+    cfglib.write_config(kconf, tmp / "config")
+    result = run_matrix(tmp / "config")
+    assert result.returncode == 0, result.stdout + result.stderr
+    return matrix_results(tmp / "config")[1]
+
+
+@pytest.mark.parametrize("sig,whom", [("SIGINT", "group"), ("SIGTERM", "runner"),
+                                      ("SIGUSR1", "runner"), ("SIGKILL", "group")],
+                         ids=["SIGINT-to-all", "SIGTERM-to-runner", "SIGUSR1-to-runner",
+                              "SIGKILL-to-all"])
+def test_signal_while_cells_start_then_rerun_matches(tiny_config, matrix_reference, sig, whom):
+    """The signal lands as soon as a cell's trainer process exists (it is importing
+    torch or preparing); the plain rerun runs every cell to the end exactly once."""
+    from scripts import matrix
+
+    config = tiny_config(*MATRIX_RUN)
+    m = matrix.load_matrix(config)
+    runner = subprocess.Popen([sys.executable, "-m", "scripts.matrix", str(config)],
+                              cwd=cfglib.ROOT, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not any(matrix.read_state(m.state_path(c)).get("status") == "running"
+                      for c in m.cells):
+            assert runner.poll() is None and time.monotonic() < deadline
+            time.sleep(0.02)
+        number = getattr(signal, sig)
+        (os.killpg if whom == "group" else os.kill)(runner.pid, number)
+        code = runner.wait(timeout=120)
+    finally:
+        if runner.poll() is None:
+            os.killpg(runner.pid, signal.SIGKILL)
+    assert code == (-signal.SIGKILL if sig == "SIGKILL" else 130)
+    statuses = {matrix.read_state(m.state_path(c)).get("status") for c in m.cells}
+    assert "failed" not in statuses and "done" not in statuses
+    rerun = run_matrix(config)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    _, frame = matrix_results(config)
+    assert frame.drop(columns="cell").equals(matrix_reference.drop(columns="cell"))
+    for cell in m.cells:
+        records = [(r["kind"], r["iter"]) for r in
+                   map(json.loads, (cell.dir / "metrics.jsonl").read_text().splitlines())]
+        assert len(records) == len(set(records))  # nothing done twice
+        assert (cell.dir / "summary.json").exists()

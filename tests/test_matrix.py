@@ -188,6 +188,13 @@ def test_resume_and_retry_decisions():
     assert matrix.outcome(0, {})[0] == "failed"
     assert matrix.outcome(3, {"status": "failed"}) == ("failed", "exit 3 (training failed)")
     assert matrix.outcome(-9, {}) == ("failed", "killed by signal 9")
+    assert matrix.should_run({"status": "interrupted", "exit_code": -2}, False)[0] is True
+    assert matrix.outcome(130, {"status": "interrupted"})[0] == "interrupted"
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
+        assert matrix.outcome(-sig, {}) == ("interrupted", f"stopped by {sig.name}")
+    # a cell that died while the runner itself was being stopped did not fail by itself
+    assert matrix.outcome(1, {}, runner_signalled=True)[0] == "interrupted"
+    assert matrix.outcome(3, {"status": "failed"}, runner_signalled=True)[0] == "failed"
 
 
 def test_gpus_round_robin_and_cpu_threads_split():
@@ -429,7 +436,7 @@ def test_ctrl_c_interrupts_every_cell_and_the_next_run_resumes(matrix_config):
         if runner.poll() is None:
             os.killpg(runner.pid, signal.SIGKILL)
     st = states(m)
-    assert {s["status"] for s in st.values()} == {"failed"}
+    assert {s["status"] for s in st.values()} == {"interrupted"}
     assert {s["exit_code"] for s in st.values()} == {130}
     assert all(summary(c)["status"] == "interrupted" for c in m.cells)
     result = run_matrix(config)  # no --retry-failed needed

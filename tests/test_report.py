@@ -344,3 +344,43 @@ def test_single_rate_report_lists_each_optimizers_rate(built):
     section = md[md.index("## Learning rates"):md.index("## Against the baseline")]
     assert "| adamw | 0.001 |" in section and "| lion | 0.0001 |" in section
     assert "chosen on the validation split" not in md
+
+
+def _drawn(monkeypatch):
+    """Keep the figures report._save is given, drawn, instead of closing them."""
+    figures = []
+    real_save = report._save
+
+    def keep(fig, path):
+        report._plain_numbers(fig)
+        fig.canvas.draw()
+        figures.append(fig)
+        real_save(fig, path)
+
+    monkeypatch.setattr(report, "_save", keep)
+    return figures
+
+
+def test_ppl_plot_is_dot_and_whisker_on_a_zoomed_axis_without_offset(tmp_path, monkeypatch):
+    figures = _drawn(monkeypatch)
+    agg = pd.DataFrame({"optimizer": ["adamw", "adamw", "lion"],
+                        "method": ["none", "magnitude", "none"],
+                        "target_sparsity": [None, 0.5, None],
+                        "group": ["adamw-none", "adamw-magnitude", "lion-none"],
+                        "mean": [18.2251, 18.2262, 18.2270], "std": [0.0004, 0.0003, 0.0002]})
+    report.plot_val_ppl(agg, tmp_path / "ppl.png")
+    ax = figures[-1].axes[0]
+    assert not ax.patches  # no bars
+    low, high = ax.get_ylim()
+    assert 18.2 < low and high < 18.25  # zoomed: a 0.01% difference is visible
+    labels = [t.get_text() for t in ax.get_yticklabels()]
+    assert ax.yaxis.get_offset_text().get_text() == ""
+    assert all(t.startswith("18.22") for t in labels if t)
+
+    report.plot_ppl_vs_sparsity(agg, tmp_path / "curve.png")  # one sparsity level
+    ax = figures[-1].axes[0]
+    dense = [line for line in ax.get_lines() if line.get_label() == "adamw-none (dense)"]
+    assert len(dense) == 1
+    x0, x1 = dense[0].get_xdata()
+    assert tuple(dense[0].get_ydata()) == (18.2251, 18.2251) and x1 - x0 == 1  # axis-wide
+    assert ax.yaxis.get_offset_text().get_text() == ""

@@ -252,3 +252,26 @@ def test_orphaned_temporary_files_are_removed_on_start(tiny_config):
     assert train.main([str(config)]) == 0
     assert not orphan.exists()
     assert "removed .ckpt.pt.abc123.tmp" in run.log.read_text()
+
+
+def test_gpu_recipe_on_the_cpu_says_so_once_and_trains(tiny_config):
+    config = tiny_config("MAX_ITERS=2", "SAMPLE_AFTER_TRAINING=n", "PRECISION=bf16")
+    assert train.main([str(config)]) == 0
+    log = run_dir(config).log.read_text()
+    assert log.count("for a GPU") == 1 and "PRECISION=bf16" in log and "per iteration" in log
+    assert json.loads(run_dir(config).summary.read_text())["status"] == "complete"
+    plain = tiny_config("MAX_ITERS=2", "SAMPLE_AFTER_TRAINING=n", name="plain")
+    assert train.main([str(plain)]) == 0
+    assert "for a GPU" not in run_dir(plain).log.read_text()
+
+
+def test_gpu_recipe_note_names_what_it_was_sized_for():
+    from lib import recipe_fit
+
+    cfg = cfglib.load(cfglib.ROOT / "defconfigs" / "gpt2-shakespeare-l4")
+    note = recipe_fit.gpu_recipe_on_cpu(cfg, torch.device("cpu"), params=124_000_000,
+                                        tokens_per_iter=65536, total_iters=10,
+                                        flops_per_s=100e9)
+    assert "24 GB NVIDIA L4" in note and "PRECISION=bf16, COMPILE=y" in note
+    assert "487.6 s per iteration" in note and "1.4 h for its 10 iterations" in note
+    assert recipe_fit.gpu_recipe_on_cpu(cfg, torch.device("cuda"), 1, 1, 1) is None
