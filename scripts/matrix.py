@@ -43,7 +43,7 @@ from lib import config as cfglib
 from lib import optim
 from lib.config import ConfigError
 from lib.fsutil import atomic_write_json, atomic_write_text
-from lib.run import results_dir
+from lib.run import RunDir, results_dir
 
 # Runner knobs: they change how the matrix runs, not what its cells compute,
 # so they stay out of the matrix directory's hash (a changed MATRIX_JOBS
@@ -542,6 +542,10 @@ class Runner:
             state = read_state(m.state_path(cell)) or new_state(cell)
             if state.get("status") == "running":
                 close_dead_attempt(state, cell.log)
+            if state.get("status") == "done" and not RunDir(cell.dir).is_complete():
+                # e.g. a summary an older trainer wrote before its final evaluation
+                state.update(status="interrupted", reason="its run directory lacks the final "
+                             "evaluation, samples or summary; the trainer finishes them")
             states[cell.id] = state
             run_it, _ = should_run(state, self.retry_failed)
             if run_it:

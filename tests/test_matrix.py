@@ -443,3 +443,17 @@ def test_ctrl_c_interrupts_every_cell_and_the_next_run_resumes(matrix_config):
     assert result.returncode == 0, result.stdout + result.stderr
     assert all(s["status"] == "done" for s in states(m).values())
     assert all("resuming" in c.log.read_text() for c in m.cells)
+
+
+def test_a_done_cell_without_its_final_evaluation_is_finished(matrix_config):
+    config = matrix_config(*QUICK)
+    m = matrix.load_matrix(config)
+    assert run_matrix(config).returncode == 0
+    cell = m.cells[0]
+    good = summary(cell)
+    stale = {k: v for k, v in good.items() if k != "eval_iter"}  # as the old trainer wrote
+    (cell.dir / "summary.json").write_text(json.dumps({**stale, "val_loss": 9.0}))
+    result = run_matrix(config)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert summary(cell)["val_loss"] == good["val_loss"] and summary(cell)["eval_iter"] == 20
+    assert len(states(m)[cell.id]["attempts"]) == 2
