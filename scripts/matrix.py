@@ -675,6 +675,12 @@ def main(argv=None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        where = Path(e.filename).parent if e.filename else "the matrix directory"
+        print(f"error: cannot write in {where}: {e.strerror or e} (check that RESULTS_DIR is "
+              f"writable and has free space, or set RESULTS_DIR to another directory)",
+              file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

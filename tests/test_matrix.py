@@ -457,3 +457,12 @@ def test_a_done_cell_without_its_final_evaluation_is_finished(matrix_config):
     assert result.returncode == 0, result.stdout + result.stderr
     assert summary(cell)["val_loss"] == good["val_loss"] and summary(cell)["eval_iter"] == 20
     assert len(states(m)[cell.id]["attempts"]) == 2
+
+
+def test_unwritable_results_dir_is_one_line(matrix_config, tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    config = matrix_config(*QUICK, f"RESULTS_DIR={blocker / 'results'}")
+    assert matrix.main([str(config)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"cannot write in {tmp_path}" in err
