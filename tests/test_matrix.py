@@ -169,7 +169,7 @@ def test_cell_configs_are_valid_and_what_the_trainer_writes(matrix_config, tmp_p
         assert RunDir.for_config(cfg).path == cell.dir
         # the trainer writes cfg.text when it claims a directory: the same bytes
         assert cfg.text == cell.config.read_text() == cell.text
-        RunDir.for_config(cfg).claim(cfg)  # accepts the directory as its own
+        RunDir.for_config(cfg).check_owner(cfg)  # accepts the directory as its own
         assert matrix.command(cell) == [sys.executable, "-m", "gpt2.train", str(cell.config)]
     sgd = next(c for c in m.cells if c.spec.optimizer == "sgd")
     assert cfglib.load(sgd.config).BETA1 is None  # a knob sgd does not have is dropped, not kept
