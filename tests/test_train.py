@@ -275,3 +275,16 @@ def test_gpu_recipe_note_names_what_it_was_sized_for():
     assert "24 GB NVIDIA L4" in note and "PRECISION=bf16, COMPILE=y" in note
     assert "487.6 s per iteration" in note and "1.4 h for its 10 iterations" in note
     assert recipe_fit.gpu_recipe_on_cpu(cfg, torch.device("cuda"), 1, 1, 1) is None
+
+
+def test_a_second_trainer_on_the_same_run_stops(tiny_config, capsys):
+    config = tiny_config("MAX_ITERS=2", "SAMPLE_AFTER_TRAINING=n")
+    holder = run_dir(config)
+    holder.claim(cfglib.load(config))  # as a trainer in another process would
+    try:
+        assert train.main([str(config)]) == 2
+        assert "is being trained by another process" in capsys.readouterr().err
+        assert not holder.ckpt.exists()
+    finally:
+        holder.unlock()
+    assert train.main([str(config)]) == 0
