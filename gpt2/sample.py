@@ -9,7 +9,8 @@ import sys
 import torch
 
 from gpt2 import data
-from lib import checkpoint
+from gpt2.build import build_model
+from lib import checkpoint, runtime
 from lib import config as cfglib
 from lib.run import RunDir, results_dir
 
@@ -40,8 +41,6 @@ def main(argv=None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                         help="override a SAMPLE_* symbol (or any other) for this command")
     args = parser.parse_args(argv)
-    from gpt2.train import build_model  # the trainer owns how a config becomes a model
-    from lib import runtime
 
     try:
         cfg = cfglib.load(args.config, args.set)

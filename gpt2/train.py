@@ -20,7 +20,7 @@ import torch
 from tqdm import tqdm
 
 from gpt2 import data
-from gpt2.model import GPT, GPTConfig, load_pretrained
+from gpt2.build import build_model
 from gpt2.sample import generate_text
 from lib import checkpoint, faults, optim, prune, recipe_fit, runtime
 from lib import config as cfglib
@@ -100,29 +100,6 @@ class Budget:
         if self.decay_end is None:
             return p.train_time_s / self.seconds
         return (p.iter - self.warmup) / max(1, self.decay_end - self.warmup)
-
-
-def build_model(cfg, vocab_size: int) -> GPT:
-    shape = GPTConfig(block_size=cfg.BLOCK_SIZE, vocab_size=vocab_size, n_layer=cfg.N_LAYER,
-                      n_head=cfg.N_HEAD, n_embd=cfg.N_EMBD, dropout=cfg.DROPOUT, bias=cfg.BIAS,
-                      tie_weights=cfg.WEIGHT_TYING)
-    if cfg.N_EMBD % cfg.N_HEAD:
-        raise cfglib.ConfigError(f"CONFIG_N_EMBD={cfg.N_EMBD} is not a multiple of "
-                                 f"CONFIG_N_HEAD={cfg.N_HEAD}")
-    if not cfg.INIT_FROM_DIR:
-        model = GPT(shape)
-        prune.attach_masks(model, cfg)
-        return model
-    model = load_pretrained(cfg.INIT_FROM_DIR, dropout=cfg.DROPOUT)
-    got = (model.config.n_layer, model.config.n_head, model.config.n_embd, model.config.vocab_size)
-    want = (shape.n_layer, shape.n_head, shape.n_embd, shape.vocab_size)
-    if got != want or model.config.block_size < shape.block_size:
-        raise cfglib.ConfigError(
-            f"CONFIG_INIT_FROM_DIR=\"{cfg.INIT_FROM_DIR}\": its shape (layers, heads, width, vocab) "
-            f"{got} does not match the configuration's {want}; choose the matching MODEL_SIZE")
-    model.crop_block_size(shape.block_size)
-    prune.attach_masks(model, cfg)
-    return model
 
 
 def setup_logging(run: RunDir) -> logging.Logger:

@@ -97,3 +97,51 @@ class RunDir:
 
     def write_summary(self, summary: dict) -> None:
         atomic_write_json(self.summary, summary)
+
+
+# ------------------------------------------------------------ matrix directories
+# A matrix directory, results/<RECIPE>-matrix-<hash>/, holds one run directory per cell;
+# the matrix runner writes it and the report reads it, both name it from here.
+
+# Runner knobs: they change how the matrix runs, not what its cells compute,
+# so they stay out of the matrix directory's hash (a changed MATRIX_JOBS
+# resumes the same matrix).
+RUNNER_ONLY = ("MATRIX_JOBS", "MATRIX_BASELINE", "MATRIX_ON_FAILURE_CONTINUE",
+               "MATRIX_ON_FAILURE_STOP")
+
+OFF_HINT = ("matrix mode is off: set MATRIX=y in make menuconfig, or "
+            "make defconfig-shakespeare-char-matrix")
+
+
+def matrix_hash(kconf) -> str:
+    """Short hash of the matrix configuration, ignoring where results go and
+    the runner-only knobs."""
+    return cfglib.config_hash(kconf, ignored={*cfglib.NOT_HASHED, *RUNNER_ONLY})
+
+
+def results_setting(cfg, name: str) -> str:
+    """RESULTS_DIR for the cells: the matrix directory, relative to the project
+    root when the matrix's RESULTS_DIR is."""
+    base = cfg.RESULTS_DIR
+    return str(Path(base) / name) if Path(base).is_absolute() else f"{base.rstrip('/')}/{name}"
+
+
+def matrix_name(cfg, kconf) -> str:
+    """<RECIPE>-matrix-<hash> ("-matrix" not doubled when the recipe ends in it)."""
+    stem = cfg.RECIPE if cfg.RECIPE.endswith("matrix") else f"{cfg.RECIPE}-matrix"
+    return f"{stem}-{matrix_hash(kconf)}"
+
+
+def matrix_dir(cfg, kconf) -> Path:
+    return results_dir(cfg) / matrix_name(cfg, kconf)
+
+
+def dir_of_config(config_path, overrides=()) -> Path:
+    """The matrix directory a config file describes (for the report)."""
+    kconf = cfglib.load_kconf(config_path, overrides)
+    cfg = cfglib.from_kconf(kconf, config_path)
+    if not cfg.MATRIX:
+        raise ConfigError(OFF_HINT)
+    return matrix_dir(cfg, kconf)
+
+

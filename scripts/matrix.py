@@ -43,20 +43,13 @@ from lib import config as cfglib
 from lib import optim
 from lib.config import ConfigError
 from lib.fsutil import atomic_write_json, atomic_write_text
-from lib.run import RunDir, results_dir
+from lib.run import OFF_HINT, RunDir, matrix_dir, results_setting
 
-# Runner knobs: they change how the matrix runs, not what its cells compute,
-# so they stay out of the matrix directory's hash (a changed MATRIX_JOBS
-# resumes the same matrix).
-RUNNER_ONLY = ("MATRIX_JOBS", "MATRIX_BASELINE", "MATRIX_ON_FAILURE_CONTINUE",
-               "MATRIX_ON_FAILURE_STOP")
 # Test hook: comma-separated fnmatch patterns of cell ids whose trainer is
 # replaced by a stand-in that prints a log, writes a failed summary.json and
 # exits 3. Honoured only here; never set it outside tests.
 FAIL_CELLS_ENV = "KMATRIX_TEST_FAIL_CELLS"
 LOG_TAIL_LINES = 20
-OFF_HINT = ("matrix mode is off: set MATRIX=y in make menuconfig, or "
-            "make defconfig-shakespeare-char-matrix")
 EXIT_MEANINGS = {2: "bad configuration or input", 3: "training failed", 130: "interrupted"}
 # Signals by which a user (Ctrl-C, kill) or a batch scheduler stops work: a cell they end
 # is interrupted, not failed, and resumes on the next run.
@@ -183,19 +176,6 @@ def enumerate_cells(cfg) -> tuple:
 
 # ------------------------------------------------------------- configurations
 
-def matrix_hash(kconf) -> str:
-    """Short hash of the matrix configuration, ignoring where results go and
-    the runner-only knobs."""
-    return cfglib.config_hash(kconf, ignored={*cfglib.NOT_HASHED, *RUNNER_ONLY})
-
-
-def results_setting(cfg, name: str) -> str:
-    """RESULTS_DIR for the cells: the matrix directory, relative to the project
-    root when the matrix's RESULTS_DIR is."""
-    base = cfg.RESULTS_DIR
-    return str(Path(base) / name) if Path(base).is_absolute() else f"{base.rstrip('/')}/{name}"
-
-
 @dataclass(frozen=True)
 class Cell:
     spec: CellSpec
@@ -237,25 +217,6 @@ class Matrix:
 
     def state_path(self, cell) -> Path:
         return self.state_dir / f"{cell.id}.json"
-
-
-def matrix_name(cfg, kconf) -> str:
-    """<RECIPE>-matrix-<hash> ("-matrix" not doubled when the recipe ends in it)."""
-    stem = cfg.RECIPE if cfg.RECIPE.endswith("matrix") else f"{cfg.RECIPE}-matrix"
-    return f"{stem}-{matrix_hash(kconf)}"
-
-
-def matrix_dir(cfg, kconf) -> Path:
-    return results_dir(cfg) / matrix_name(cfg, kconf)
-
-
-def dir_of_config(config_path, overrides=()) -> Path:
-    """The matrix directory a config file describes (for scripts.report)."""
-    kconf = cfglib.load_kconf(config_path, overrides)
-    cfg = cfglib.from_kconf(kconf, config_path)
-    if not cfg.MATRIX:
-        raise ConfigError(OFF_HINT)
-    return matrix_dir(cfg, kconf)
 
 
 def cell_kconf(config_path, overrides, spec, results, run_name=""):
@@ -617,7 +578,7 @@ class Runner:
                 self.finish(proc, bar)
 
     def report(self) -> None:
-        from scripts import report
+        from scripts import report  # here: pandas and matplotlib cost seconds at start-up
         try:
             paths = report.write_report(self.m.path)
             print(f"report: {paths['report']}")

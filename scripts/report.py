@@ -36,6 +36,7 @@ from lib import config as cfglib  # noqa: E402
 from lib import optim  # noqa: E402
 from lib.config import ConfigError  # noqa: E402
 from lib.fsutil import atomic_write_bytes, atomic_write_text  # noqa: E402
+from lib.run import dir_of_config  # noqa: E402
 
 DEFAULT_BASELINE = "adamw-none"
 HASH_SUFFIX = re.compile(r"-[0-9a-f]{8}$")
@@ -641,7 +642,6 @@ def resolve(target) -> Path:
     if path.is_dir():
         return path
     if path.is_file():
-        from scripts.matrix import dir_of_config
         return dir_of_config(path)
     raise ConfigError(f"{path}: neither a matrix directory nor a config file")
 

@@ -9,6 +9,7 @@ import pytest
 from scipy import stats
 
 from lib import config as cfglib
+from lib.run import dir_of_config
 from scripts import matrix, report
 
 DEFAULT = cfglib.ROOT / "defconfigs" / "default"
@@ -70,7 +71,7 @@ def built(tmp_path):
     """A matrix directory: dense adamw and lion (3 seeds), magnitude at 0.5 (2 seeds) and
     0.9, state bitter2 with extra budget, a failed cell and a pending one."""
     config = write_matrix_config(tmp_path)
-    mdir = matrix.dir_of_config(config)
+    mdir = dir_of_config(config)
     mdir.mkdir(parents=True)
     (mdir / "matrix.config").write_text(config.read_text())
     ids = {}
@@ -302,7 +303,7 @@ def test_learning_rate_sweep_compares_each_optimizer_at_its_best_rate(tmp_path):
     winning rate per setting, the report marks it and says it was chosen on validation."""
     config = write_matrix_config(tmp_path, "MATRIX_OPTIMIZER_LION=y",
                                  "MATRIX_LR_MULTIPLIERS=0.5 1 2")
-    mdir = matrix.dir_of_config(config)
+    mdir = dir_of_config(config)
     mdir.mkdir(parents=True)
     (mdir / "matrix.config").write_text(config.read_text())
     # adamw wins at x2, lion at x0.5

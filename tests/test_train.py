@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from gpt2 import train
+from gpt2.model import GPT
 from lib import checkpoint
 from lib import config as cfglib
 from lib.run import RunDir
@@ -119,13 +120,13 @@ def test_missing_dataset_is_a_clear_error(tiny_config, monkeypatch, capsys, tmp_
 
 def test_non_finite_loss_fails_the_run_with_its_reason(tiny_config, monkeypatch):
     config = tiny_config("MAX_ITERS=20", "LOG_INTERVAL=2")
-    real_forward = train.GPT.forward
+    real_forward = GPT.forward
 
     def poisoned(self, idx, targets=None):
         logits, loss = real_forward(self, idx, targets)
         return logits, (loss * float("nan") if self.training else loss)
 
-    monkeypatch.setattr(train.GPT, "forward", poisoned)
+    monkeypatch.setattr(GPT, "forward", poisoned)
     assert train.main([str(config)]) == 3
     summary = json.loads(run_dir(config).summary.read_text())
     assert summary["status"] == "failed" and "non-finite training loss" in summary["error"]
