@@ -260,20 +260,17 @@ def _is_prepared(out_dir: Path, dataset: str, split: float, input_hashes: dict) 
     return True
 
 
-def prepare(dataset: str, data_dir: str, out_root, train_split) -> Path:
-    """Tokenize the dataset into <out_root>/<dataset>-split<train_split>/ and
-    return that directory; does nothing when it is already up to date."""
-    split = _check_args(dataset, train_split)
-    out_dir = prepared_path(out_root, dataset, split)
-
+def _read_inputs(dataset: str, data_dir: str):
+    """(input paths, their bytes, their sha256) of a dataset."""
     input_paths = {TEXT_FILE: find_input(TEXT_FILE, data_dir)}
     if dataset == "shakespeare":
         input_paths[VOCAB_BPE], input_paths[ENCODER_JSON] = _gpt2_files(data_dir)
     raw = {name: path.read_bytes() for name, path in input_paths.items()}
-    input_hashes = {name: _sha256(data) for name, data in raw.items()}
-    if _is_prepared(out_dir, dataset, split, input_hashes):
-        return out_dir
+    return input_paths, raw, {name: _sha256(data) for name, data in raw.items()}
 
+
+def _tokenize(dataset: str, input_paths: dict, raw: dict, split: float) -> tuple:
+    """({split: uint16 tokens}, meta without the file entries)."""
     try:
         text = raw[TEXT_FILE].decode("utf-8")
     except UnicodeDecodeError as e:
@@ -299,6 +296,18 @@ def prepare(dataset: str, data_dir: str, out_root, train_split) -> Path:
         if tokens[s].size == 0:
             raise DataError(f"The {s} split of {input_paths[TEXT_FILE]} is empty "
                             f"(text of {len(text)} characters, train_split {split})")
+    return tokens, meta
+
+
+def prepare(dataset: str, data_dir: str, out_root, train_split) -> Path:
+    """Tokenize the dataset into <out_root>/<dataset>-split<train_split>/ and
+    return that directory; does nothing when it is already up to date."""
+    split = _check_args(dataset, train_split)
+    out_dir = prepared_path(out_root, dataset, split)
+    input_paths, raw, input_hashes = _read_inputs(dataset, data_dir)
+    if _is_prepared(out_dir, dataset, split, input_hashes):
+        return out_dir
+    tokens, meta = _tokenize(dataset, input_paths, raw, split)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     # meta.json is the completion marker: remove it first, write it last.
@@ -317,6 +326,20 @@ def prepare(dataset: str, data_dir: str, out_root, train_split) -> Path:
     )
     atomic_write_json(out_dir / "meta.json", meta)
     return out_dir
+
+
+@functools.lru_cache(maxsize=8)
+def split_sizes(dataset: str, data_dir: str, out_root, train_split) -> dict:
+    """{"train": tokens, "val": tokens} of the dataset prepare() would write, from its
+    meta.json when that is up to date, else by tokenizing in memory: writes nothing."""
+    split = _check_args(dataset, train_split)
+    out_dir = prepared_path(out_root, dataset, split)
+    input_paths, raw, input_hashes = _read_inputs(dataset, data_dir)
+    if _is_prepared(out_dir, dataset, split, input_hashes):
+        meta = read_meta(out_dir)
+        return {s: int(meta[f"{s}_tokens"]) for s in SPLITS}
+    tokens, _ = _tokenize(dataset, input_paths, raw, split)
+    return {s: int(tokens[s].size) for s in SPLITS}
 
 
 # --------------------------------------------------------------------- batches
@@ -378,6 +401,48 @@ class Batches:
             raise DataError(f"Batches state must have the keys {SPLITS}, got {sorted(state)}")
         for s in SPLITS:
             self._generators[s].set_state(state[s].to(torch.uint8).cpu())
+
+
+class EvalWindows:
+    """Fixed evaluation windows of one split: non-overlapping blocks of block_size tokens
+    (inputs at k * block_size, targets one token on), so each token is predicted at most
+    once. max_windows caps the count (None: every window the split holds); a cap below
+    that picks windows spread evenly over the split. They depend only on the split's size
+    and these arguments: identical at every evaluation and in every run."""
+
+    def __init__(self, prepared_dir, split: str, block_size: int, batch_size: int,
+                 max_windows=None, device="cpu"):
+        if split not in SPLITS:
+            raise DataError(f"Unknown split {split!r}; valid: {', '.join(SPLITS)}")
+        self.path = Path(prepared_dir) / f"{split}.bin"
+        self.block_size, self.batch_size = int(block_size), int(batch_size)
+        self.device = torch.device(device)
+        n = int(read_meta(prepared_dir)[f"{split}_tokens"])
+        available = (n - 1) // self.block_size
+        if available < 1:
+            raise DataError(f"block_size {self.block_size} + 1 exceeds the {n} tokens of the "
+                            f"{split} split of {prepared_dir}")
+        count = available if max_windows is None else min(int(max_windows), available)
+        picked = np.linspace(0, available - 1, count).round().astype(np.int64)
+        self.starts = picked * self.block_size
+
+    @property
+    def tokens(self) -> int:
+        """Tokens predicted per pass over the windows."""
+        return len(self.starts) * self.block_size
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def __iter__(self):
+        """(x, y) batches of batch_size windows (the last one may be smaller)."""
+        data = np.memmap(self.path, dtype=np.uint16, mode="r")
+        offsets = np.arange(self.block_size + 1)
+        for i in range(0, len(self.starts), self.batch_size):
+            index = self.starts[i:i + self.batch_size, None] + offsets
+            block = torch.from_numpy(data[index].astype(np.int64))
+            x, y = block[:, :-1].contiguous(), block[:, 1:].contiguous()
+            yield x.to(self.device), y.to(self.device)
 
 
 # ------------------------------------------------------------------------- CLI

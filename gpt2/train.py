@@ -20,6 +20,7 @@ import torch
 from tqdm import tqdm
 
 from gpt2 import data
+from gpt2.budget import Budget, batch_size, check_pruning, extra_budget
 from gpt2.build import build_model
 from gpt2.sample import generate_text
 from lib import checkpoint, faults, optim, prune, recipe_fit, runtime
@@ -58,50 +59,6 @@ class Progress:
     startup_s: float = None  # this session: process start to the first training step
 
 
-def extra_budget(cfg) -> tuple:
-    """AdamWPrune bitter2 spends what sparsity saves: (iteration factor, batch factor,
-    label for summaries and reports, or None for every other configuration)."""
-    if cfg.ADAMWPRUNE_VARIANT != "bitter2":
-        return 1.0, 1.0, None
-    if cfg.BITTER2_SPEND == "iters":
-        return 1 + cfg.BITTER2_EXTRA_ITERS_PCT / 100, 1.0, f"+{cfg.BITTER2_EXTRA_ITERS_PCT}% iterations"
-    return 1.0, 1 + cfg.BITTER2_BATCH_PCT / 100, f"+{cfg.BITTER2_BATCH_PCT}% batch"
-
-
-class Budget:
-    """When training ends, and how far the LR decay has got."""
-
-    def __init__(self, cfg, tokens_per_iter: int, train_tokens: int):
-        self.kind = cfg.BUDGET
-        self.warmup = cfg.WARMUP_ITERS
-        iter_factor = extra_budget(cfg)[0]
-        self.seconds = cfg.MAX_MINUTES * 60 * iter_factor if self.kind == "minutes" else None
-        total = {
-            "iters": lambda: cfg.MAX_ITERS,
-            "epochs": lambda: cfg.NUM_EPOCHS * train_tokens / tokens_per_iter,
-            "tokens": lambda: cfg.MAX_TOKENS / tokens_per_iter,
-            "minutes": lambda: None,
-        }[self.kind]()
-        self.total_iters = None if total is None else math.ceil(total * iter_factor)
-        self.decay_end = cfg.DECAY_ITERS or self.total_iters
-
-    def done(self, p: Progress) -> bool:
-        if self.seconds is not None:
-            return p.train_time_s >= self.seconds
-        return p.iter >= self.total_iters
-
-    def fraction(self, p: Progress) -> float:
-        """How much of the budget is spent, in [0, 1]."""
-        if self.seconds is not None:
-            return min(1.0, p.train_time_s / self.seconds)
-        return min(1.0, p.iter / self.total_iters)
-
-    def decay_progress(self, p: Progress) -> float:
-        if self.decay_end is None:
-            return p.train_time_s / self.seconds
-        return (p.iter - self.warmup) / max(1, self.decay_end - self.warmup)
-
-
 def setup_logging(run: RunDir) -> logging.Logger:
     log = logging.getLogger("kmatrix.train")
     log.handlers.clear()
@@ -119,23 +76,30 @@ def setup_logging(run: RunDir) -> logging.Logger:
     return log
 
 
+def eval_windows(prepared, cfg, device) -> dict:
+    """{split: data.EvalWindows}, fixed for the run: EVAL_ITERS batches at most, the whole
+    validation split with EVAL_WHOLE_SPLIT."""
+    most = cfg.EVAL_ITERS * cfg.BATCH_SIZE
+    return {split: data.EvalWindows(prepared, split, cfg.BLOCK_SIZE, cfg.BATCH_SIZE,
+                                    None if whole else most, device)
+            for split, whole in (("train", False), ("val", cfg.EVAL_WHOLE_SPLIT))}
+
+
 @torch.no_grad()
-def evaluate(model, prepared, cfg, device, autocast) -> dict:
-    """Loss, perplexity and next-token accuracy on the same EVAL_ITERS batches every time."""
+def evaluate(model, windows: dict, autocast) -> dict:
+    """Loss, perplexity and next-token accuracy over each split's fixed windows (means over
+    every predicted token)."""
     model.eval()
     result = {}
-    batches = data.Batches(prepared, cfg.BLOCK_SIZE, cfg.BATCH_SIZE, device, cfg.SEED)
-    for split in ("train", "val"):
-        losses = torch.zeros(cfg.EVAL_ITERS, device=device)
-        correct = torch.zeros(cfg.EVAL_ITERS, device=device)
-        for k in range(cfg.EVAL_ITERS):
-            x, y = batches.get(split)
+    for split, batches in windows.items():
+        loss_sum = correct = 0
+        for x, y in batches:
             with autocast:
                 logits, loss = model(x, y)
-            losses[k] = loss
-            correct[k] = (logits.argmax(-1) == y).float().mean()
-        result[f"{split}_loss"] = losses.mean().item()
-        result[f"{split}_acc"] = correct.mean().item()
+            loss_sum = loss_sum + loss.float() * y.numel()
+            correct = correct + (logits.argmax(-1) == y).sum()
+        result[f"{split}_loss"] = (loss_sum / batches.tokens).item()
+        result[f"{split}_acc"] = (correct / batches.tokens).item()
     result["val_ppl"] = math.exp(min(result["val_loss"], 700.0))
     model.train()
     return result
@@ -154,9 +118,10 @@ class Trainer:
         torch.manual_seed(cfg.SEED)
         self.prepared = data.prepare(cfg.DATASET, cfg.DATA_DIR, results_dir(cfg) / "_data",
                                      cfg.TRAIN_SPLIT)
-        self.batch_size = round(cfg.BATCH_SIZE * extra_budget(cfg)[1])
+        self.batch_size = batch_size(cfg)
         self.batches = data.Batches(self.prepared, cfg.BLOCK_SIZE, self.batch_size, self.device,
                                     cfg.SEED)
+        self.eval_windows = eval_windows(self.prepared, cfg, self.device)
         self.model = build_model(cfg, data.vocab_size(self.prepared)).to(self.device)
         self.optimizer = optim.build(cfg, self.model)
         self.scaler = runtime.grad_scaler(self.device, cfg.PRECISION)
@@ -338,7 +303,7 @@ class Trainer:
     def eval_and_log(self) -> None:
         p = self.progress
         faults.point("eval", p.iter)
-        result = evaluate(self.forward, self.prepared, self.cfg, self.device, self.autocast)
+        result = evaluate(self.forward, self.eval_windows, self.autocast)
         if not math.isfinite(result["val_loss"]):
             raise TrainingFailed(f"non-finite validation loss at iteration {p.iter}")
         p.best_val_loss = min(p.best_val_loss, result["val_loss"])
@@ -398,6 +363,7 @@ def train(cfg, stop_after=None, stop=None) -> int:
     if cfg.MATRIX:
         raise cfglib.ConfigError("CONFIG_MATRIX=y: this configuration describes a test matrix, "
                                  "not one run; run it with `make` or `make test-matrix`")
+    check_pruning(cfg)
     stop = stop if stop is not None else StopRequest()
     run = RunDir.for_config(cfg)
     run.check_owner(cfg)

@@ -43,6 +43,8 @@ from lib import config as cfglib
 from lib import optim
 from lib.config import ConfigError
 from lib.fsutil import atomic_write_json, atomic_write_text
+from gpt2.budget import check_pruning
+from gpt2.data import DataError
 from lib.run import OFF_HINT, RunDir, matrix_dir, results_setting
 
 # Test hook: comma-separated fnmatch patterns of cell ids whose trainer is
@@ -264,6 +266,19 @@ def write_cell_config(cell) -> None:
         return
     cell.dir.mkdir(parents=True, exist_ok=True)
     cfglib.write_config(cell.kconf, cell.config)  # atomic; no .old, as there is no old one
+
+
+def check_cells(matrix: Matrix) -> None:
+    """Every cell's pruning schedule fits its budget, or one ConfigError naming each cell
+    that does not (before any cell runs, and in the dry run)."""
+    problems = []
+    for cell in matrix.cells:
+        try:
+            check_pruning(cfglib.from_kconf(cell.kconf, cell.config))
+        except (ConfigError, DataError) as e:
+            problems.append(f"cell {cell.name}: {e}")
+    if problems:
+        raise ConfigError("\n".join(problems))
 
 
 # ------------------------------------------------------------------- state
@@ -630,6 +645,7 @@ def main(argv=None) -> int:
         if not matrix.cells:
             raise ConfigError("the matrix has no cells: "
                               + "; ".join(f"{w}: {r}" for w, r in matrix.skipped))
+        check_cells(matrix)
         if args.dry_run:
             return dry_run(matrix, args.retry_failed)
         return Runner(matrix, args.retry_failed).run()

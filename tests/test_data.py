@@ -322,3 +322,42 @@ def test_cli_prepares_what_the_config_selects(text_dir, tmp_path, capsys):
     assert data.read_meta(out)["train_tokens"] == int(len(TEXT) * 0.8)
     assert data.main([str(config), "--set", f"DATA_DIR={tmp_path / 'nowhere'}"]) == 2
     assert "KMATRIX_DATA" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------ evaluation windows
+
+def test_eval_windows_read_each_token_at_most_once_and_never_past_the_split(prepared):
+    n = data.read_meta(prepared)["val_tokens"]
+    val = np.fromfile(prepared / "val.bin", dtype=np.uint16).astype(np.int64)
+    whole = data.EvalWindows(prepared, "val", block_size=16, batch_size=5)
+    assert len(whole) == (n - 1) // 16 and whole.tokens == len(whole) * 16
+    ys = [y for _, y in whole]
+    assert [len(y) for y in ys[:-1]] == [5] * (len(ys) - 1) and 1 <= len(ys[-1]) <= 5
+    xs = torch.cat([x for x, _ in whole]).reshape(-1)
+    assert torch.equal(xs, torch.from_numpy(val[:whole.tokens]))  # contiguous, no overlap
+    assert torch.equal(torch.cat(ys).reshape(-1), torch.from_numpy(val[1:whole.tokens + 1]))
+    # a cap far above what the split holds reads the split once, not the cap
+    capped = data.EvalWindows(prepared, "val", block_size=16, batch_size=5, max_windows=10**6)
+    assert len(capped) == len(whole)
+
+
+def test_eval_windows_below_the_split_spread_evenly_and_repeat_exactly(prepared):
+    a = data.EvalWindows(prepared, "train", block_size=8, batch_size=4, max_windows=6)
+    b = data.EvalWindows(prepared, "train", block_size=8, batch_size=4, max_windows=6)
+    available = (data.read_meta(prepared)["train_tokens"] - 1) // 8
+    assert len(a) == 6 and a.starts[0] == 0 and a.starts[-1] == (available - 1) * 8
+    assert len(set(a.starts.tolist())) == 6
+    for (xa, ya), (xb, yb) in zip(a, b):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    first, second = list(a), list(a)  # the same windows at every evaluation
+    assert all(torch.equal(x1, x2) for (x1, _), (x2, _) in zip(first, second))
+    with pytest.raises(data.DataError, match="block_size"):
+        data.EvalWindows(prepared, "val", block_size=data.read_meta(prepared)["val_tokens"],
+                         batch_size=2)
+
+
+def test_split_sizes_count_without_writing(text_dir, tmp_path):
+    sizes = data.split_sizes("shakespeare-char", str(text_dir), tmp_path / "out", 0.9)
+    assert not (tmp_path / "out").exists()
+    meta = data.read_meta(data.prepare("shakespeare-char", str(text_dir), tmp_path / "out", 0.9))
+    assert sizes == {"train": meta["train_tokens"], "val": meta["val_tokens"]}

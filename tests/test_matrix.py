@@ -235,6 +235,24 @@ def test_dry_run_lists_cells_skips_and_an_estimate_and_writes_nothing(matrix_con
     assert f"{m.cells[0].id:<60} lr {m.cells[0].learning_rate:<8g} done" in out
 
 
+def test_dry_run_refuses_cells_whose_pruning_cannot_reach_the_target(matrix_config, tmp_path,
+                                                                     capsys):
+    # the matrix's own PRUNING only makes the pruning knobs settable; cells choose theirs
+    config = matrix_config("MATRIX_PRUNING_MAGNITUDE=y", "MATRIX_SPARSITIES=0.5 0.7",
+                           "PRUNING=magnitude", "PRUNING_START=100", "MAX_ITERS=50")
+    assert matrix.main([str(config), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "cell adamw-magnitude-s0.5-seed1337:" in err
+    assert "cell adamw-magnitude-s0.7-seed1337:" in err and "adamw-none" not in err
+    assert "PRUNING_START=100" in err and "MAX_ITERS=50" in err
+    assert not (tmp_path / "results").exists()
+    epochs = matrix_config("MATRIX_PRUNING_MAGNITUDE=y", "MATRIX_SPARSITIES=0.5",
+                           "BUDGET=epochs", "NUM_EPOCHS=0.01", name="epochs.config")
+    assert matrix.main([str(epochs), "--dry-run"]) == 2  # 0.01 epochs: a few iterations
+    assert "BUDGET=epochs, NUM_EPOCHS=0.01" in capsys.readouterr().err
+    assert not (tmp_path / "results").exists()
+
+
 def test_make_targets_pass_the_flags(tmp_path):
     def dry(*args):
         return subprocess.run(["make", "-n", "--no-print-directory", "-C", str(cfglib.ROOT),

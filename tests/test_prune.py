@@ -662,3 +662,62 @@ def test_no_pruner_is_a_dense_stand_in():
     dense.load_state_dict(state_via_bytes(dense.state_dict()))
     with pytest.raises(ValueError):
         dense.load_state_dict({"method": "magnitude"})
+
+
+# --------------------------------------------------------------------------
+# the schedule against a budget
+# --------------------------------------------------------------------------
+
+def test_slow_start_cubic_is_the_anchors_p_cubed():
+    assert prune.sparsity_at("cubic-slow-start", 0.8, 0.5) == pytest.approx(0.8 * 0.125)
+    assert prune.sparsity_at("cubic-slow-start", 0.8, 1.0) == pytest.approx(0.8)
+    assert (prune.sparsity_at("cubic-slow-start", 0.5, 0.3)
+            < prune.sparsity_at("linear", 0.5, 0.3) < prune.sparsity_at("cubic", 0.5, 0.3))
+
+
+@pytest.mark.parametrize("start, end, frequency, total", [
+    (3, 0.5, 4, 20), (5, 0.75, 7, 40), (15, 0.5, 2, 20), (1, 1.0, 3, 10), (0, 0.3, 1, 7),
+    (7, 0.9, 50, 13), (21, 0.5, 2, 20), (10, 0.999, 1, 1000),
+])
+def test_plan_matches_what_the_pruner_does(start, end, frequency, total):
+    model = Toy((8, 8))
+    pruner = prune.build(prune_cfg(PRUNING_START=start, PRUNING_END=end,
+                                   PRUNING_FREQUENCY=frequency), model,
+                         torch.optim.AdamW(model.parameters()))
+    updates = [it for it in range(1, total + 1) if pruner.after_step(it, it / total) is not None]
+    plan = prune.plan(start, end, total)
+    assert plan.first_update == (updates[0] if updates else None)
+    assert plan.target_reached == (updates[-1] if pruner.done else None)
+
+
+def budget_cfg(**overrides):
+    return prune_cfg(PRUNING_MIN_FULL_SHARE=0.1, ADAMWPRUNE_VARIANT=None, **overrides)
+
+
+def test_a_target_out_of_reach_is_a_configuration_error_naming_the_knobs():
+    from lib.config import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        prune.check_schedule(budget_cfg(PRUNING_START=100), 10, "BUDGET=epochs, NUM_EPOCHS=2")
+    for word in ("PRUNING_START=100", "PRUNING_END=0.75", "PRUNING_FREQUENCY=7",
+                 "NUM_EPOCHS=2", "TARGET_SPARSITY=0.5"):
+        assert word in str(e.value)
+    # reached at iteration 96 of 100: 4% at full sparsity, less than the 10% asked for
+    with pytest.raises(ConfigError, match=r"iteration 96 of 100.*PRUNING_MIN_FULL_SHARE=0.1"):
+        prune.check_schedule(budget_cfg(PRUNING_END=0.96), 100, "BUDGET=iters, MAX_ITERS=100")
+    plan = prune.check_schedule(budget_cfg(PRUNING_END=0.9), 100, "BUDGET=iters")
+    assert (plan.first_update, plan.target_reached, plan.full_share) == (5, 90, 0.1)
+    # a wall-clock budget: only the share after PRUNING_END is known in advance
+    assert prune.check_schedule(budget_cfg(PRUNING_START=10**6), None, "BUDGET=minutes") is None
+    with pytest.raises(ConfigError, match="PRUNING_END=0.95"):
+        prune.check_schedule(budget_cfg(PRUNING_END=0.95), None, "BUDGET=minutes")
+
+
+def test_bitter2_ramp_ends_where_the_base_budget_would_unless_stretched():
+    cfg = dict(PRUNING="state", ADAMWPRUNE_VARIANT="bitter2", BITTER2_SPEND="iters",
+               BITTER2_EXTRA_ITERS_PCT=21, PRUNING_END=0.75)
+    assert prune.ramp_end(prune_cfg(**cfg, BITTER2_STRETCH_RAMP=False)) == pytest.approx(0.75 / 1.21)
+    assert prune.ramp_end(prune_cfg(**cfg, BITTER2_STRETCH_RAMP=True)) == 0.75
+    # 100 base iterations + 21%: the target at iteration 75 either way when fixed
+    assert prune.plan(5, prune.ramp_end(prune_cfg(**cfg, BITTER2_STRETCH_RAMP=False)),
+                      121).target_reached == 75

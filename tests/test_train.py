@@ -289,3 +289,28 @@ def test_a_second_trainer_on_the_same_run_stops(tiny_config, capsys):
     finally:
         holder.unlock()
     assert train.main([str(config)]) == 0
+
+
+def test_evaluation_reads_fixed_windows_and_the_whole_split_on_request(tiny_config):
+    from gpt2 import data
+
+    cfg = cfglib.load(tiny_config("EVAL_ITERS=3"))
+    prepared = data.prepare(cfg.DATASET, cfg.DATA_DIR, cfg.RESULTS_DIR + "/_data",
+                            cfg.TRAIN_SPLIT)
+    windows = train.eval_windows(prepared, cfg, "cpu")
+    assert len(windows["train"]) == len(windows["val"]) == 3 * 8
+    val_tokens = data.read_meta(prepared)["val_tokens"]
+    whole = train.eval_windows(prepared, cfglib.load(tiny_config("EVAL_WHOLE_SPLIT=y",
+                                                                 name="whole")), "cpu")
+    assert len(whole["val"]) == (val_tokens - 1) // 32 and len(whole["train"]) == 2 * 8
+    # the train estimate is its own fixed windows, not the first training batches
+    batches = data.Batches(prepared, 32, 8, "cpu", cfg.SEED)
+    first_x = batches.get("train")[0]
+    x0, _ = next(iter(windows["train"]))
+    assert not torch.equal(x0, first_x)
+    torch.manual_seed(0)
+    from gpt2.build import build_model
+    model = build_model(cfg, data.vocab_size(prepared))
+    nothing = torch.autocast("cpu", enabled=False)
+    a, b = train.evaluate(model, windows, nothing), train.evaluate(model, windows, nothing)
+    assert a == b and set(a) == {"train_loss", "train_acc", "val_loss", "val_acc", "val_ppl"}

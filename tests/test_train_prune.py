@@ -30,6 +30,7 @@ def test_target_reached_and_pruned_weights_stay_zero(tiny_config, method, target
     assert train.main([str(config)]) == 0
     run, summary, state = finished(config)
     assert summary["sparsity"] == pytest.approx(target, abs=0.005)
+    assert summary["pruning_incomplete"] is False
     assert summary["target_sparsity"] == target
     masks = masks_of(state)
     assert masks and all(m.dtype == torch.bool for m in masks.values())
@@ -80,7 +81,7 @@ def test_pruned_run_resumes_exactly(tiny_config, tmp_path):
 
 
 @pytest.mark.parametrize("spend, expected_iters, expected_batch, label", [
-    ("iters", 49, 8, "+21% iterations"),  # ceil(40 * 1.21)
+    ("iters", 49, 8, "+21% iterations at full sparsity"),  # ceil(40 * 1.21)
     ("batch", 40, 9, "+14% batch"),  # round(8 * 1.14)
 ])
 def test_bitter2_spends_the_savings_and_says_so(tiny_config, spend, expected_iters,
@@ -110,3 +111,21 @@ def test_sampling_uses_the_pruned_model(tiny_config, capsys, monkeypatch):
     assert capsys.readouterr().out.count("---") == 2
     linear = loaded["model"].transformer.h[0].mlp.c_fc
     assert torch.equal(linear.weight == 0, ~linear.weight_mask)
+
+
+def test_a_schedule_the_budget_cannot_reach_stops_before_training(tiny_config, capsys):
+    config = tiny_config(*PRUNED, "PRUNING=magnitude", "PRUNING_START=100")
+    assert train.main([str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "PRUNING_START=100" in err and "MAX_ITERS=40" in err and "PRUNING_FREQUENCY" in err
+    assert not RunDir.for_config(cfglib.load(config)).path.exists()
+
+
+def test_a_time_budget_that_ends_short_of_the_target_says_so(tiny_config):
+    config = tiny_config(*[o for o in PRUNED if not o.startswith("MAX_ITERS")],
+                         "PRUNING=magnitude", "BUDGET=minutes", "MAX_MINUTES=0.003",
+                         "PRUNING_START=1000000", "EVAL_INTERVAL=1000000")
+    assert train.main([str(config)]) == 0
+    _, summary, _ = finished(config)
+    assert summary["status"] == "complete" and summary["pruning_incomplete"] is True
+    assert summary["sparsity"] == 0.0

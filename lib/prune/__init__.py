@@ -19,9 +19,10 @@ sampler that calls attach_masks before load_state_dict gets the pruned model
 from lib.prune.masks import (apply_masks, attach_masks, mask_bool, pack_bits, prunable,
                              unpack_bits)
 from lib.prune.methods import MagnitudePruner, MovementPruner, NoPruner, Pruner, StatePruner
-from lib.prune.schedule import sparsity_at
+from lib.config import ConfigError
+from lib.prune.schedule import Plan, plan, sparsity_at
 
-__all__ = ["PRUNERS", "Pruner", "MagnitudePruner", "MovementPruner", "StatePruner", "NoPruner",
+__all__ = ["PRUNERS", "Plan", "Pruner", "check_schedule", "plan", "ramp_end", "MagnitudePruner", "MovementPruner", "StatePruner", "NoPruner",
            "apply_masks", "attach_masks", "build", "mask_bool", "pack_bits", "prunable",
            "sparsity_at", "unpack_bits"]
 
@@ -41,9 +42,48 @@ def build(cfg, model, optimizer):
         raise ValueError(f"unknown pruning method {method!r}; choose one of none, "
                          f"{', '.join(PRUNERS)}")
     kwargs = dict(target_sparsity=cfg.TARGET_SPARSITY, schedule=cfg.PRUNING_SCHEDULE,
-                  start=cfg.PRUNING_START, end=cfg.PRUNING_END, frequency=cfg.PRUNING_FREQUENCY,
+                  start=cfg.PRUNING_START, end=ramp_end(cfg), frequency=cfg.PRUNING_FREQUENCY,
                   include_embeddings=bool(cfg.PRUNE_EMBEDDINGS),
                   mask_storage=cfg.MASK_STORAGE)
     if method == "state":
         kwargs["variant"] = cfg.ADAMWPRUNE_VARIANT
     return PRUNERS[method](model, optimizer, **kwargs)
+
+
+def ramp_end(cfg) -> float:
+    """The budget fraction at which sparsity reaches the target: PRUNING_END, or for
+    bitter2's extra iterations without BITTER2_STRETCH_RAMP, where PRUNING_END of the base
+    budget falls in the longer one."""
+    if getattr(cfg, "BITTER2_SPEND", None) == "iters" and not cfg.BITTER2_STRETCH_RAMP:
+        return cfg.PRUNING_END / (1 + cfg.BITTER2_EXTRA_ITERS_PCT / 100)
+    return cfg.PRUNING_END
+
+
+def check_schedule(cfg, total_iters, budget: str):
+    """The Plan of cfg's pruning in a budget of total_iters iterations (None: a wall-clock
+    budget, where only the share after PRUNING_END is known); a ConfigError naming the
+    knobs when the target is out of reach or reached with less than PRUNING_MIN_FULL_SHARE
+    of training left."""
+    end, least = ramp_end(cfg), cfg.PRUNING_MIN_FULL_SHARE
+    knobs = (f"PRUNING_START={cfg.PRUNING_START}, PRUNING_END={cfg.PRUNING_END}, "
+             f"PRUNING_FREQUENCY={cfg.PRUNING_FREQUENCY}")
+    fix = (f"lower PRUNING_START or PRUNING_END (at most {1 - least:g} for "
+           f"PRUNING_MIN_FULL_SHARE={least:g}), or lengthen the budget")
+    if total_iters is None:
+        if 1 - end < least - 1e-9:
+            raise ConfigError(f"pruning to TARGET_SPARSITY={cfg.TARGET_SPARSITY:g} ends at "
+                              f"{end:.0%} of the budget ({knobs}; {budget}), leaving less than "
+                              f"PRUNING_MIN_FULL_SHARE={least:g} at full sparsity; {fix}")
+        return None
+    schedule = plan(cfg.PRUNING_START, end, total_iters)
+    if schedule.target_reached is None:
+        raise ConfigError(f"pruning cannot reach TARGET_SPARSITY={cfg.TARGET_SPARSITY:g}: "
+                          f"{budget} ends before the schedule of {knobs} gets there "
+                          f"(the first mask update would be at iteration {max(cfg.PRUNING_START, 1)}); "
+                          f"{fix}")
+    if schedule.full_share < least - 1e-9:
+        raise ConfigError(f"pruning reaches TARGET_SPARSITY={cfg.TARGET_SPARSITY:g} at iteration "
+                          f"{schedule.target_reached} of {total_iters} ({knobs}; {budget}), leaving "
+                          f"{schedule.full_share:.1%} of training at full sparsity, less than "
+                          f"PRUNING_MIN_FULL_SHARE={least:g}; {fix}")
+    return schedule

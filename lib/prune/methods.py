@@ -14,10 +14,8 @@ import torch
 
 from lib.prune.masks import (attach_to, mask_bool, mask_buffer, mask_storage_of, prunable,
                              set_mask, unpack_bits)
-from lib.prune.schedule import SCHEDULES, sparsity_at
+from lib.prune.schedule import SCHEDULES, ramp_progress, sparsity_at
 
-# A progress this close to 1 counts as 1 (budget fractions are floats).
-PROGRESS_EPS = 1e-9
 # Optimizer state tensors zeroed at pruned positions by state pruning.
 MOMENT_KEYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
 
@@ -165,15 +163,7 @@ class Pruner:
 
     def progress(self, budget_fraction: float) -> float:
         """Schedule progress in [0, 1] at this budget fraction (0 before the first update)."""
-        if self.start_fraction is None:
-            return 0.0
-        span = self.end - self.start_fraction
-        if span <= 0:
-            return 1.0
-        p = (float(budget_fraction) - self.start_fraction) / span
-        if p >= 1.0 - PROGRESS_EPS:
-            return 1.0
-        return max(p, 0.0)
+        return ramp_progress(budget_fraction, self.start_fraction, self.end)
 
     # -- mask update -------------------------------------------------------
     def importance(self) -> dict:
@@ -249,6 +239,7 @@ class Pruner:
         mask_bytes = sum(mask_buffer(m, a).numel() * mask_buffer(m, a).element_size()
                          for _, m, a in self.entries)
         return {"sparsity": sparsity, "per_layer": per_layer, "mask_bytes": mask_bytes,
+                "pruning_incomplete": not self.done,
                 "nonzero_params": int(sum(torch.count_nonzero(p) for p in self.model.parameters())),
                 "prunable_params": sum(w.numel() for w in self._weights())}
 

@@ -1,0 +1,93 @@
+"""The training budget: when training ends, how far the LR decay has got, and whether a
+pruning schedule fits in it (checked before training and by the matrix dry run)."""
+import math
+
+from gpt2 import data
+from lib import prune
+from lib.run import results_dir
+
+
+def extra_budget(cfg) -> tuple:
+    """AdamWPrune bitter2 spends what sparsity saves: (iteration factor, batch factor,
+    label for summaries and reports, or None for every other configuration)."""
+    if cfg.ADAMWPRUNE_VARIANT != "bitter2":
+        return 1.0, 1.0, None
+    if cfg.BITTER2_SPEND == "iters":
+        ramp = "ramp stretched" if cfg.BITTER2_STRETCH_RAMP else "at full sparsity"
+        return (1 + cfg.BITTER2_EXTRA_ITERS_PCT / 100, 1.0,
+                f"+{cfg.BITTER2_EXTRA_ITERS_PCT}% iterations {ramp}")
+    return 1.0, 1 + cfg.BITTER2_BATCH_PCT / 100, f"+{cfg.BITTER2_BATCH_PCT}% batch"
+
+
+def batch_size(cfg) -> int:
+    return round(cfg.BATCH_SIZE * extra_budget(cfg)[1])
+
+
+def tokens_per_iter(cfg) -> int:
+    return batch_size(cfg) * cfg.GRADIENT_ACCUMULATION * cfg.BLOCK_SIZE
+
+
+class Budget:
+    """When training ends, and how far the LR decay has got."""
+
+    def __init__(self, cfg, tokens_per_iter: int, train_tokens: int):
+        self.kind = cfg.BUDGET
+        self.warmup = cfg.WARMUP_ITERS
+        iter_factor = extra_budget(cfg)[0]
+        self.seconds = cfg.MAX_MINUTES * 60 * iter_factor if self.kind == "minutes" else None
+        total = {
+            "iters": lambda: cfg.MAX_ITERS,
+            "epochs": lambda: cfg.NUM_EPOCHS * train_tokens / tokens_per_iter,
+            "tokens": lambda: cfg.MAX_TOKENS / tokens_per_iter,
+            "minutes": lambda: None,
+        }[self.kind]()
+        self.total_iters = None if total is None else math.ceil(total * iter_factor)
+        self.decay_end = cfg.DECAY_ITERS or self.total_iters
+
+    def done(self, p) -> bool:
+        if self.seconds is not None:
+            return p.train_time_s >= self.seconds
+        return p.iter >= self.total_iters
+
+    def fraction(self, p) -> float:
+        """How much of the budget is spent, in [0, 1]."""
+        if self.seconds is not None:
+            return min(1.0, p.train_time_s / self.seconds)
+        return min(1.0, p.iter / self.total_iters)
+
+    def decay_progress(self, p) -> float:
+        if self.decay_end is None:
+            return p.train_time_s / self.seconds
+        return (p.iter - self.warmup) / max(1, self.decay_end - self.warmup)
+
+
+BUDGET_SYMBOLS = {"iters": "MAX_ITERS", "epochs": "NUM_EPOCHS", "tokens": "MAX_TOKENS",
+                  "minutes": "MAX_MINUTES"}
+
+
+def describe(cfg, total_iters) -> str:
+    """The budget in words, naming its symbols: BUDGET=epochs, NUM_EPOCHS=2 (10 iterations
+    of 65,536 tokens)."""
+    symbol = BUDGET_SYMBOLS[cfg.BUDGET]
+    text = f"BUDGET={cfg.BUDGET}, {symbol}={cfg.get(symbol)}"
+    if total_iters is not None:
+        text += f" ({total_iters:,} iterations of {tokens_per_iter(cfg):,} tokens)"
+    factor = extra_budget(cfg)[0]
+    return text + (f", bitter2 x{factor:g}" if factor != 1 else "")
+
+
+def train_tokens(cfg) -> int:
+    """Tokens of the training split (writes nothing)."""
+    return data.split_sizes(cfg.DATASET, cfg.DATA_DIR, results_dir(cfg) / "_data",
+                            cfg.TRAIN_SPLIT)["train"]
+
+
+def check_pruning(cfg):
+    """Stop with a ConfigError when the pruning schedule cannot reach its target within the
+    budget, or reaches it too late; returns the prune.Plan (None without pruning or for a
+    wall-clock budget). Reads the dataset's size only for an epochs budget."""
+    if cfg.PRUNING == "none":
+        return None
+    tokens = train_tokens(cfg) if cfg.BUDGET == "epochs" else None
+    total = Budget(cfg, tokens_per_iter(cfg), tokens).total_iters
+    return prune.check_schedule(cfg, total, describe(cfg, total))
