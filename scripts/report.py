@@ -37,6 +37,7 @@ from lib import optim  # noqa: E402
 from lib.config import ConfigError  # noqa: E402
 from lib.fsutil import atomic_write_bytes, atomic_write_text  # noqa: E402
 from lib.run import dir_of_config  # noqa: E402
+from scripts import caveats  # noqa: E402
 
 DEFAULT_BASELINE = "adamw-none"
 HASH_SUFFIX = re.compile(r"-[0-9a-f]{8}$")
@@ -468,16 +469,20 @@ def _md_table(header, rows) -> list:
     return lines + [""]
 
 
-def _cell_text(g) -> str:
+def _cell_text(g, flags=None) -> str:
     if g is None:
         return "-"
     text = f"{g['mean']:.3f} ± {g['std']:.3f} (n={g['n']})" if g["n"] > 1 else f"{g['mean']:.3f}"
     if g.get("rates_tried", 1) > 1:  # a learning-rate sweep: say which rate this is
         text += f" @ lr {g['learning_rate']:g}"
+    if flags is not None:
+        mark = caveats.letters(flags, group=g["group"], target_sparsity=g["target_sparsity"],
+                               learning_rate=g.get("learning_rate"))
+        text += f" {mark}" if mark else ""
     return text
 
 
-def ppl_tables(agg: pd.DataFrame) -> list:
+def ppl_tables(agg: pd.DataFrame, flags=None) -> list:
     """Markdown: one table per target sparsity, rows optimizer, columns pruning
     method; the dense cells are the first column of each."""
     lines = []
@@ -498,7 +503,7 @@ def ppl_tables(agg: pd.DataFrame) -> list:
             for method in methods:
                 src = dense if method == "none" else at
                 g = src[(src["optimizer"] == opt) & (src["method"] == method)]
-                row.append(_cell_text(g.iloc[0] if not g.empty else None))
+                row.append(_cell_text(g.iloc[0] if not g.empty else None, flags))
             rows.append(row)
         lines += _md_table(["optimizer \\ pruning"] + methods, rows)
     return lines
@@ -533,14 +538,15 @@ def lr_section(agg: pd.DataFrame) -> list:
 
 
 def render(matrix_dir, df, agg, deltas, baseline, env, plots, comparison=None,
-           other_dir=None, all_rates=None) -> str:
+           other_dir=None, all_rates=None, flags=None) -> str:
     matrix_dir = Path(matrix_dir)
     counts = df["status"].value_counts().to_dict()
     lines = [f"# Matrix report: {matrix_dir.name}", "",
              f"{len(df)} cells: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())),
              "", "## Validation perplexity (final)", "",
-             "Mean ± sample std (ddof=1) over seeds where there are several.", ""]
-    lines += ppl_tables(agg)
+             "Mean ± sample std (ddof=1) over seeds where there are several; "
+             "[letters] flag caveats (see Caveats).", ""]
+    lines += ppl_tables(agg, flags)
     lines += lr_section(all_rates if all_rates is not None else agg)
     lines += [f"## Against the baseline `{baseline}`", ""]
     if deltas.empty:
@@ -550,11 +556,16 @@ def render(matrix_dir, df, agg, deltas, baseline, env, plots, comparison=None,
                   "(scipy.stats.ttest_ind, equal_var=False): ** p<0.01, * p<0.05, ns otherwise.",
                   ""]
         lines += _md_table(
-            ["cell", "sparsity", "n", "val ppl", "baseline", "delta", "delta %", "p", "sig."],
+            ["cell", "sparsity", "n", "val ppl", "baseline", "delta", "delta %", "p", "sig.",
+             "caveats"],
             [[f"**{r.group}**" if r.mark == "baseline" else r.group, f"{r.target_sparsity:g}",
               r.n, _fmt(r.mean), _fmt(r.baseline_mean), f"{r.delta:+.3f}",
-              f"{r.delta_pct:+.2f}%", _fmt(r.p, 4), r.mark]
+              f"{r.delta_pct:+.2f}%", _fmt(r.p, 4), r.mark,
+              caveats.letters(flags, group=r.group, target_sparsity=r.target_sparsity)
+              if flags is not None else ""]
              for r in deltas.itertuples()])
+    if flags is not None:
+        lines += caveats.section(flags)
     extra = df[df["extra_budget"].notna() & (df["extra_budget"] != "")]
     if not extra.empty:
         lines += ["## Extra budget", "", "These cells trained with more compute than the others "
@@ -564,10 +575,11 @@ def render(matrix_dir, df, agg, deltas, baseline, env, plots, comparison=None,
     lines += ["## Cells", "", "Overhead is the process's wall time minus its training time "
               "(start-up, data, evaluation, sampling, checkpoints).", ""]
     lines += _md_table(
-        ["cell", "status", "lr", "val ppl", "best val ppl", "sparsity", "iters", "train s",
-         "wall s", "overhead s", "tokens/s", "peak MiB", "optimizer state MiB"],
-        [[r.cell, r.status, _fmt_lr(r.learning_rate), _fmt(r.val_ppl), _fmt(r.best_val_ppl),
-          _fmt(r.achieved_sparsity),
+        ["cell", "status", "lr", "caveats", "val ppl", "best val ppl", "sparsity", "iters",
+         "train s", "wall s", "overhead s", "tokens/s", "peak MiB", "optimizer state MiB"],
+        [[r.cell, r.status, _fmt_lr(r.learning_rate),
+          caveats.letters(flags, cell=r.cell) if flags is not None else "",
+          _fmt(r.val_ppl), _fmt(r.best_val_ppl), _fmt(r.achieved_sparsity),
           _fmt(r.iters, 0), _fmt(r.train_time_s, 1), _fmt(r.wall_s, 1), _fmt(r.overhead_s, 1),
           _fmt(r.tokens_per_s, 0),
           _fmt(r.peak_mem_bytes / 2**20, 1) if pd.notna(r.peak_mem_bytes) else "-",
@@ -620,6 +632,7 @@ def write_report(matrix_dir, baseline_matrix=None, baseline=None) -> dict:
     agg = at_best_rate(all_rates)
     deltas = baseline_deltas(agg, baseline)
     curves = load_curves(matrix_dir, df)
+    flags = caveats.find(matrix_dir, df, curves, baseline, _load_config)
     plots = make_plots(df, agg, curves, matrix_dir / "plots")
     env = environment(matrix_dir, df)
     comparison = None
@@ -631,9 +644,9 @@ def write_report(matrix_dir, baseline_matrix=None, baseline=None) -> dict:
         atomic_write_text(out["comparison"], comparison.to_csv(index=False))
     atomic_write_text(out["summary"], df[COLUMNS].to_csv(index=False))
     atomic_write_text(out["report"], render(matrix_dir, df, agg, deltas, baseline, env, plots,
-                                            comparison, baseline_matrix, all_rates))
+                                            comparison, baseline_matrix, all_rates, flags))
     return {**out, "cells": df, "groups": agg, "all_rates": all_rates, "deltas": deltas,
-            "plots": plots, "comparison": comparison}
+            "plots": plots, "comparison": comparison, "caveats": flags}
 
 
 def resolve(target) -> Path:

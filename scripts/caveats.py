@@ -1,0 +1,168 @@
+"""Caveats: the cells of a matrix that did not get what their label says, or that are not
+compared on equal terms with the baseline. The report flags them in its tables and lists
+them in its "Caveats" section; this module only reads run directories.
+
+Each flag is one letter:
+  S  achieved sparsity more than SPARSITY_TOLERANCE from the target (or pruning incomplete)
+  C  more compute than the baseline: more tokens, a larger batch, or an extra budget (bitter2)
+  H  hyperparameters (the learning rate among them) that differ from the baseline's
+  N  fewer seeds than the most any group of the matrix has
+  O  validation loss rose over the last OVERFIT_EVALS evaluations (overfitting)
+"""
+import functools
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from lib import config as cfglib
+
+FLAGS = {"S": "sparsity", "C": "compute", "H": "hyperparameters", "N": "seeds",
+         "O": "overfitting"}
+SPARSITY_TOLERANCE = 0.005  # half a percentage point
+OVERFIT_EVALS = 3
+# What a matrix varies on purpose: never a hyperparameter difference.
+AXES = ("OPTIMIZER", "PRUNING", "ADAMWPRUNE_VARIANT")
+AXIS_SYMBOLS = {"TARGET_SPARSITY", "SEED", "RUN_NAME", "RESULTS_DIR"}
+
+
+@functools.lru_cache(maxsize=1)
+def _axis_symbols() -> frozenset:
+    tree = cfglib.load_tree()
+    members = {s.name for name in AXES for s in tree.named_choices[name].syms}
+    return frozenset(AXIS_SYMBOLS | set(AXES) | members)
+
+
+def _json(path) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def hyperparameter_diff(cell: dict, base: dict) -> dict:
+    """{symbol: (cell value, baseline value)} for the symbols both configurations set and
+    the matrix does not vary on purpose; symbols only one of them has (an optimizer's
+    own knobs) are not compared."""
+    skip = _axis_symbols()
+    return {k: (v, base[k]) for k, v in cell.items()
+            if k not in skip and v is not None and base.get(k) is not None and v != base[k]}
+
+
+def _rising(losses: list) -> bool:
+    tail = losses[-OVERFIT_EVALS:]
+    return len(tail) >= 2 and all(a < b for a, b in zip(tail, tail[1:]))
+
+
+def _learning_rate(row: dict, summary: dict):
+    """The peak learning rate a cell ran at: the report's column, else its summary.json."""
+    lr = row.get("learning_rate")
+    if lr is None or pd.isna(lr):
+        lr = summary.get("learning_rate")
+    return lr
+
+
+def _baseline_of(cells: pd.DataFrame, baseline: str, seed):
+    """The baseline cell to hold a cell against: same seed where there is one, and at the
+    baseline's own learning rate (multiplier 1) where a sweep ran several."""
+    base = cells[(cells["optimizer"] + "-" + cells["method"] == baseline)
+                 & (cells["status"] == "done")]
+    for column, value in (("seed", seed), ("lr_multiplier", 1)):
+        if column in base.columns and (base[column] == value).any():
+            base = base[base[column] == value]
+    return None if base.empty else base.iloc[0]
+
+
+def find(matrix_dir, cells: pd.DataFrame, curves: pd.DataFrame, baseline: str,
+         load_config) -> pd.DataFrame:
+    """One row per (cell, flag) of the done cells: cell, group, target_sparsity,
+    learning_rate, flag, text.
+    load_config(path) reads a cell's config into a Config."""
+    matrix_dir = Path(matrix_dir)
+    done = cells[cells["status"] == "done"]
+    # a setting at one learning rate is one group: its cells differ only in their seeds
+    keys = [k for k in ("optimizer", "method", "target_sparsity", "learning_rate")
+            if k in done.columns]
+    setting = done[keys].astype(str).agg("|".join, axis=1) if not done.empty else done["cell"]
+    seeds = setting.value_counts()
+    most = int(seeds.max()) if not done.empty else 0
+    values, summaries = {}, {}
+    for cell in done["cell"]:
+        cfg = load_config(matrix_dir / cell / "config")
+        values[cell] = dict(cfg.items())
+        summaries[cell] = _json(matrix_dir / cell / "summary.json")
+    rows = []
+
+    def flag(r, letter, text):
+        rows.append({"cell": r.cell, "group": f"{r.optimizer}-{r.method}",
+                     "target_sparsity": r.target_sparsity,
+                     "learning_rate": getattr(r, "learning_rate", None), "flag": letter,
+                     "text": text})
+
+    for r in done.itertuples():
+        summary = summaries[r.cell]
+        if r.pruning != "none":
+            off = (pd.isna(r.achieved_sparsity)
+                   or abs(r.achieved_sparsity - r.target_sparsity) > SPARSITY_TOLERANCE)
+            if off or summary.get("pruning_incomplete"):
+                flag(r, "S", f"achieved sparsity {r.achieved_sparsity:.3f} for a target of "
+                             f"{r.target_sparsity:g}"
+                             + (" (pruning incomplete)" if summary.get("pruning_incomplete")
+                                else ""))
+        base = _baseline_of(done, baseline, r.seed)
+        if base is not None and base["cell"] != r.cell:
+            more = []
+            if pd.notna(r.tokens_seen) and pd.notna(base["tokens_seen"]) \
+                    and r.tokens_seen > base["tokens_seen"]:
+                more.append(f"{int(r.tokens_seen):,} tokens against {int(base['tokens_seen']):,}")
+            batch, base_batch = summary.get("batch_size"), summaries[base["cell"]].get("batch_size")
+            if batch and base_batch and batch > base_batch:
+                more.append(f"batch {batch} against {base_batch}")
+            if summary.get("extra_budget"):
+                more.append(f"extra budget {summary['extra_budget']}")
+            if more:
+                flag(r, "C", "more compute than the baseline: " + "; ".join(more))
+            diff = hyperparameter_diff(values[r.cell], values[base["cell"]])
+            lr, base_lr = _learning_rate(r._asdict(), summary), _learning_rate(
+                base.to_dict(), summaries[base["cell"]])
+            if lr is not None and base_lr is not None and lr != base_lr:
+                diff = {"learning rate": (lr, base_lr), **diff}
+            if diff:
+                flag(r, "H", "differs from the baseline in " + ", ".join(
+                    f"{k} {a!r} (baseline {b!r})" for k, (a, b) in diff.items()))
+        n = int(seeds[setting[r.Index]])
+        if n < most:
+            flag(r, "N", f"{n} seed{'s' if n > 1 else ''}, where other groups have {most}")
+        losses = curves[curves["cell"] == r.cell].sort_values("iter")["val_loss"].tolist()
+        if _rising(losses):
+            tail = losses[-OVERFIT_EVALS:]
+            flag(r, "O", f"val loss rose over its last {len(tail)} evaluations: "
+                         + " -> ".join(f"{v:.3f}" for v in tail))
+    return pd.DataFrame(rows, columns=["cell", "group", "target_sparsity", "learning_rate",
+                                       "flag", "text"])
+
+
+def letters(found: pd.DataFrame, **where) -> str:
+    """The flags of the rows matching where (column=value; None or NaN matches any), in
+    FLAGS order: "[S,O]" or ""."""
+    rows = found
+    for column, value in where.items():
+        if value is not None and not (isinstance(value, float) and pd.isna(value)):
+            rows = rows[rows[column] == value]
+    present = [f for f in FLAGS if f in set(rows["flag"])]
+    return f"[{','.join(present)}]" if present else ""
+
+
+def section(found: pd.DataFrame) -> list:
+    """Markdown lines of the "Caveats" section."""
+    lines = ["## Caveats", ""]
+    if found.empty:
+        return lines + ["None: every finished cell reached its target sparsity, trained on the "
+                        "baseline's budget and hyperparameters, has as many seeds as the "
+                        "others, and its validation loss did not rise at the end.", ""]
+    lines += ["Flags in the tables: " + ", ".join(f"{k} {v}" for k, v in FLAGS.items()) + ".",
+              ""]
+    for cell, rows in found.groupby("cell", sort=False):
+        lines.append(f"- `{cell}` {letters(rows)}")
+        lines += [f"  - {r.flag}: {r.text}" for r in rows.itertuples()]
+    return lines + [""]
