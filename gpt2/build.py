@@ -23,6 +23,16 @@ def build_model(cfg, vocab_size: int) -> GPT:
         raise cfglib.ConfigError(
             f"CONFIG_INIT_FROM_DIR=\"{cfg.INIT_FROM_DIR}\": its shape (layers, heads, width, vocab) "
             f"{got} does not match the configuration's {want}; choose the matching MODEL_SIZE")
+    facts = (("BIAS", shape.bias, model.config.bias, "have biases", "have no biases"),
+             ("WEIGHT_TYING", shape.tie_weights, model.config.tie_weights,
+              "tie the head to the embedding", "have an untied head"))
+    mismatched = [f"CONFIG_{name} is {'y' if ours else 'n'} but the weights "
+                  f"{have if theirs else have_not}"
+                  for name, ours, theirs, have, have_not in facts if ours != theirs]
+    if mismatched:
+        raise cfglib.ConfigError(
+            f"CONFIG_INIT_FROM_DIR=\"{cfg.INIT_FROM_DIR}\": " + "; ".join(mismatched)
+            + "; set them as the weights have them (GPT-2: BIAS=y, WEIGHT_TYING=y)")
     model.crop_block_size(shape.block_size)
     prune.attach_masks(model, cfg)
     return model

@@ -278,3 +278,25 @@ def test_gpt2_init():
 def test_no_bias_config():
     model = GPT(tiny_config(bias=False))
     assert all(not name.endswith("bias") for name, _ in model.named_parameters())
+
+
+def test_build_model_starts_from_a_saved_hugging_face_model(hf_model, tiny_config, tmp_path):
+    from gpt2.build import build_model
+    from lib import config as cfglib
+
+    hf_dir = tmp_path / "hf-gpt2"
+    hf_model.save_pretrained(hf_dir, safe_serialization=True)
+    shape = ["N_LAYER=2", "N_HEAD=2", "N_EMBD=32", "BLOCK_SIZE=16", "DROPOUT=0", "BIAS=y",
+             f"INIT_FROM_DIR={hf_dir}"]
+    cfg = cfglib.load(tiny_config(*shape, "PRUNING=magnitude", "PRUNING_START=1"))
+    model = build_model(cfg, HF_VOCAB).eval()
+    idx = torch.randint(0, HF_VOCAB, (2, 16), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = hf_model.eval()(idx).logits
+        logits, _ = model(idx, idx)  # with targets: logits at every position
+    assert torch.allclose(logits, expected, atol=1e-4)
+    assert model.transformer.h[0].mlp.c_fc.weight_mask.all()  # masks attached, nothing pruned
+    for wrong, symbol in (("BIAS=n", "CONFIG_BIAS is n"), ("WEIGHT_TYING=n", "WEIGHT_TYING is n")):
+        cfg = cfglib.load(tiny_config(*shape, wrong, name=f"wrong-{symbol[:10]}"))
+        with pytest.raises(cfglib.ConfigError, match=symbol):
+            build_model(cfg, HF_VOCAB)

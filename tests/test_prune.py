@@ -33,7 +33,7 @@ def prune_cfg(**overrides):
     """A stand-in for lib.config.Config with the Pruning menu's symbols."""
     values = dict(PRUNING="magnitude", TARGET_SPARSITY=0.5, PRUNING_SCHEDULE="cubic",
                   PRUNING_START=5, PRUNING_END=0.75, PRUNING_FREQUENCY=7,
-                  PRUNE_EMBEDDINGS=False, MASK_STORAGE="bool", ADAMWPRUNE_VARIANT=None)
+                  PRUNE_WEIGHTS="blocks", MASK_STORAGE="bool", ADAMWPRUNE_VARIANT=None)
     values.update(overrides)
     if values["PRUNING"] == "state" and values["ADAMWPRUNE_VARIANT"] is None:
         values["ADAMWPRUNE_VARIANT"] = "bitter0"
@@ -156,25 +156,43 @@ def test_unpack_bits_rejects_wrong_size():
 
 def test_prunable_default_is_block_linears_only():
     model = tiny_gpt()
-    names = [name for name, _, _ in prune.prunable(model, include_embeddings=False)]
+    names = [name for name, _, _ in prune.prunable(model, "blocks")]
     expected = [f"transformer.h.{i}.{m}.weight" for i in range(2)
                 for m in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")]
     assert names == expected
-    for name, module, attr in prune.prunable(model, False):
+    for name, module, attr in prune.prunable(model):
         assert isinstance(module, nn.Linear) and attr == "weight"
         assert getattr(module, attr) is model.get_parameter(name)
 
 
 def test_prunable_with_embeddings_lists_tied_weight_once():
     model = tiny_gpt()
-    entries = prune.prunable(model, include_embeddings=True)
+    entries = prune.prunable(model, "blocks-embeddings")
     names = [name for name, _, _ in entries]
     assert names[:2] == ["transformer.wte.weight", "transformer.wpe.weight"]
     assert "lm_head.weight" not in names  # tied: it is transformer.wte.weight
     assert len(names) == 2 + 8 and len(set(names)) == len(names)
     assert len({id(getattr(m, a)) for _, m, a in entries}) == len(entries)
-    untied = [n for n, _, _ in prune.prunable(tiny_gpt(tie_weights=False), True)]
+    untied = [n for n, _, _ in prune.prunable(tiny_gpt(tie_weights=False), "blocks-embeddings")]
     assert "lm_head.weight" in untied and len(untied) == 11
+
+
+def test_all_linear_is_every_linear_with_the_tied_head_once():
+    model = tiny_gpt()
+    names = [name for name, _, _ in prune.prunable(model, "all-linear")]
+    blocks = [name for name, _, _ in prune.prunable(model, "blocks")]
+    assert names == blocks + ["lm_head.weight"]
+    assert model.lm_head.weight is model.transformer.wte.weight
+    cfg = prune_cfg(PRUNE_WEIGHTS="all-linear", TARGET_SPARSITY=0.5, PRUNING_START=1,
+                    PRUNING_END=0.01)
+    pruner = prune.build(cfg, model, torch.optim.AdamW(model.parameters()))
+    pruner.after_step(1, 1.0)
+    head = model.lm_head
+    # the head's mask prunes the tied embedding too: one tensor, zero where pruned
+    assert (~head.weight_mask).any()
+    assert torch.all(model.transformer.wte.weight[~head.weight_mask] == 0)
+    with pytest.raises(ValueError, match="all-linear"):
+        prune.prunable(model, "everything")
 
 
 @pytest.mark.parametrize("storage", ["bool", "packed"])
@@ -182,7 +200,7 @@ def test_attach_masks_buffers(storage):
     model = tiny_gpt()
     prune.attach_masks(model, prune_cfg(MASK_STORAGE=storage))
     state = model.state_dict()
-    for name, module, attr in prune.prunable(model, False):
+    for name, module, attr in prune.prunable(model):
         key = name + "_mask"
         assert key in state
         buf = module.weight_mask
@@ -199,7 +217,7 @@ def test_attach_masks_none_and_embeddings():
     model = tiny_gpt()
     prune.attach_masks(model, prune_cfg(PRUNING="none"))
     assert not any(k.endswith("_mask") for k in model.state_dict())
-    prune.attach_masks(model, prune_cfg(PRUNE_EMBEDDINGS=True))
+    prune.attach_masks(model, prune_cfg(PRUNE_WEIGHTS="blocks-embeddings"))
     keys = [k for k in model.state_dict() if k.endswith("_mask")]
     assert "transformer.wte.weight_mask" in keys and "transformer.wpe.weight_mask" in keys
     assert "lm_head.weight_mask" not in keys and len(keys) == 10
@@ -546,7 +564,7 @@ def test_pruned_checkpoint_reloads_masks_into_fresh_model():
         fresh.load_state_dict(saved)  # no masks attached: the checkpoint does not fit
     prune.attach_masks(fresh, cfg)
     fresh.load_state_dict(saved)
-    for name, module, attr in prune.prunable(fresh, False):
+    for name, module, attr in prune.prunable(fresh):
         assert torch.equal(module.weight_mask, model.get_submodule(name[:-7]).weight_mask)
         assert bool((module.weight[~module.weight_mask] == 0).all())
     # apply_masks zeroes weights by their masks (a model whose weights were altered)
@@ -603,7 +621,7 @@ def test_packed_masks_train_bit_exactly_like_bool(method, variant):
     results = {}
     for storage in ("bool", "packed"):
         cfg = prune_cfg(PRUNING=method, ADAMWPRUNE_VARIANT=variant, MASK_STORAGE=storage,
-                        TARGET_SPARSITY=0.9, PRUNE_EMBEDDINGS=True)
+                        TARGET_SPARSITY=0.9, PRUNE_WEIGHTS="blocks-embeddings")
         model = tiny_gpt()
         prune.attach_masks(model, cfg)
         opt = make_optimizer("spam", model)
@@ -633,7 +651,7 @@ def test_build_from_real_config(tiny_config):
     cfg = cfglib.load(tiny_config("PRUNING=state", "ADAMWPRUNE_VARIANT=bitter1",
                                   "TARGET_SPARSITY=0.7", "PRUNING_START=3",
                                   "PRUNING_FREQUENCY=2", "PRUNING_END=0.5",
-                                  "MASK_STORAGE=packed", "PRUNE_EMBEDDINGS=y"))
+                                  "MASK_STORAGE=packed", "PRUNE_WEIGHTS=blocks-embeddings"))
     model = tiny_gpt()
     prune.attach_masks(model, cfg)
     pruner = prune.build(cfg, model, make_optimizer("adamw", model))

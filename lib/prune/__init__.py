@@ -43,7 +43,7 @@ def build(cfg, model, optimizer):
                          f"{', '.join(PRUNERS)}")
     kwargs = dict(target_sparsity=cfg.TARGET_SPARSITY, schedule=cfg.PRUNING_SCHEDULE,
                   start=cfg.PRUNING_START, end=ramp_end(cfg), frequency=cfg.PRUNING_FREQUENCY,
-                  include_embeddings=bool(cfg.PRUNE_EMBEDDINGS),
+                  weights=cfg.PRUNE_WEIGHTS,
                   mask_storage=cfg.MASK_STORAGE)
     if method == "state":
         kwargs["variant"] = cfg.ADAMWPRUNE_VARIANT

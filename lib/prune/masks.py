@@ -49,23 +49,34 @@ def unpack_bits(packed: torch.Tensor, shape) -> torch.Tensor:
     return bits.reshape(-1)[:n].to(torch.bool).view(shape)
 
 
-def prunable(model: nn.Module, include_embeddings: bool) -> list:
+# Which weights a pruner may remove: (module name, module, inside the blocks?) -> bool.
+WEIGHT_SETS = {
+    "blocks": lambda name, module, in_blocks: in_blocks and isinstance(module, nn.Linear),
+    "blocks-embeddings": lambda name, module, in_blocks: (
+        isinstance(module, nn.Linear) if in_blocks
+        else isinstance(module, (nn.Embedding, nn.Linear))),
+    # The AdamWPrune code: every Linear, the output head (tied to wte by default) included.
+    "all-linear": lambda name, module, in_blocks: isinstance(module, nn.Linear),
+}
+
+
+def prunable(model: nn.Module, weights: str = "blocks") -> list:
     """[(qualified parameter name, owning module, parameter attribute name)] of prunable weights.
 
-    The weights of the nn.Linear layers inside the transformer blocks
-    (`transformer.h.N....`); with include_embeddings also every nn.Embedding
-    (wte, wpe) and the Linear layers outside the blocks (the output head). A
-    parameter shared by several modules (the head tied to wte) appears once,
-    under the first module that holds it (transformer.wte).
+    weights (PRUNE_WEIGHTS): "blocks", the weights of the nn.Linear layers inside the
+    transformer blocks (`transformer.h.N....`); "blocks-embeddings", also every
+    nn.Embedding (wte, wpe) and the Linear layers outside the blocks (the output head);
+    "all-linear", every nn.Linear weight, the output head included. A parameter shared by
+    several modules (the head tied to wte) appears once, under the first module that
+    holds it (transformer.wte, or lm_head for all-linear).
     """
+    if weights not in WEIGHT_SETS:
+        raise ValueError(f"unknown prunable weight set {weights!r}; choose one of "
+                         f"{', '.join(WEIGHT_SETS)}")
+    takes = WEIGHT_SETS[weights]
     out, seen = [], set()
     for mname, module in model.named_modules():
-        in_blocks = mname.startswith(BLOCKS_PREFIX)
-        if isinstance(module, nn.Linear) and in_blocks:
-            pass
-        elif include_embeddings and not in_blocks and isinstance(module, (nn.Embedding, nn.Linear)):
-            pass
-        else:
+        if not takes(mname, module, mname.startswith(BLOCKS_PREFIX)):
             continue
         weight = module.weight
         if weight is None or id(weight) in seen:
@@ -114,7 +125,7 @@ def attach_masks(model: nn.Module, cfg) -> None:
     """
     if cfg.PRUNING in (None, "none"):
         return
-    attach_to(prunable(model, bool(cfg.PRUNE_EMBEDDINGS)), cfg.MASK_STORAGE or "bool")
+    attach_to(prunable(model, cfg.PRUNE_WEIGHTS or "blocks"), cfg.MASK_STORAGE or "bool")
 
 
 def mask_buffer(module: nn.Module, attr: str) -> torch.Tensor:

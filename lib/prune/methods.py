@@ -37,7 +37,7 @@ class Pruner:
 
     def __init__(self, model, optimizer, *, target_sparsity: float, schedule: str = "cubic",
                  start: int = 0, end: float = 1.0, frequency: int = 1,
-                 include_embeddings: bool = False, mask_storage: str = "bool"):
+                 weights: str = "blocks", mask_storage: str = "bool"):
         if not 0.0 <= target_sparsity < 1.0:
             raise ValueError(f"target sparsity must be in [0, 1), got {target_sparsity}")
         if schedule not in SCHEDULES:
@@ -53,7 +53,7 @@ class Pruner:
         self.target = float(target_sparsity)
         self.schedule = schedule
         self.start, self.end, self.frequency = int(start), float(end), int(frequency)
-        self.entries = prunable(model, include_embeddings)
+        self.entries = prunable(model, weights)
         if not self.entries:
             raise ValueError("the model has no prunable weights")
         attach_to(self.entries, mask_storage)
@@ -446,7 +446,7 @@ class NoPruner:
         return {"sparsity": 0.0, "per_layer": {}, "mask_bytes": 0,
                 "nonzero_params": int(sum(torch.count_nonzero(p) for p in self.model.parameters())),
                 "prunable_params": sum(getattr(m, a).numel()
-                                       for _, m, a in prunable(self.model, False))}
+                                       for _, m, a in prunable(self.model))}
 
     def state_dict(self) -> dict:
         return {"method": self.method}
