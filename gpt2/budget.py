@@ -69,7 +69,9 @@ def describe(cfg, total_iters) -> str:
     """The budget in words, naming its symbols: BUDGET=epochs, NUM_EPOCHS=2 (10 iterations
     of 65,536 tokens)."""
     symbol = BUDGET_SYMBOLS[cfg.BUDGET]
-    text = f"BUDGET={cfg.BUDGET}, {symbol}={cfg.get(symbol)}"
+    value = cfg.get(symbol)
+    text = f"BUDGET={cfg.BUDGET}, {symbol}={value:g}" if isinstance(value, float) else \
+        f"BUDGET={cfg.BUDGET}, {symbol}={value}"
     if total_iters is not None:
         text += f" ({total_iters:,} iterations of {tokens_per_iter(cfg):,} tokens)"
     factor = extra_budget(cfg)[0]

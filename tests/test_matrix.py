@@ -484,3 +484,26 @@ def test_unwritable_results_dir_is_one_line(matrix_config, tmp_path, capsys):
     assert matrix.main([str(config)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"cannot write in {tmp_path}" in err
+
+
+@pytest.mark.parametrize("recipe", ["gpt2-shakespeare-matrix", "gpt2-shakespeare-l4",
+                                    "gpt2-shakespeare-w7900", "gpt2-shakespeare-gpu-smoke"])
+def test_gpu_recipes_reach_every_pruning_target_with_a_tail_at_full_sparsity(recipe, tmp_path):
+    from gpt2 import budget, data
+
+    path = cfglib.ROOT / "defconfigs" / recipe
+    results = f"RESULTS_DIR={tmp_path}"
+    try:
+        if cfglib.load(path).MATRIX:
+            m = matrix.load_matrix(path, [results])
+            matrix.check_cells(m)  # raises for any cell that cannot prune
+            plans = [budget.check_pruning(cfglib.from_kconf(c.kconf)) for c in m.cells]
+        else:
+            plans = [budget.check_pruning(cfglib.load(path, [results, *extra]))
+                     for extra in ([], ["PRUNING=magnitude"])]
+    except data.DataError as e:
+        pytest.skip(f"no Shakespeare BPE inputs here: {e}")
+    plans = [p for p in plans if p is not None]
+    assert plans and all(p.full_share >= 0.1 for p in plans)
+    if recipe != "gpt2-shakespeare-gpu-smoke":
+        assert all(p.total_iters >= 150 for p in plans)  # not the 10 steps of 2 epochs
