@@ -80,7 +80,8 @@ def _load_config(path):
 def _learning_rate(cfg):
     """The peak learning rate a cell's config gives its optimizer (None for results from
     before per-optimizer rates)."""
-    return cfg.get(optim.OPTIMIZERS[cfg.OPTIMIZER].lr) if cfg.OPTIMIZER in optim.OPTIMIZERS else None
+    entry = optim.OPTIMIZERS.get(cfg.OPTIMIZER)
+    return cfg.get(entry.lr) if entry else None
 
 
 def _choice_order(name: str) -> list:
@@ -528,10 +529,20 @@ def lr_section(agg: pd.DataFrame) -> list:
               "split those tables report, so the winners' figures are optimistically "
               "biased.**", ""]
     rows = []
-    for r in agg.itertuples():
+    setting = ["optimizer", "method", "target_sparsity"]
+    edges = agg.groupby(setting, sort=False)["learning_rate"].agg(["min", "max"])
+    ordered = agg.assign(order=range(len(agg)))
+    ordered["first"] = ordered.groupby(setting, sort=False)["order"].transform("min")
+    for r in ordered.sort_values(["first", "learning_rate"]).itertuples():
         mean = _cell_text({"mean": r.mean, "std": r.std, "n": r.n})
+        chosen = ""
+        if r.best_rate:
+            low, high = edges.loc[(r.optimizer, r.method, r.target_sparsity)]
+            at_edge = r.learning_rate in (low, high)
+            chosen = "**best**" + (" (edge of the sweep: the optimum may lie beyond)"
+                                   if at_edge else "")
         rows.append([r.group, f"{r.target_sparsity:g}", f"{r.learning_rate:g}",
-                     f"x{r.lr_multiplier:g}", mean, "**best**" if r.best_rate else ""])
+                     f"x{r.lr_multiplier:g}", mean, chosen])
     lines += _md_table(["setting", "sparsity", "learning rate", "multiplier", "val ppl",
                         "chosen"], rows)
     return lines

@@ -334,7 +334,11 @@ def test_learning_rate_sweep_compares_each_optimizer_at_its_best_rate(tmp_path):
     assert deltas.loc["lion-none", "delta"] == pytest.approx(-1.0)  # 9.0 against 10.0
     md = (mdir / "report.md").read_text()
     assert "chosen on the validation split" in md
-    assert "| lion-none | 0 | 5e-05 | x0.5 | 9.000 | **best** |" in md
+    assert ("| lion-none | 0 | 5e-05 | x0.5 | 9.000 | **best** (edge of the sweep: the optimum "
+            "may lie beyond) |") in md
+    section = md[md.index("## Learning rates"):]
+    rows = [line for line in section.splitlines() if line.startswith("| adamw-none |")]
+    assert [row.split(" | ")[2] for row in rows] == ["0.0005", "0.001", "0.002"]  # by rate
     assert "| adamw-none | 0 | 0.001 | x1 | 11.000 |  |" in md
     assert "10.000 @ lr 0.002" in md
     csv = pd.read_csv(mdir / "summary.csv").set_index("name")
