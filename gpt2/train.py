@@ -12,6 +12,7 @@ PROCESS_START = time.time()  # before the heavy imports: start-up cost is part o
 import argparse
 import logging
 import math
+import signal
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +28,7 @@ from lib import checkpoint, faults, optim, prune, recipe_fit, runtime
 from lib import config as cfglib
 from lib.metrics import MetricsLog, env_info
 from lib.run import RunDir, results_dir
-from lib.stop import StopRequest
+from lib.stop import STOP_SIGNALS, StopRequest
 from lib.fsutil import atomic_write_json, atomic_write_text
 from lib.schedule import learning_rate
 
@@ -474,4 +475,13 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # A late stop signal (a matrix runner passes on the SIGINT a terminal already sent the
+    # whole group) must not turn the exit status into death by signal: around main()'s own
+    # StopRequest it is dropped, and from its return on it is ignored, since the
+    # interpreter's shutdown resets Python handlers to the default action.
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, lambda signum, frame: None)
+    status = main()
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    sys.exit(status)
