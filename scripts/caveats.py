@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from lib import config as cfglib
+from lib import optim
 
 FLAGS = {"S": "sparsity", "C": "compute", "H": "hyperparameters", "N": "seeds",
          "O": "overfitting"}
@@ -126,7 +127,9 @@ def find(matrix_dir, cells: pd.DataFrame, curves: pd.DataFrame, baseline: str,
             lr, base_lr = _learning_rate(r._asdict(), summary), _learning_rate(
                 base.to_dict(), summaries[base["cell"]])
             if lr is not None and base_lr is not None and lr != base_lr:
-                diff = {"learning rate": (lr, base_lr), **diff}
+                own = {entry.lr for entry in optim.OPTIMIZERS.values()}  # the same fact again
+                diff = {"learning rate": (lr, base_lr),
+                        **{k: v for k, v in diff.items() if k not in own}}
             if diff:
                 flag(r, "H", "differs from the baseline in " + ", ".join(
                     f"{k} {a!r} (baseline {b!r})" for k, (a, b) in diff.items()))

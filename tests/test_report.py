@@ -341,6 +341,9 @@ def test_learning_rate_sweep_compares_each_optimizer_at_its_best_rate(tmp_path):
     assert [row.split(" | ")[2] for row in rows] == ["0.0005", "0.001", "0.002"]  # by rate
     assert "| adamw-none | 0 | 0.001 | x1 | 11.000 |  |" in md
     assert "10.000 @ lr 0.002" in md
+    # the caveat names the other rate once, not again as the ADAMW_LR symbol
+    assert "differs from the baseline in learning rate 0.002 (baseline 0.001)\n" in md
+    assert "ADAMW_LR" not in md[md.index("## Caveats"):]
     csv = pd.read_csv(mdir / "summary.csv").set_index("name")
     assert csv.loc["lion-none-lr2x-seed1337", "lr_multiplier"] == 2
 
