@@ -23,13 +23,17 @@ def tiny_overrides(*extra) -> list:
     return overrides
 
 
+def write_tiny_config(path, *extra):
+    """A tiny .config (defaults + TINY + extra) at `path`, its results beside it."""
+    kconf = cfglib.load_kconf(cfglib.ROOT / "defconfigs" / "default",
+                              tiny_overrides(f"RESULTS_DIR={path.parent / 'results'}", *extra))
+    cfglib.write_config(kconf, path)
+    return path
+
+
 @pytest.fixture
 def tiny_config(tmp_path):
     """Write a tiny .config (defaults + TINY + extra) into tmp_path; results go there too."""
     def make(*extra, name="config"):
-        kconf = cfglib.load_kconf(cfglib.ROOT / "defconfigs" / "default",
-                                  tiny_overrides(f"RESULTS_DIR={tmp_path / 'results'}", *extra))
-        path = tmp_path / name
-        cfglib.write_config(kconf, path)
-        return path
+        return write_tiny_config(tmp_path / name, *extra)
     return make

@@ -16,7 +16,7 @@ import time
 
 import pytest
 import torch
-from conftest import tiny_overrides
+from conftest import write_tiny_config
 
 from gpt2 import train
 from lib import checkpoint, faults
@@ -79,12 +79,9 @@ def assert_identical(a: dict, b: dict) -> None:
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("reference")
-    kconf = cfglib.load_kconf(cfglib.ROOT / "defconfigs" / "default",
-                              tiny_overrides(f"RESULTS_DIR={tmp / 'results'}", *COMMON))
-    cfglib.write_config(kconf, tmp / "config")
-    assert train.main([str(tmp / "config")]) == 0
-    return outcome(tmp / "config")
+    config = write_tiny_config(tmp_path_factory.mktemp("reference") / "config", *COMMON)
+    assert train.main([str(config)]) == 0
+    return outcome(config)
 
 
 @pytest.mark.parametrize("spec,code", [f[1:] for f in SIGNAL_FAULTS],
@@ -167,13 +164,11 @@ def matrix_results(config):
 
 @pytest.fixture(scope="module")
 def matrix_reference(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("matrix-reference")
-    kconf = cfglib.load_kconf(cfglib.ROOT / "defconfigs" / "default",
-                              tiny_overrides(f"RESULTS_DIR={tmp / 'results'}", *MATRIX_RUN))
-    cfglib.write_config(kconf, tmp / "config")
-    result = run_matrix(tmp / "config")
+    config = write_tiny_config(tmp_path_factory.mktemp("matrix-reference") / "config",
+                               *MATRIX_RUN)
+    result = run_matrix(config)
     assert result.returncode == 0, result.stdout + result.stderr
-    return matrix_results(tmp / "config")[1]
+    return matrix_results(config)[1]
 
 
 @pytest.mark.parametrize("sig,whom", [("SIGINT", "group"), ("SIGTERM", "runner"),
