@@ -1,5 +1,6 @@
 """The training budget: when training ends, how far the LR decay has got, and whether a
 pruning schedule fits in it (checked before training and by the matrix dry run)."""
+import functools
 import math
 
 from gpt2 import data
@@ -78,18 +79,26 @@ def describe(cfg, total_iters) -> str:
     return text + (f", bitter2 x{factor:g}" if factor != 1 else "")
 
 
+@functools.lru_cache(maxsize=8)
+def _train_tokens(dataset: str, data_dir: str, out_root: str, train_split: float) -> int:
+    return data.split_sizes(dataset, data_dir, out_root, train_split)["train"]
+
+
 def train_tokens(cfg) -> int:
-    """Tokens of the training split (writes nothing)."""
-    return data.split_sizes(cfg.DATASET, cfg.DATA_DIR, results_dir(cfg) / "_data",
-                            cfg.TRAIN_SPLIT)["train"]
+    """Tokens of the training split (writes nothing; counted once per dataset and split,
+    however many matrix cells ask)."""
+    return _train_tokens(cfg.DATASET, cfg.DATA_DIR, str(results_dir(cfg) / "_data"),
+                         cfg.TRAIN_SPLIT)
 
 
-def check_pruning(cfg):
+def check_pruning(cfg, total_iters=None):
     """Stop with a ConfigError when the pruning schedule cannot reach its target within the
     budget, or reaches it too late; returns the prune.Plan (None without pruning or for a
-    wall-clock budget). Reads the dataset's size only for an epochs budget."""
+    wall-clock budget). Without `total_iters` (a trainer's Budget knows it) it reads the
+    dataset's size, for an epochs budget only."""
     if cfg.PRUNING == "none":
         return None
-    tokens = train_tokens(cfg) if cfg.BUDGET == "epochs" else None
-    total = Budget(cfg, tokens_per_iter(cfg), tokens).total_iters
-    return prune.check_schedule(cfg, total, describe(cfg, total))
+    if total_iters is None:
+        tokens = train_tokens(cfg) if cfg.BUDGET == "epochs" else None
+        total_iters = Budget(cfg, tokens_per_iter(cfg), tokens).total_iters
+    return prune.check_schedule(cfg, total_iters, describe(cfg, total_iters))

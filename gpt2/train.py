@@ -253,9 +253,9 @@ class Trainer:
                 train_loss = (loss_sum / window_iters).item()  # the one sync per log window
                 p.train_time_s += time.perf_counter() - t0
                 if not math.isfinite(train_loss):
+                    lr_symbol = optim.OPTIMIZERS[cfg.OPTIMIZER].lr
                     raise TrainingFailed(f"non-finite training loss ({train_loss}) at iteration "
-                                         f"{p.iter}; lower {optim.OPTIMIZERS[cfg.OPTIMIZER].lr} or use "
-                                         f"GRAD_CLIP")
+                                         f"{p.iter}; lower {lr_symbol} or use GRAD_CLIP")
                 tokens_per_s = (window_iters * self.tokens_per_iter
                                 / max(p.train_time_s - window_start_s, 1e-9))
                 peak, peak_kind = runtime.peak_memory(self.device)
@@ -364,7 +364,6 @@ def train(cfg, stop_after=None, stop=None) -> int:
     if cfg.MATRIX:
         raise cfglib.ConfigError("CONFIG_MATRIX=y: this configuration describes a test matrix, "
                                  "not one run; run it with `make` or `make test-matrix`")
-    check_pruning(cfg)
     stop = stop if stop is not None else StopRequest()
     run = RunDir.for_config(cfg)
     run.check_owner(cfg)
@@ -373,6 +372,7 @@ def train(cfg, stop_after=None, stop=None) -> int:
         return 0
     faults.point("start")
     trainer = Trainer(cfg, run, stop=stop)
+    check_pruning(cfg, trainer.budget.total_iters)  # the prepared data's size, not a recount
     if stop:
         print(f"{stop.name} before training started; nothing written", file=sys.stderr)
         return 130

@@ -1,4 +1,5 @@
-"""Atomic file writes: a reader never sees a half-written file."""
+"""Atomic file writes (a reader never sees a half-written file) and directory locks."""
+import fcntl
 import json
 import os
 import tempfile
@@ -26,3 +27,16 @@ def atomic_write_text(path, text: str) -> None:
 
 def atomic_write_json(path, obj) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def lock_directory(directory) -> int:
+    """Hold an exclusive flock on <directory>/.lock (created as needed) until the returned
+    descriptor is closed or the process (and every child it passed the descriptor to)
+    exits. Raises BlockingIOError when another process holds it."""
+    fd = os.open(Path(directory) / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise
+    return fd

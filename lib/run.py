@@ -10,14 +10,13 @@
   summary.json   final figures and status (running, stopped, interrupted, failed, complete)
   .lock          held (flock) by the trainer working on the run
 """
-import fcntl
 import json
 import os
 from pathlib import Path
 
 from lib import config as cfglib
 from lib.config import ROOT, ConfigError
-from lib.fsutil import atomic_write_json, atomic_write_text
+from lib.fsutil import atomic_write_json, atomic_write_text, lock_directory
 
 
 def run_name(cfg) -> str:
@@ -65,11 +64,9 @@ class RunDir:
             atomic_write_text(self.config, cfg.text)
 
     def lock(self) -> None:
-        fd = os.open(self.path / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fd = lock_directory(self.path)
         except BlockingIOError:
-            os.close(fd)
             raise ConfigError(f"{self.path} is being trained by another process; wait for it "
                               f"or stop it, then run again") from None
         if self._lock_fd is not None:

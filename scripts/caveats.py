@@ -10,8 +10,6 @@ Each flag is one letter:
   O  validation loss rose over the last OVERFIT_EVALS evaluations (overfitting)
 """
 import functools
-import json
-from pathlib import Path
 
 import pandas as pd
 
@@ -34,13 +32,6 @@ def _axis_symbols() -> frozenset:
     return frozenset(AXIS_SYMBOLS | set(AXES) | members)
 
 
-def _json(path) -> dict:
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
-
-
 def hyperparameter_diff(cell: dict, base: dict) -> dict:
     """{symbol: (cell value, baseline value)} for the symbols both configurations set and
     the matrix does not vary on purpose; symbols only one of them has (an optimizer's
@@ -55,14 +46,6 @@ def _rising(losses: list) -> bool:
     return len(tail) >= 2 and all(a < b for a, b in zip(tail, tail[1:]))
 
 
-def _learning_rate(row: dict, summary: dict):
-    """The peak learning rate a cell ran at: the report's column, else its summary.json."""
-    lr = row.get("learning_rate")
-    if lr is None or pd.isna(lr):
-        lr = summary.get("learning_rate")
-    return lr
-
-
 def _baseline_of(cells: pd.DataFrame, baseline: str, seed):
     """The baseline cell to hold a cell against: same seed where there is one, and at the
     baseline's own learning rate (multiplier 1) where a sweep ran several."""
@@ -74,12 +57,10 @@ def _baseline_of(cells: pd.DataFrame, baseline: str, seed):
     return None if base.empty else base.iloc[0]
 
 
-def find(matrix_dir, cells: pd.DataFrame, curves: pd.DataFrame, baseline: str,
-         load_config) -> pd.DataFrame:
+def find(cells: pd.DataFrame, curves: pd.DataFrame, baseline: str) -> pd.DataFrame:
     """One row per (cell, flag) of the done cells: cell, group, target_sparsity,
-    learning_rate, flag, text.
-    load_config(path) reads a cell's config into a Config."""
-    matrix_dir = Path(matrix_dir)
+    learning_rate, flag, text. `cells` is report.load_cells' frame, with each cell's
+    config values and summary."""
     done = cells[cells["status"] == "done"]
     # a setting at one learning rate is one group: its cells differ only in their seeds
     keys = [k for k in ("optimizer", "method", "target_sparsity", "learning_rate")
@@ -87,11 +68,8 @@ def find(matrix_dir, cells: pd.DataFrame, curves: pd.DataFrame, baseline: str,
     setting = done[keys].astype(str).agg("|".join, axis=1) if not done.empty else done["cell"]
     seeds = setting.value_counts()
     most = int(seeds.max()) if not done.empty else 0
-    values, summaries = {}, {}
-    for cell in done["cell"]:
-        cfg = load_config(matrix_dir / cell / "config")
-        values[cell] = dict(cfg.items())
-        summaries[cell] = _json(matrix_dir / cell / "summary.json")
+    values = dict(zip(done["cell"], done["config"]))
+    summaries = dict(zip(done["cell"], done["summary"]))
     rows = []
 
     def flag(r, letter, text):
@@ -124,9 +102,9 @@ def find(matrix_dir, cells: pd.DataFrame, curves: pd.DataFrame, baseline: str,
             if more:
                 flag(r, "C", "more compute than the baseline: " + "; ".join(more))
             diff = hyperparameter_diff(values[r.cell], values[base["cell"]])
-            lr, base_lr = _learning_rate(r._asdict(), summary), _learning_rate(
-                base.to_dict(), summaries[base["cell"]])
-            if lr is not None and base_lr is not None and lr != base_lr:
+            lr, base_lr = r.learning_rate, base["learning_rate"]
+            if pd.notna(lr) and pd.notna(base_lr) and lr != base_lr:
+                lr, base_lr = float(lr), float(base_lr)
                 own = {entry.lr for entry in optim.OPTIMIZERS.values()}  # the same fact again
                 diff = {"learning rate": (lr, base_lr),
                         **{k: v for k, v in diff.items() if k not in own}}

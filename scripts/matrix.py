@@ -24,7 +24,6 @@ Exit status: 0 every cell done, 1 a cell failed (or was left pending by
 MATRIX_ON_FAILURE=stop), 2 bad configuration or matrix mode off, 130 interrupted.
 """
 import argparse
-import fcntl
 import fnmatch
 import functools
 import json
@@ -42,7 +41,7 @@ from tqdm import tqdm
 from lib import config as cfglib
 from lib import optim
 from lib.config import ConfigError
-from lib.fsutil import atomic_write_json, atomic_write_text
+from lib.fsutil import atomic_write_json, atomic_write_text, lock_directory
 from gpt2.budget import check_pruning
 from gpt2.data import DataError
 from lib.run import OFF_HINT, RunDir, matrix_dir, results_setting
@@ -430,15 +429,12 @@ class Runner:
 
     def lock(self):
         self.m.path.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.m.path / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return lock_directory(self.m.path)
         except BlockingIOError:
-            os.close(fd)
             raise ConfigError(f"{self.m.path} is in use by another matrix runner or by cells it "
                               f"started (see the pids in {self.m.state_dir}); wait for them or "
                               f"stop them, then run again") from None
-        return fd
 
     def prepare(self, todo) -> None:
         """Prepare the dataset once before the cells start, so parallel cells do

@@ -100,22 +100,26 @@ def cell_ids(matrix_dir: Path) -> list:
 
 
 def load_cells(matrix_dir) -> pd.DataFrame:
-    """One row per cell, from its config, summary.json and state file."""
+    """One row per cell, from its config, summary.json and state file (each read once;
+    the config's values and the summary stay in the row for the caveats)."""
     matrix_dir = Path(matrix_dir)
     rows = []
     for cell_id in cell_ids(matrix_dir):
         run = matrix_dir / cell_id
         state = _json(matrix_dir / "state" / f"{cell_id}.json", {})
         summary = _json(run / "summary.json", {})
-        row = {"cell": cell_id, "name": name_of(cell_id)}
+        row = {"cell": cell_id, "name": name_of(cell_id), "summary": summary, "config": {}}
         if (run / "config").is_file():
             cfg = _load_config(run / "config")
             row.update(optimizer=cfg.OPTIMIZER, pruning=cfg.PRUNING,
                        variant=cfg.ADAMWPRUNE_VARIANT, seed=cfg.SEED,
-                       target_sparsity=cfg.TARGET_SPARSITY, learning_rate=_learning_rate(cfg))
+                       target_sparsity=cfg.TARGET_SPARSITY, learning_rate=_learning_rate(cfg),
+                       config=dict(cfg.items()))
         else:
             row.update({k: state.get(k) for k in ("optimizer", "pruning", "variant", "seed",
                                                   "target_sparsity", "learning_rate")})
+        if row["learning_rate"] is None:
+            row["learning_rate"] = summary.get("learning_rate")
         row["lr_multiplier"] = state.get("lr_multiplier", 1.0)
         if row["pruning"] == "none":
             row["target_sparsity"] = 0.0
@@ -138,7 +142,8 @@ def load_cells(matrix_dir) -> pd.DataFrame:
                    reason=state.get("reason"), error=state.get("error") or summary.get("error"))
         row["log_tail"] = state.get("log_tail") or []
         rows.append(row)
-    df = pd.DataFrame(rows, columns=COLUMNS + ["log_tail"])
+    # beside the CSV's columns: the log tail, and each cell's config values and summary
+    df = pd.DataFrame(rows, columns=COLUMNS + ["log_tail", "config", "summary"])
     for col in ("learning_rate", "lr_multiplier", "target_sparsity", "achieved_sparsity",
                 "train_loss", "val_loss", "val_ppl",
                 "best_val_ppl", "train_time_s", "wall_s", "overhead_s", "tokens_per_s"):
@@ -643,7 +648,7 @@ def write_report(matrix_dir, baseline_matrix=None, baseline=None) -> dict:
     agg = at_best_rate(all_rates)
     deltas = baseline_deltas(agg, baseline)
     curves = load_curves(matrix_dir, df)
-    flags = caveats.find(matrix_dir, df, curves, baseline, _load_config)
+    flags = caveats.find(df, curves, baseline)
     plots = make_plots(df, agg, curves, matrix_dir / "plots")
     env = environment(matrix_dir, df)
     comparison = None
