@@ -26,7 +26,7 @@ from lib.run import RunDir
 
 
 BASELINE = "adamw/foreach"
-DEFAULT_VARIANTS = [BASELINE, *optim.OPTIMIZERS]
+DEFAULT_VARIANTS = [BASELINE, *optim.OPTIMIZERS, "adamwspam/foreach"]
 
 
 def _timed(fn, device, warmup: int, steps: int) -> float:

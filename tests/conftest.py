@@ -9,6 +9,10 @@ TINY = ["MODEL_SIZE=custom", "N_LAYER=2", "N_HEAD=2", "N_EMBD=32", "BLOCK_SIZE=3
         "SAMPLE_LENGTH=20", "DEVICE=cpu"]
 # The tiny model's learning rate for the Adam family, unless a test sets its own.
 TINY_ADAM_LR = "3e-3"
+# SPAM's default (fused) implementation compiles its kernels in every new process, seconds
+# that tiny runs would spend many times over: they take foreach unless a test says otherwise.
+# tests/test_spam.py and test_optim.py's fused run cover the fused kernels.
+TINY_SPAM_IMPL = "OPTIMIZER_IMPL=foreach"
 
 
 def tiny_overrides(*extra) -> list:
@@ -20,6 +24,8 @@ def tiny_overrides(*extra) -> list:
     if name in ("adam", "adamw", "adamw-8bit", "adamwspam") and not any(
             o.startswith(f"{symbol}=") for o in extra):
         overrides.append(f"{symbol}={TINY_ADAM_LR}")
+    if name == "adamwspam" and not any(o.startswith("OPTIMIZER_IMPL=") for o in extra):
+        overrides.append(TINY_SPAM_IMPL)
     return overrides
 
 

@@ -216,8 +216,9 @@ def test_every_optimizer_trains_the_tiny_model(tiny_config, name):
     assert summary["optimizer_state_bytes"] > 0
 
 
-def test_adamwspam_resumes_exactly_across_a_reset(tiny_config, tmp_path):
-    common = ("OPTIMIZER=adamwspam", "SPAM_INTERVAL=100", "SPAM_WARMUP_STEPS=10",
+@pytest.mark.parametrize("impl", ["foreach", "fused"])
+def test_adamwspam_resumes_exactly_across_a_reset(tiny_config, tmp_path, impl):
+    common = ("OPTIMIZER=adamwspam", f"OPTIMIZER_IMPL={impl}", "SPAM_INTERVAL=100", "SPAM_WARMUP_STEPS=10",
               "SPAM_CLIP_DELAY=2", "SPAM_THETA=5", "MAX_ITERS=120", "EVAL_INTERVAL=60",
               "CHECKPOINT_INTERVAL=1000", "SAMPLE_AFTER_TRAINING=n", "WARMUP_ITERS=0")
     straight = tiny_config(*common, name="straight")

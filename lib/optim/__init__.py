@@ -17,6 +17,9 @@ from lib.config import ConfigError
 # OPTIMIZER_IMPL choice -> keyword arguments of torch's optimizers.
 IMPLEMENTATIONS = {"auto": {}, "foreach": {"foreach": True}, "fused": {"fused": True},
                    "for-loop": {"foreach": False}}
+# OPTIMIZER_IMPL choice -> AdamWSPAM's implementation.
+SPAM_IMPLEMENTATIONS = {"auto": "foreach", "foreach": "foreach", "fused": "fused",
+                        "for-loop": "for-loop"}
 
 
 def param_groups(model: nn.Module, weight_decay: float, decay_embeddings: bool) -> list:
@@ -93,7 +96,8 @@ def _adamwspam(groups, cfg, lr):
         spam["reset_interval"] = cfg.SPAM_INTERVAL
     if warmup:
         spam["warmup_steps"] = cfg.SPAM_WARMUP_STEPS
-    return AdamWSPAM(groups, lr=lr, betas=_betas(cfg), eps=cfg.EPS, **spam)
+    return AdamWSPAM(groups, lr=lr, betas=_betas(cfg), eps=cfg.EPS,
+                     implementation=SPAM_IMPLEMENTATIONS[cfg.OPTIMIZER_IMPL], **spam)
 
 
 @dataclass(frozen=True)

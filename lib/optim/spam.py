@@ -39,11 +39,16 @@ Beyond the authors' optimizer, and never changing the update:
   ``min(SPIKE_MIN_SAMPLES, spike_window)`` norms held) counts a spike.
 - ``clip_count`` counts clipped elements, ``reset_count`` resets.
 
-The per-element work runs as torch's multi-tensor (``_foreach``) operations
-over all parameters of a group sharing a device, dtype and step count, with no
-host sync, in the authors' order of operations: results agree with theirs to
-the last bit (the element clip is a clamp, which equals their masked
-replacement but for ties at the bound).
+The per-element work comes in three implementations (``implementation``, the
+OPTIMIZER_IMPL knob): ``"foreach"`` runs torch's multi-tensor (``_foreach``)
+operations over all parameters of a group sharing a device, dtype and step
+count, in the authors' order of operations, so results agree with theirs to the
+last bit (the element clip is a clamp, which equals their masked replacement
+but for ties at the bound); ``"fused"`` compiles the per-tensor functions
+``clip_each`` and ``update_each`` with torch.compile into one kernel per
+tensor and pass; ``"for-loop"`` runs those functions eagerly. The per-tensor
+code rounds the update twice where torch's ``add(alpha=)`` rounds one fused
+multiply-add: float rounding, no more. None of them syncs with the host.
 A trainer that clips the global gradient norm calls ``prepare_grads()``
 first (reset, spike count and element clip on the raw gradients), then its
 own clip, then ``step()``; ``step()`` calls ``prepare_grads()`` itself when
@@ -57,8 +62,8 @@ window) lives in ``self.spam_state`` and is saved under ``"spam"`` by
 
 from __future__ import annotations
 
+import functools
 import math
-from collections import defaultdict
 from typing import Any, Callable, Iterable
 
 import torch
@@ -76,6 +81,93 @@ def warmup_scale(j: int, warmup_steps: int) -> float:
     if j >= warmup_steps:
         return 1.0
     return 1.0 - WARMUP_DEPTH * (1.0 + math.cos(math.pi * j / (warmup_steps + 1))) / 2
+
+
+# ---------------------------------------------------------------- kernels
+# Three implementations of the two per-element passes (OPTIMIZER_IMPL): "foreach" runs
+# torch's multi-tensor operations over buckets of parameters sharing a step count;
+# "for-loop" runs the per-tensor functions below eagerly; "fused" compiles those same
+# functions with torch.compile, which turns each tensor's pass into one kernel (C++ on
+# the CPU, Triton on CUDA) reading and writing every element once. The per-tensor
+# functions take their changing scalars (step size, decay) as 0-d float64 CPU tensors,
+# so that a new learning rate never recompiles.
+
+
+def clip_each(grads: list, exp_avg_sqs: list, thetas: list, clip_count: torch.Tensor) -> None:
+    """g <- clamp(g, -sqrt(theta v), sqrt(theta v)) in place, counting clipped elements."""
+    for g, v, theta in zip(grads, exp_avg_sqs, thetas):
+        bound = (v * theta).sqrt()
+        clipped = torch.maximum(torch.minimum(g, bound), -bound)
+        clip_count += (clipped != g).sum()
+        g.copy_(clipped)
+
+
+def update_each(params: list, grads: list, exp_avgs: list, exp_avg_sqs: list,
+                step_sizes: list, decays: list, betas: list, epss: list) -> None:
+    """The Adam update and decoupled decay of each tensor, in the authors' order of
+    operations (``decay`` None: no weight decay)."""
+    for p, g, m, v, step_size, decay, (beta1, beta2), eps in zip(
+            params, grads, exp_avgs, exp_avg_sqs, step_sizes, decays, betas, epss):
+        m.mul_(beta1).add_(g, alpha=1 - beta1)
+        v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+        p.sub_(m / (v.sqrt() + eps) * step_size)
+        if decay is not None:
+            p.sub_(p * decay)
+
+
+def clip_foreach(grads: list, exp_avg_sqs: list, theta: float,
+                 clip_count: torch.Tensor) -> list:
+    """clip_each over a bucket with multi-tensor operations; returns the clipped gradients
+    (new tensors)."""
+    bounds = torch._foreach_mul(exp_avg_sqs, theta)
+    torch._foreach_sqrt_(bounds)
+    clipped = torch._foreach_minimum(grads, bounds)
+    torch._foreach_neg_(bounds)
+    torch._foreach_maximum_(clipped, bounds)
+    # The clipped-off part, reduced to 1 where an element was clipped: its squared
+    # L2 norm (the fast multi-tensor norm) is the count.
+    off = torch._foreach_sub(grads, clipped)
+    torch._foreach_sign_(off)
+    counts = torch.stack(torch._foreach_norm(off)).square().sum().round()
+    clip_count.add_(counts.to(clip_count.device, torch.int64))
+    return clipped
+
+
+def update_foreach(params: list, grads: list, exp_avgs: list, exp_avg_sqs: list,
+                   step_size: float, decay: float, beta1: float, beta2: float,
+                   eps: float) -> None:
+    """update_each over a bucket sharing one step size, with multi-tensor operations."""
+    torch._foreach_mul_(exp_avgs, beta1)
+    torch._foreach_add_(exp_avgs, grads, alpha=1 - beta1)
+    torch._foreach_mul_(exp_avg_sqs, beta2)
+    torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1 - beta2)
+    denom = torch._foreach_sqrt(exp_avg_sqs)
+    torch._foreach_add_(denom, eps)
+    torch._foreach_add_(params, torch._foreach_div(exp_avgs, denom), alpha=-step_size)
+    if decay > 0.0:
+        torch._foreach_add_(params, params, alpha=-decay)
+
+
+IMPLEMENTATIONS = ("foreach", "for-loop", "fused")
+
+
+class FusedKernelError(RuntimeError):
+    """torch.compile could not build the fused kernels on this machine."""
+
+
+def _compiled(fn: Callable) -> Callable:
+    compiled = torch.compile(fn, fullgraph=True, dynamic=False)
+
+    def call(*args):
+        try:
+            return compiled(*args)
+        except Exception as e:  # inductor's errors have no common base class
+            raise FusedKernelError(
+                f"the fused SPAM kernels (torch.compile of {fn.__name__}) failed to build: "
+                f"{type(e).__name__}: {str(e)[:500]}. torch.compile needs a C++ compiler on "
+                "the CPU and Triton on CUDA; install them, or choose the foreach "
+                "implementation (OPTIMIZER_IMPL=foreach)") from e
+    return call
 
 
 class AdamWSPAM(Optimizer):
@@ -108,6 +200,7 @@ class AdamWSPAM(Optimizer):
         warmup_steps: int = 150,
         spike_threshold: float = 2.0,
         spike_window: int = 100,
+        implementation: str = "foreach",
     ) -> None:
         checks = {
             "lr": (lr, not isinstance(lr, torch.Tensor) and lr >= 0.0),
@@ -121,6 +214,8 @@ class AdamWSPAM(Optimizer):
             "spike_window (0 disables, else >= 2)": (
                 spike_window, int(spike_window) == spike_window >= 0 and spike_window != 1),
             "spike_threshold": (spike_threshold, spike_threshold >= 0.0),
+            f"implementation (one of {', '.join(IMPLEMENTATIONS)})": (
+                implementation, implementation in IMPLEMENTATIONS),
         }
         for name, (value, ok) in checks.items():
             if not ok:
@@ -135,6 +230,10 @@ class AdamWSPAM(Optimizer):
         self.warmup_steps = int(warmup_steps)
         self.spike_threshold = float(spike_threshold)
         self.spike_window = int(spike_window)
+        self.implementation = implementation
+        # The per-tensor (clip, update) kernels of the "for-loop" and "fused" implementations.
+        self._kernels = ((_compiled(clip_each), _compiled(update_each))
+                         if implementation == "fused" else (clip_each, update_each))
         self.spam_state: dict[str, Any] = self._fresh_spam_state()
         self._prepared_step = 0  # the step whose gradients prepare_grads() has handled
 
@@ -205,26 +304,38 @@ class AdamWSPAM(Optimizer):
 
     # ------------------------------------------------------------- internals
 
-    def _buckets(self, group) -> list:
-        """The group's parameters with a gradient, as lists per (device, dtype, step count),
-        their state created on first use: [(params, grads, exp_avgs, exp_avg_sqs, states)].
-        One step count per list gives one bias correction, so the update is one scaled
-        add, exactly the authors' ``p.add_(m / denom, alpha=...)``."""
-        buckets = defaultdict(lambda: ([], [], [], [], []))
-        for p in group["params"]:
-            if p.grad is None:
-                continue
-            if p.grad.is_sparse or torch.is_complex(p):
-                raise RuntimeError("AdamWSPAM supports neither sparse gradients nor complex "
-                                   "parameters")
-            state = self.state[p]
-            if not state:
-                state["step"] = 0
-                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            lists = buckets[(p.device, p.dtype, state["step"])]
-            for lst, item in zip(lists, (p, p.grad, state["exp_avg"], state["exp_avg_sq"],
-                                         state)):
+    def _with_grads(self) -> list:
+        """[(group, param, state)] for every parameter with a gradient, its state created
+        on first use."""
+        found = []
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if p.grad.is_sparse or torch.is_complex(p):
+                    raise RuntimeError("AdamWSPAM supports neither sparse gradients nor "
+                                       "complex parameters")
+                state = self.state[p]
+                if not state:
+                    state["step"] = 0
+                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros_like(
+                        p, memory_format=torch.preserve_format)
+                found.append((group, p, state))
+        return found
+
+    @staticmethod
+    def _buckets(found: list) -> list:
+        """found as lists per (group, device, dtype, step count), for the foreach kernels:
+        [(group, params, grads, exp_avgs, exp_avg_sqs, states)]. One step count per list
+        gives one bias correction, so the update is one scaled add, exactly the authors'
+        ``p.add_(m / denom, alpha=...)``."""
+        buckets = {}
+        for group, p, state in found:
+            key = (id(group), p.device, p.dtype, state["step"])
+            lists = buckets.setdefault(key, (group, [], [], [], [], []))
+            for lst, item in zip(lists[1:], (p, p.grad, state["exp_avg"],
+                                             state["exp_avg_sq"], state)):
                 lst.append(item)
         return list(buckets.values())
 
@@ -248,24 +359,6 @@ class AdamWSPAM(Optimizer):
             return False
         return not self.periodic_reset or n % self.reset_interval >= self.clip_delay
 
-    @staticmethod
-    def _clip(params: list, grads: list, exp_avg_sqs: list, theta: float,
-              clip_count: torch.Tensor) -> None:
-        """p.grad <- clamp(g, -sqrt(theta v), sqrt(theta v)), counting clipped elements."""
-        bounds = torch._foreach_mul(exp_avg_sqs, theta)
-        torch._foreach_sqrt_(bounds)
-        clipped = torch._foreach_minimum(grads, bounds)
-        torch._foreach_neg_(bounds)
-        torch._foreach_maximum_(clipped, bounds)
-        # The clipped-off part, reduced to 1 where an element was clipped: its squared
-        # L2 norm (the fast multi-tensor norm) is the count.
-        torch._foreach_sub_(grads, clipped)
-        torch._foreach_sign_(grads)
-        counts = torch.stack(torch._foreach_norm(grads)).square().sum().round()
-        clip_count.add_(counts.to(clip_count.device, torch.int64))
-        for p, g in zip(params, clipped):
-            p.grad = g
-
     # ------------------------------------------------------------------ step
 
     @torch.no_grad()
@@ -276,24 +369,28 @@ class AdamWSPAM(Optimizer):
         are prepared for the same step again (without a second reset)."""
         st = self.spam_state
         n = st["step"] + 1
-        groups = [(group, self._buckets(group)) for group in self.param_groups]
-        grads = [g for _, buckets in groups for b in buckets for g in b[1]]
-        if not grads:
+        found = self._with_grads()
+        if not found:
             return
-        self._ensure_device_state(grads[0].device)
+        self._ensure_device_state(found[0][1].device)
         if self.periodic_reset and n % self.reset_interval == 0 and st["last_reset"] != n:
-            for _, buckets in groups:
-                for b in buckets:
-                    torch._foreach_zero_(b[2])
-                    torch._foreach_zero_(b[3])
+            torch._foreach_zero_([s[key] for _, _, s in found
+                                  for key in ("exp_avg", "exp_avg_sq")])
             st["last_reset"] = n
             st["reset_count"] += 1
         if self.spike_window > 0:
-            self._count_spike(grads)
+            self._count_spike([p.grad for _, p, _ in found])
         if self._clip_active(n):
-            for group, buckets in groups:
-                for b in buckets:
-                    self._clip(b[0], b[1], b[3], group["theta"], st["clip_count"])
+            if self.implementation == "foreach":
+                for group, params, grads, _, exp_avg_sqs, _ in self._buckets(found):
+                    clipped = clip_foreach(grads, exp_avg_sqs, group["theta"],
+                                           st["clip_count"])
+                    for p, g in zip(params, clipped):
+                        p.grad = g
+            else:
+                self._kernels[0]([p.grad for _, p, _ in found],
+                                 [s["exp_avg_sq"] for _, _, s in found],
+                                 [group["theta"] for group, _, _ in found], st["clip_count"])
         self._prepared_step = n
 
     def _scale(self, n: int) -> float:
@@ -301,6 +398,12 @@ class AdamWSPAM(Optimizer):
         if not self.warmup or not last_reset:
             return 1.0
         return warmup_scale(n - last_reset, self.warmup_steps)
+
+    @staticmethod
+    def _step_size(group: dict, t: int, scale: float) -> float:
+        """The authors' lr * sqrt(1 - beta2^t) / (1 - beta1^t), times the warm-up scale."""
+        beta1, beta2 = group["betas"]
+        return group["lr"] * math.sqrt(1 - beta2**t) / (1 - beta1**t) * scale
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None):  # type: ignore[override]
@@ -313,23 +416,25 @@ class AdamWSPAM(Optimizer):
         if self._prepared_step != n:
             self.prepare_grads()
         scale = self._scale(n)
-        for group in self.param_groups:
-            lr, eps, weight_decay = group["lr"], group["eps"], group["weight_decay"]
-            beta1, beta2 = group["betas"]
-            for params, grads, exp_avgs, exp_avg_sqs, states in self._buckets(group):
-                for state in states:
-                    state["step"] += 1
-                t = states[0]["step"]
-                step_size = lr * math.sqrt(1 - beta2**t) / (1 - beta1**t)
-                torch._foreach_mul_(exp_avgs, beta1)
-                torch._foreach_add_(exp_avgs, grads, alpha=1 - beta1)
-                torch._foreach_mul_(exp_avg_sqs, beta2)
-                torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1 - beta2)
-                denom = torch._foreach_sqrt(exp_avg_sqs)
-                torch._foreach_add_(denom, eps)
-                torch._foreach_add_(params, torch._foreach_div(exp_avgs, denom),
-                                    alpha=-step_size * scale)
-                if weight_decay > 0.0:
-                    torch._foreach_add_(params, params, alpha=-lr * weight_decay)
+        found = self._with_grads()
+        for _, _, state in found:
+            state["step"] += 1
+        if self.implementation == "foreach":
+            for group, params, grads, exp_avgs, exp_avg_sqs, states in self._buckets(found):
+                update_foreach(params, grads, exp_avgs, exp_avg_sqs,
+                               self._step_size(group, states[0]["step"], scale),
+                               group["lr"] * group["weight_decay"], *group["betas"],
+                               group["eps"])
+        elif found:
+            # Changing scalars as 0-d float64 CPU tensors (no recompilation, no device copy),
+            # one per distinct value.
+            scalar = functools.cache(functools.partial(torch.tensor, dtype=torch.float64))
+            self._kernels[1](
+                [p for _, p, _ in found], [p.grad for _, p, _ in found],
+                [s["exp_avg"] for _, _, s in found], [s["exp_avg_sq"] for _, _, s in found],
+                [scalar(self._step_size(g, s["step"], scale)) for g, _, s in found],
+                [scalar(g["lr"] * g["weight_decay"]) if g["weight_decay"] > 0.0 else None
+                 for g, _, _ in found],
+                [tuple(g["betas"]) for g, _, _ in found], [g["eps"] for g, _, _ in found])
         st["step"] = n
         return loss
