@@ -407,8 +407,8 @@ def _train_claimed(trainer, run, stop_after) -> int:
         status = trainer.fit(stop_after)
         if status == "complete":
             status = trainer.finish()
-    except (TrainingFailed, torch.OutOfMemoryError) as e:
-        reason = str(e) if isinstance(e, TrainingFailed) else (
+    except (TrainingFailed, optim.FusedKernelError, torch.OutOfMemoryError) as e:
+        reason = str(e) if not isinstance(e, torch.OutOfMemoryError) else (
             f"out of memory at iteration {trainer.progress.iter}: lower BATCH_SIZE (raise "
             f"GRADIENT_ACCUMULATION to keep tokens per step) or BLOCK_SIZE")
         run.write_summary(trainer.summary("failed", reason))

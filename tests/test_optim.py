@@ -285,3 +285,20 @@ def test_spam_sees_a_spike_that_the_global_clip_would_hide(tiny_config):
     assert after["clip_count"] > before["clip_count"]
     assert trainer.summary("complete")["grad_clips"] == [
         "spam-element (theta 50, raw gradients)", "global-norm (max 1)"]
+
+
+def test_fused_spam_that_cannot_build_fails_the_run_with_the_fix(tiny_config, monkeypatch):
+    """A machine where torch.compile cannot build (no C++ compiler): the run fails with
+    status 3, its summary says failed and names OPTIMIZER_IMPL=foreach; nothing ran eagerly
+    in the fused kernels' place."""
+    def broken(fn, **kw):
+        def call(*args):
+            raise RuntimeError("no C++ compiler")
+        return call
+    monkeypatch.setattr(torch, "compile", broken)
+    config = tiny_config("OPTIMIZER=adamwspam", "OPTIMIZER_IMPL=fused", "MAX_ITERS=5",
+                         "SAMPLE_AFTER_TRAINING=n")
+    assert train.main([str(config)]) == 3
+    summary = json.loads(RunDir.for_config(cfglib.load(config)).summary.read_text())
+    assert summary["status"] == "failed" and "OPTIMIZER_IMPL=foreach" in summary["error"]
+    assert summary["iters"] == 0

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from lib.config import ConfigError
+from lib.optim.spam import FusedKernelError  # noqa: F401  (the trainer reports it)
 
 # OPTIMIZER_IMPL choice -> keyword arguments of torch's optimizers.
 IMPLEMENTATIONS = {"auto": {}, "foreach": {"foreach": True}, "fused": {"fused": True},
