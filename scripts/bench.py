@@ -112,7 +112,9 @@ def main(argv=None) -> int:
     parser.add_argument("--optimizers", default=",".join(DEFAULT_VARIANTS),
                         help="comma-separated OPTIMIZER[/OPTIMIZER_IMPL] names (default: "
                              f"{BASELINE} and every optimizer)")
-    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=30,
+                        help="untimed steps first (past SPAM_CLIP_DELAY, so that compiling the
+                             "fused SPAM clip is not timed)")
     parser.add_argument("--steps", type=int, default=50)
     args = parser.parse_args(argv)
     try:

@@ -89,8 +89,10 @@ def warmup_scale(j: int, warmup_steps: int) -> float:
 # "for-loop" runs the per-tensor functions below eagerly; "fused" compiles those same
 # functions with torch.compile, which turns each tensor's pass into one kernel (C++ on
 # the CPU, Triton on CUDA) reading and writing every element once. The per-tensor
-# functions take their changing scalars (step size, decay) as 0-d float64 CPU tensors,
-# so that a new learning rate never recompiles.
+# functions take their changing scalars (step size, decay) as 0-d CPU tensors, so that a
+# new learning rate never recompiles, in the precision torch's own kernels use for the
+# parameter (float32 for float32 and below, float64 for float64: a float64 scalar would
+# turn a float32 kernel into a float64 one, twice as slow).
 
 
 def clip_each(grads: list, exp_avg_sqs: list, thetas: list, clip_count: torch.Tensor) -> None:
@@ -105,14 +107,15 @@ def clip_each(grads: list, exp_avg_sqs: list, thetas: list, clip_count: torch.Te
 def update_each(params: list, grads: list, exp_avgs: list, exp_avg_sqs: list,
                 step_sizes: list, decays: list, betas: list, epss: list) -> None:
     """The Adam update and decoupled decay of each tensor, in the authors' order of
-    operations (``decay`` None: no weight decay)."""
+    operations (``decay`` None: no weight decay). Written as whole expressions copied
+    into place, which inductor fuses into one loop; in-place chains compile to slower
+    code on the CPU."""
     for p, g, m, v, step_size, decay, (beta1, beta2), eps in zip(
             params, grads, exp_avgs, exp_avg_sqs, step_sizes, decays, betas, epss):
-        m.mul_(beta1).add_(g, alpha=1 - beta1)
-        v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-        p.sub_(m / (v.sqrt() + eps) * step_size)
-        if decay is not None:
-            p.sub_(p * decay)
+        m.copy_(m * beta1 + g * (1 - beta1))
+        v.copy_(v * beta2 + g * g * (1 - beta2))
+        updated = p - m / (v.sqrt() + eps) * step_size
+        p.copy_(updated if decay is None else updated - updated * decay)
 
 
 def clip_foreach(grads: list, exp_avg_sqs: list, theta: float,
@@ -426,15 +429,17 @@ class AdamWSPAM(Optimizer):
                                group["lr"] * group["weight_decay"], *group["betas"],
                                group["eps"])
         elif found:
-            # Changing scalars as 0-d float64 CPU tensors (no recompilation, no device copy),
-            # one per distinct value.
-            scalar = functools.cache(functools.partial(torch.tensor, dtype=torch.float64))
+            # Changing scalars as 0-d CPU tensors (no recompilation, no device copy), one
+            # per distinct value and precision.
+            @functools.cache
+            def scalar(value, dtype):
+                return torch.tensor(value, dtype=torch.promote_types(dtype, torch.float32))
             self._kernels[1](
                 [p for _, p, _ in found], [p.grad for _, p, _ in found],
                 [s["exp_avg"] for _, _, s in found], [s["exp_avg_sq"] for _, _, s in found],
-                [scalar(self._step_size(g, s["step"], scale)) for g, _, s in found],
-                [scalar(g["lr"] * g["weight_decay"]) if g["weight_decay"] > 0.0 else None
-                 for g, _, _ in found],
+                [scalar(self._step_size(g, s["step"], scale), p.dtype) for g, p, s in found],
+                [scalar(g["lr"] * g["weight_decay"], p.dtype) if g["weight_decay"] > 0.0
+                 else None for g, p, _ in found],
                 [tuple(g["betas"]) for g, _, _ in found], [g["eps"] for g, _, _ in found])
         st["step"] = n
         return loss
