@@ -113,7 +113,7 @@ def main(argv=None) -> int:
                         help="comma-separated OPTIMIZER[/OPTIMIZER_IMPL] names (default: "
                              f"{BASELINE} and every optimizer)")
     parser.add_argument("--warmup", type=int, default=30,
-                        help="untimed steps first (past SPAM_CLIP_DELAY, so that compiling the
+                        help="untimed steps first (past SPAM_CLIP_DELAY, so that compiling the "
                              "fused SPAM clip is not timed)")
     parser.add_argument("--steps", type=int, default=50)
     args = parser.parse_args(argv)
