@@ -8,7 +8,10 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from gpt2.data import huggingface, pipeline, shakespeare, textfiles
+import gpt2.data.huggingface as huggingface
+import gpt2.data.pipeline as pipeline
+import gpt2.data.shakespeare as shakespeare
+import gpt2.data.textfiles as textfiles
 from gpt2.data.errors import DataError
 from gpt2.data.shards import SPLITS, read_meta
 from gpt2.data.tokenizers import TOKENIZERS
