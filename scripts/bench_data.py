@@ -103,7 +103,8 @@ def main(argv=None) -> int:
         label = ("single-process tiktoken loop" if what == "reference"
                  else f"text-files preparation, {r['workers']} workers, {r['shards']} shards")
         print(f"{label}: {r['tokens']:,} tokens in {r['seconds']:.1f} s = "
-              f"{r['tokens'] / r['seconds'] / 1e6:.2f}M tokens/s; peak RSS {r['peak_rss_mb']:.0f} MB"
+              f"{r['tokens'] / r['seconds'] / 1e6:.2f}M tokens/s; "
+              f"peak RSS {r['peak_rss_mb']:.0f} MB"
               + (f", largest worker {r['peak_worker_rss_mb']:.0f} MB"
                  if what == "prepare" and r["workers"] > 1 else ""))
     ratio = (results["prepare"]["tokens"] / results["prepare"]["seconds"]) / (

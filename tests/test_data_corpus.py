@@ -233,3 +233,17 @@ def test_missing_hub_dataset_offline_is_one_clear_error(tmp_path):
                    "DATASET=text-files"):
         assert needle in err, needle
     assert not list((tmp_path / "res" / "_data").glob("*/*.bin"))
+
+
+def test_hf_source_reads_a_local_dataset_directory_with_a_named_validation_split(tmp_path):
+    train_docs = [f"train document {i}\n" * (i + 1) for i in range(30)]
+    val_docs = [f"held out {i}\n" for i in range(5)]
+    _write_parquet(tmp_path / "ds" / "train.parquet", train_docs)
+    _write_parquet(tmp_path / "ds" / "validation.parquet", val_docs)
+    spec = data.DataSpec("hf", tokenizer="char", hf_name=str(tmp_path / "ds"),
+                         hf_val_split="validation", workers=1)
+    out = data.prepare_spec(spec, tmp_path / "out")
+    assert "-val-validation-" in out.name
+    _, decode = data.load_tokenizer(out)
+    assert decode(_split(out, "train")) == "".join(train_docs)
+    assert decode(_split(out, "val")) == "".join(val_docs)

@@ -18,14 +18,27 @@ from gpt2.data.cli import main
 from gpt2.data.errors import DataError
 from gpt2.data.errors import sha256 as _sha256
 from gpt2.data.errors import sha256_file as _sha256_file
-from gpt2.data.inputs import ENCODER_JSON, SHARED_DATA_DIR, SOURCES, TEXT_FILE, VOCAB_BPE, download, find_input
+from gpt2.data.inputs import (
+    ENCODER_JSON, SHARED_DATA_DIR, SOURCES, TEXT_FILE, VOCAB_BPE, download, find_input,
+)
 from gpt2.data.prepare import (
     DATASETS, DataSpec, prepare, prepare_config, prepare_spec, prepared_dir, prepared_path,
     spec_from_config, split_sizes, split_sizes_config, split_sizes_spec,
 )
 from gpt2.data.shards import META_FORMAT, SPLITS, SplitTokens, read_meta, vocab_size
-from gpt2.data.tokenizers import GPT2_EOT, GPT2_VOCAB_SIZE, TOKENIZERS, _gpt2_encoding, load_tokenizer
+from gpt2.data.tokenizers import (
+    GPT2_EOT, GPT2_VOCAB_SIZE, TOKENIZERS, _gpt2_encoding, load_tokenizer,
+)
 
+__all__ = [
+    "main", "DataError", "_sha256", "_sha256_file", "ENCODER_JSON", "SHARED_DATA_DIR",
+    "SOURCES", "TEXT_FILE", "VOCAB_BPE", "download", "find_input", "DATASETS", "DataSpec",
+    "prepare", "prepare_config", "prepare_spec", "prepared_dir", "prepared_path",
+    "spec_from_config", "split_sizes", "split_sizes_config", "split_sizes_spec",
+    "META_FORMAT", "SPLITS", "SplitTokens", "read_meta", "vocab_size", "GPT2_EOT",
+    "GPT2_VOCAB_SIZE", "TOKENIZERS", "_gpt2_encoding", "load_tokenizer",
+    "Batches", "EvalWindows",
+]
 _LAZY = {"Batches": "gpt2.data.batches", "EvalWindows": "gpt2.data.evalwindows"}
 
 

@@ -13,7 +13,8 @@ def main(argv=None) -> int:
     from lib import config as cfglib
 
     parser = argparse.ArgumentParser(prog="python -m gpt2.data", description=main.__doc__)
-    parser.add_argument("config", nargs="?", help="config file (default: .config or $KCONFIG_CONFIG)")
+    parser.add_argument("config", nargs="?",
+                        help="config file (default: .config or $KCONFIG_CONFIG)")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE")
     args = parser.parse_args(argv)
     try:

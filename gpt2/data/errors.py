@@ -1,6 +1,5 @@
 """The one exception of the data package, and content hashes."""
 import hashlib
-from pathlib import Path
 
 
 class DataError(Exception):

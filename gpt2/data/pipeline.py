@@ -111,8 +111,9 @@ class Tokenizers:
         self.pool = None
         if workers > 1:
             # spawn: a fork of a process with threads (tqdm, datasets) can deadlock.
-            self.pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                            initializer=_init_worker, initargs=(spec,))
+            self.pool = ProcessPoolExecutor(
+                workers, mp_context=multiprocessing.get_context("spawn"),
+                initializer=_init_worker, initargs=(spec,))
 
     def map(self, tasks):
         """(task, token arrays) for each task, in order."""
@@ -270,7 +271,8 @@ class ShardWriter:
         for unit in self.progress["units"]:
             for name, entry in unit["files"].items():
                 split = name.split("-")[0]
-                splits[split].append({"file": name, "tokens": entry["bytes"] // self.tok.dtype.itemsize})
+                tokens = entry["bytes"] // self.tok.dtype.itemsize
+                splits[split].append({"file": name, "tokens": tokens})
                 files[name] = entry
         return {"splits": splits, "files": files}
 
