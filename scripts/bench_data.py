@@ -2,17 +2,20 @@
 
 Builds a local corpus of at least --mb MB of text (the shared tiny Shakespeare repeated,
 one .txt file per copy) in a temporary directory, then measures, each in a fresh process:
-the text-files preparation (tokens/s, peak RSS of the main process and of the largest
-worker) and a single-process tiktoken loop over the same files (encode_ordinary plus the
+the text-files preparation (tokens/s, peak RSS of the main process, of the largest worker
+and of all together) and a single-process tiktoken loop over the same files (encode_ordinary plus the
 end-of-text token per file: the same tokens). Nothing is written outside the temporary
 directory.
 """
 import argparse
+import importlib
 import json
+import os
 import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -31,17 +34,65 @@ def build_corpus(directory: Path, megabytes: float, data_dir: str) -> list:
     return files
 
 
+def _rss_mb(pid) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def _children(pid: int) -> list:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+class WorkerMemory:
+    """Samples the RSS of this process's children (the tokenizer workers) every 0.2 s:
+    ru_maxrss cannot tell, as a spawned child inherits its parent's high-water mark."""
+
+    def __init__(self):
+        self.peak_one = self.peak_all = 0.0
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        me = os.getpid()
+        while not self.done.wait(0.2):
+            sizes = [_rss_mb(c) for c in _children(me)]
+            if sizes:
+                self.peak_one = max(self.peak_one, max(sizes))
+                self.peak_all = max(self.peak_all, sum(sizes) + _rss_mb(me))
+
+    def stop(self):
+        self.done.set()
+        self.thread.join()
+
+
 def measure_prepare(corpus: str, out: str, workers: int, shard_tokens: int, data_dir: str) -> dict:
     from gpt2 import data
 
+    # `datasets` and the torch it imports on first use: one-off costs, not preparation.
+    for module in ("datasets", "torch"):
+        importlib.import_module(module)
+    imports_mb = _rss_mb(os.getpid())
     spec = data.DataSpec("text-files", data_dir, text_files=corpus, workers=workers,
                          shard_tokens=shard_tokens)
+    memory = WorkerMemory()
     start = time.perf_counter()
     prepared = data.prepare_spec(spec, out)
     seconds = time.perf_counter() - start
+    memory.stop()
     meta = data.read_meta(prepared)
     return {"tokens": meta["train_tokens"] + meta["val_tokens"], "seconds": seconds,
-            "shards": len(meta["files"]), "workers": data.pipeline.worker_count(workers)}
+            "shards": len(meta["files"]), "workers": data.pipeline.worker_count(workers),
+            "imports_rss_mb": imports_mb, "peak_worker_rss_mb": memory.peak_one,
+            "peak_total_rss_mb": memory.peak_all}
 
 
 def measure_reference(corpus: str, data_dir: str) -> dict:
@@ -62,7 +113,6 @@ def _child(args) -> None:
     else:
         result = measure_reference(args.corpus, args.data_dir)
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    result["peak_worker_rss_mb"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     print(json.dumps(result))
 
 
@@ -105,8 +155,10 @@ def main(argv=None) -> int:
         print(f"{label}: {r['tokens']:,} tokens in {r['seconds']:.1f} s = "
               f"{r['tokens'] / r['seconds'] / 1e6:.2f}M tokens/s; "
               f"peak RSS {r['peak_rss_mb']:.0f} MB"
-              + (f", largest worker {r['peak_worker_rss_mb']:.0f} MB"
-                 if what == "prepare" and r["workers"] > 1 else ""))
+              + (f" ({r['imports_rss_mb']:.0f} MB after imports)" if what == "prepare" else "")
+              + (f", largest worker {r['peak_worker_rss_mb']:.0f} MB, all processes at most "
+                 f"{r['peak_total_rss_mb']:.0f} MB" if what == "prepare" and r["workers"] > 1
+                 else ""))
     ratio = (results["prepare"]["tokens"] / results["prepare"]["seconds"]) / (
         results["reference"]["tokens"] / results["reference"]["seconds"])
     print(f"preparation / reference: {ratio:.2f}x (preparation includes reading, the train/val "

@@ -59,7 +59,9 @@ def stream(files: list, symbol: str, text_field: str, target_split) -> Stream:
         if skip:
             ds = ds.skip(skip)
         total = len(files) if builder == "text" else None
-        return texts_of(ds.iter(batch_size=ROWS_PER_READ), field, what), total
+        # A .txt row is a whole file: read one at a time, so memory follows the largest file.
+        rows = ds.iter(batch_size=1 if builder == "text" else ROWS_PER_READ)
+        return texts_of(rows, field, what), total
     return Stream(what, target_split, open_at)
 
 
