@@ -70,6 +70,11 @@ report: $(INSTALL)
 bench: $(INSTALL) $(KCONFIG_CONFIG)
 	$(PY) -m scripts.bench $(KCONFIG_CONFIG) $(BENCH_ARGS)
 
+# Data preparation speed and memory on a generated local corpus (BENCH_DATA_ARGS="--mb 50").
+.PHONY: bench-data
+bench-data: $(INSTALL)
+	$(PY) -m scripts.bench_data $(BENCH_DATA_ARGS)
+
 defconfig: defconfig-default
 
 $(addprefix defconfig-,$(DEFCONFIGS)): defconfig-%: $(INSTALL)
@@ -111,6 +116,7 @@ help:
 	@echo 'Development:'
 	@echo '  test              - run the test suite'
 	@echo '  bench             - time the training step of .config under every optimizer (BENCH_ARGS=...)'
+	@echo '  bench-data        - time data preparation against a one-process tiktoken loop (BENCH_DATA_ARGS=...)'
 	@echo '  clean             - remove build leftovers (caches, egg-info)'
 	@echo '  mrproper          - clean, and remove .config, .config.old and .venv'
 	@echo 'Variables: TORCH="torch<2.14" (torch requirement), KCONFIG_CONFIG=<file>, PYTEST_ARGS=...'

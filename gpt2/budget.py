@@ -1,11 +1,9 @@
 """The training budget: when training ends, how far the LR decay has got, and whether a
 pruning schedule fits in it (checked before training and by the matrix dry run)."""
-import functools
 import math
 
 from gpt2 import data
 from lib import prune
-from lib.run import results_dir
 
 
 def extra_budget(cfg) -> tuple:
@@ -79,16 +77,10 @@ def describe(cfg, total_iters) -> str:
     return text + (f", bitter2 x{factor:g}" if factor != 1 else "")
 
 
-@functools.lru_cache(maxsize=8)
-def _train_tokens(dataset: str, data_dir: str, out_root: str, train_split: float) -> int:
-    return data.split_sizes(dataset, data_dir, out_root, train_split)["train"]
-
-
 def train_tokens(cfg) -> int:
     """Tokens of the training split (writes nothing; counted once per dataset and split,
     however many matrix cells ask)."""
-    return _train_tokens(cfg.DATASET, cfg.DATA_DIR, str(results_dir(cfg) / "_data"),
-                         cfg.TRAIN_SPLIT)
+    return data.split_sizes_config(cfg)["train"]
 
 
 def check_pruning(cfg, total_iters=None):

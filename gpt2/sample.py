@@ -12,7 +12,7 @@ from gpt2 import data
 from gpt2.build import build_model
 from lib import checkpoint, runtime
 from lib import config as cfglib
-from lib.run import RunDir, results_dir
+from lib.run import RunDir
 
 
 def generate_text(model, prepared, cfg, device, count: int) -> list:
@@ -51,8 +51,7 @@ def main(argv=None) -> int:
             raise cfglib.ConfigError(f"{run.ckpt}: no checkpoint for this configuration; "
                                      f"train it first with `make`")
         device = runtime.pick_device(cfg.DEVICE)
-        prepared = data.prepare(cfg.DATASET, cfg.DATA_DIR, results_dir(cfg) / "_data",
-                                cfg.TRAIN_SPLIT)
+        prepared = data.prepare_config(cfg)
         model = build_model(cfg, data.vocab_size(prepared))
         model.load_state_dict(checkpoint.load(run.ckpt)["model"])
         model.to(device)

@@ -27,7 +27,7 @@ from gpt2.sample import generate_text
 from lib import checkpoint, faults, optim, prune, recipe_fit, runtime
 from lib import config as cfglib
 from lib.metrics import MetricsLog, env_info
-from lib.run import RunDir, results_dir
+from lib.run import RunDir
 from lib.stop import STOP_SIGNALS, StopRequest
 from lib.fsutil import atomic_write_json, atomic_write_text
 from lib.schedule import learning_rate
@@ -117,8 +117,7 @@ class Trainer:
         runtime.set_tf32(cfg.TF32)
         torch.set_flush_denormal(cfg.FLUSH_DENORMAL)
         torch.manual_seed(cfg.SEED)
-        self.prepared = data.prepare(cfg.DATASET, cfg.DATA_DIR, results_dir(cfg) / "_data",
-                                     cfg.TRAIN_SPLIT)
+        self.prepared = data.prepare_config(cfg)
         self.batch_size = batch_size(cfg)
         self.batches = data.Batches(self.prepared, cfg.BLOCK_SIZE, self.batch_size, self.device,
                                     cfg.SEED)

@@ -28,10 +28,10 @@ def isolated(tmp_path, monkeypatch):
     def no_network(url, timeout=None):
         raise OSError(f"network disabled in tests: {url}")
 
-    monkeypatch.setattr(data, "download", no_network)
+    monkeypatch.setattr(data.inputs, "download", no_network)
     monkeypatch.delenv("KMATRIX_DATA", raising=False)
     monkeypatch.delenv("KMATRIX_OFFLINE", raising=False)
-    monkeypatch.setattr(data, "SHARED_DATA_DIR", tmp_path / "no-shared")
+    monkeypatch.setattr(data.inputs, "SHARED_DATA_DIR", tmp_path / "no-shared")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
 
 
@@ -133,7 +133,7 @@ def test_interrupted_prepare_leaves_no_meta_and_is_redone(text_dir, tmp_path, mo
 
 def test_bad_arguments(text_dir, tmp_path):
     with pytest.raises(data.DataError, match="shakespeare-char, shakespeare"):
-        data.prepare("openwebtext", str(text_dir), tmp_path, 0.9)
+        data.prepare("no-such-dataset", str(text_dir), tmp_path, 0.9)
     for split in (0.0, 1.0, 1.5, -0.1):
         with pytest.raises(data.DataError, match=r"\(0, 1\)"):
             data.prepare("shakespeare-char", str(text_dir), tmp_path, split)
@@ -145,7 +145,7 @@ def test_lookup_order(tmp_path, monkeypatch):
     for root in (configured, env, shared):
         _write_text(root, f"text from {root.name}\n")
     monkeypatch.setenv("KMATRIX_DATA", str(env))
-    monkeypatch.setattr(data, "SHARED_DATA_DIR", shared)
+    monkeypatch.setattr(data.inputs, "SHARED_DATA_DIR", shared)
     rel = "tinyshakespeare/input.txt"
 
     assert data.find_input(rel, str(configured)) == configured / rel
@@ -167,7 +167,7 @@ def test_missing_input_without_network_is_one_clear_error(tmp_path, monkeypatch)
         data.prepare("shakespeare-char", str(configured), tmp_path / "out", 0.9)
     message = str(info.value)
     rel = "tinyshakespeare/input.txt"
-    for root in (configured, env, data.SHARED_DATA_DIR):
+    for root in (configured, env, data.inputs.SHARED_DATA_DIR):
         assert str(root / rel) in message
     assert data.SOURCES[rel][0] in message
     assert "network disabled in tests" in message
@@ -175,7 +175,7 @@ def test_missing_input_without_network_is_one_clear_error(tmp_path, monkeypatch)
     assert not (tmp_path / "out").exists()
 
     monkeypatch.setenv("KMATRIX_OFFLINE", "1")
-    monkeypatch.setattr(data, "download", lambda *a, **k: pytest.fail("download attempted"))
+    monkeypatch.setattr(data.inputs, "download", lambda *a, **k: pytest.fail("download attempted"))
     with pytest.raises(data.DataError, match="KMATRIX_OFFLINE"):
         data.find_input(rel, str(configured))
 
@@ -187,7 +187,7 @@ def test_download_is_saved_to_first_writable_place(tmp_path, monkeypatch):
         calls.append(url)
         return TEXT.encode()
 
-    monkeypatch.setattr(data, "download", fake_download)
+    monkeypatch.setattr(data.inputs, "download", fake_download)
     configured = tmp_path / "configured"
     path = data.find_input("tinyshakespeare/input.txt", str(configured))
     assert path == configured / "tinyshakespeare" / "input.txt"

@@ -487,7 +487,9 @@ def test_unwritable_results_dir_is_one_line(matrix_config, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("recipe", ["gpt2-shakespeare-matrix", "gpt2-shakespeare-l4",
-                                    "gpt2-shakespeare-w7900", "gpt2-shakespeare-gpu-smoke"])
+                                    "gpt2-shakespeare-w7900", "gpt2-shakespeare-gpu-smoke",
+                                    "gpt2-finewebedu-matrix", "gpt2-finewebedu-l4",
+                                    "gpt2-finewebedu-h100", "gpt2-finewebedu-w7900"])
 def test_gpu_recipes_reach_every_pruning_target_with_a_tail_at_full_sparsity(recipe, tmp_path):
     from gpt2 import budget, data
 

@@ -104,14 +104,14 @@ def test_bad_value_stops_before_any_work(tiny_config, tmp_path, capsys):
 def test_missing_dataset_is_a_clear_error(tiny_config, monkeypatch, capsys, tmp_path):
     from gpt2 import data
 
-    monkeypatch.setattr(data, "SHARED_DATA_DIR", tmp_path / "nowhere")
+    monkeypatch.setattr(data.inputs, "SHARED_DATA_DIR", tmp_path / "nowhere")
     monkeypatch.delenv("KMATRIX_DATA", raising=False)
-    monkeypatch.setattr(data, "_cache_dir", lambda: tmp_path / "no-cache")
+    monkeypatch.setattr(data.inputs, "_cache_dir", lambda: tmp_path / "no-cache")
 
     def offline(url, *args, **kwargs):
         raise OSError("network is unreachable")
 
-    monkeypatch.setattr(data, "download", offline)
+    monkeypatch.setattr(data.inputs, "download", offline)
     config = tiny_config("MAX_ITERS=5", f"DATA_DIR={tmp_path / 'empty'}")
     assert train.main([str(config)]) == 2
     err = capsys.readouterr().err
@@ -234,7 +234,7 @@ def test_full_disk_during_a_checkpoint_keeps_the_last_one(tiny_config, monkeypat
 def test_nothing_is_written_on_a_bad_start(tiny_config, monkeypatch, tmp_path):
     from gpt2 import data
 
-    monkeypatch.setattr(data, "find_input", lambda *a, **k: (_ for _ in ()).throw(
+    monkeypatch.setattr(data.shakespeare, "find_input", lambda *a, **k: (_ for _ in ()).throw(
         data.DataError("tinyshakespeare/input.txt not found; set DATA_DIR")))
     config = tiny_config("MAX_ITERS=5")
     assert train.main([str(config)]) == 2

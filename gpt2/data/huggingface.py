@@ -1,0 +1,117 @@
+"""Hugging Face datasets: FineWeb-Edu, OpenWebText and any named dataset, through the
+`datasets` library. Offline-first: the Hugging Face cache ($HF_HOME) answers first; with
+HF_HUB_OFFLINE=1 (or HF_DATASETS_OFFLINE=1) only the cache is read. A corpus read
+partly (DATA_MAX_TOKENS) is streamed when online, so nothing beyond the budget is
+downloaded.
+"""
+import os
+
+from gpt2.data.corpus import Corpus, Stream, texts_of
+from gpt2.data.errors import DataError
+
+FINEWEBEDU = "HuggingFaceFW/fineweb-edu"
+OPENWEBTEXT = "Skylion007/openwebtext"
+ROWS_PER_READ = 1000
+
+
+def offline() -> bool:
+    return any(os.environ.get(v, "").lower() in ("1", "true", "yes", "on")
+               for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+
+
+def hf_home() -> str:
+    return os.environ.get("HF_HOME") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "huggingface")
+
+
+def _fetch_hint(name: str, config: str, split: str) -> str:
+    args = ", ".join(repr(a) for a in (name, config) if a) + f", split={split!r}"
+    # FineWeb-Edu keeps its sample-10BT config's files under sample/10BT/.
+    part = (f"--include '{config.replace('-', '/', 1)}/*'" if name == FINEWEBEDU and config
+            else "--include to take a part")
+    return (
+        f"To fetch it, on a machine with a network run\n"
+        f"  HF_HOME=/some/dir python -c \"import datasets; datasets.load_dataset({args})\"\n"
+        f"then copy /some/dir here and set HF_HOME to it (HF_HUB_OFFLINE=1 keeps it offline). "
+        f"Or download its data files (huggingface-cli download --repo-type dataset {name} "
+        f"--local-dir DIR, {part}) and prepare them with "
+        f"DATASET=text-files, TEXT_FILES_PATH=DIR.")
+
+
+def load(name: str, config: str, split: str, streaming: bool, what: str):
+    """datasets.load_dataset, every failure to find the data one DataError saying what is
+    missing and how to fetch it."""
+    import datasets
+
+    try:
+        return datasets.load_dataset(name, config or None, split=split,
+                                     streaming=streaming and not offline())
+    except (ConnectionError, FileNotFoundError, OSError, ValueError,
+            datasets.exceptions.DatasetNotFoundError) as e:
+        mode = ("offline (HF_HUB_OFFLINE/HF_DATASETS_OFFLINE is set): only the cache was read"
+                if offline() else "the hub could not be reached or does not have it")
+        raise DataError(
+            f"Cannot load {what}: Hugging Face dataset {name!r}"
+            f"{f', config {config!r}' if config else ''}, split {split!r} is not in the cache "
+            f"{hf_home()} and {mode} ({type(e).__name__}: {e}).\n"
+            + _fetch_hint(name, config, split)) from e
+
+
+def stream(name: str, config: str, split: str, text_field: str, streaming: bool,
+           target_split) -> Stream:
+    what = f"{name}{f' ({config})' if config else ''} split {split}"
+
+    def open_at(skip: int):
+        ds = load(name, config, split, streaming, what)
+        columns = ds.column_names
+        if columns is not None and text_field not in columns:
+            raise DataError(f"{what} has no field {text_field!r} (TEXT_FIELD); its fields: "
+                            f"{', '.join(columns)}")
+        if columns is not None:
+            ds = ds.select_columns([text_field])
+        total = len(ds) if hasattr(ds, "__len__") else _known_rows(ds, split)
+        if skip:
+            ds = ds.skip(skip)
+        return texts_of(ds.iter(batch_size=ROWS_PER_READ), text_field, what), total
+    return Stream(what, target_split, open_at)
+
+
+def _known_rows(ds, split: str):
+    try:
+        return ds.info.splits[split].num_examples
+    except (AttributeError, KeyError, TypeError):
+        return None
+
+
+def named(spec) -> Corpus:
+    """HF_NAME (a hub name or a local directory), HF_CONFIG, HF_SPLIT, HF_VAL_SPLIT."""
+    if not spec.hf_name:
+        raise DataError("DATASET=hf needs HF_NAME: a Hugging Face dataset name such as "
+                        "HuggingFaceFW/fineweb-edu, or a local dataset directory")
+    streaming = spec.max_tokens > 0
+    streams = [stream(spec.hf_name, spec.hf_config, spec.hf_split, spec.text_field, streaming,
+                      "train" if spec.hf_val_split else None)]
+    if spec.hf_val_split:
+        streams.append(stream(spec.hf_name, spec.hf_config, spec.hf_val_split, spec.text_field,
+                              streaming, "val"))
+    label = "hf-" + "-".join(p for p in (spec.hf_name.replace("/", "--"), spec.hf_config,
+                                         spec.hf_split) if p)
+    inputs = {"hf_name": spec.hf_name, "hf_config": spec.hf_config, "hf_split": spec.hf_split,
+              "hf_val_split": spec.hf_val_split, "text_field": spec.text_field}
+    return Corpus(label, streams, inputs)
+
+
+def finewebedu(spec) -> Corpus:
+    """HuggingFaceFW/fineweb-edu, the sample named by FINEWEBEDU_CONFIG; one split
+    (train), so the validation split is drawn from it."""
+    inputs = {"hf_name": FINEWEBEDU, "hf_config": spec.hf_config, "hf_split": "train"}
+    return Corpus(f"finewebedu-{spec.hf_config}",
+                  [stream(FINEWEBEDU, spec.hf_config, "train", "text", spec.max_tokens > 0, None)],
+                  inputs)
+
+
+def openwebtext(spec) -> Corpus:
+    """Skylion007/openwebtext (8M web documents, about 9B GPT-2 tokens); one split."""
+    inputs = {"hf_name": OPENWEBTEXT, "hf_split": "train"}
+    return Corpus("openwebtext",
+                  [stream(OPENWEBTEXT, "", "train", "text", spec.max_tokens > 0, None)], inputs)

@@ -1,0 +1,176 @@
+"""Which dataset a configuration selects (DataSpec), where it is prepared, and the
+registry from the DATASET choice to the code that prepares it."""
+import dataclasses
+import functools
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import gpt2.data.huggingface as huggingface
+import gpt2.data.pipeline as pipeline
+import gpt2.data.shakespeare as shakespeare
+import gpt2.data.textfiles as textfiles
+from gpt2.data.errors import DataError
+from gpt2.data.shards import SPLITS, read_meta
+from gpt2.data.tokenizers import TOKENIZERS
+
+# DATASET -> Corpus constructor for document corpora (Shakespeare is prepared in memory).
+CORPORA = {
+    "finewebedu": huggingface.finewebedu,
+    "openwebtext": huggingface.openwebtext,
+    "hf": huggingface.named,
+    "text-files": textfiles.corpus,
+}
+DATASETS = (*shakespeare.TOKENIZER, *CORPORA)
+# Settings that change how fast, never what is written.
+NOT_IDENTITY = ("workers",)
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Everything that decides a prepared dataset (and DATA_WORKERS, which does not)."""
+    dataset: str
+    data_dir: str = ""
+    train_split: float = 0.9
+    tokenizer: str = "gpt2"
+    max_tokens: int = 0
+    split_seed: int = 0
+    hf_name: str = ""
+    hf_config: str = ""
+    hf_split: str = "train"
+    hf_val_split: str = ""
+    text_field: str = "text"
+    text_files: str = ""
+    text_files_val: str = ""
+    shard_tokens: int = 100_000_000
+    workers: int = 0
+
+    def identity(self) -> dict:
+        return {k: v for k, v in dataclasses.asdict(self).items()
+                if k not in NOT_IDENTITY and k != "data_dir"}
+
+    def check(self) -> "DataSpec":
+        if self.dataset not in DATASETS:
+            raise DataError(f"Unknown dataset {self.dataset!r}; valid: {', '.join(DATASETS)}")
+        try:
+            split = float(self.train_split)
+        except (TypeError, ValueError):
+            raise DataError(f"TRAIN_SPLIT must be a number in (0, 1), "
+                            f"got {self.train_split!r}") from None
+        if not 0.0 < split < 1.0:
+            raise DataError(f"TRAIN_SPLIT must be in (0, 1), got {self.train_split!r}")
+        if self.tokenizer not in TOKENIZERS:
+            raise DataError(f"Unknown tokenizer {self.tokenizer!r}; valid: {', '.join(TOKENIZERS)}")
+        if self.max_tokens < 0 or self.shard_tokens < 1:
+            raise DataError("DATA_MAX_TOKENS must be >= 0 and DATA_SHARD_TOKENS >= 1")
+        return dataclasses.replace(self, train_split=split)
+
+
+def _opt(value, default):
+    return default if value is None else value
+
+
+def spec_from_config(cfg) -> DataSpec:
+    """The DataSpec of a Config; symbols the selected dataset does not use are None there
+    and take the DataSpec default, which enters no directory name."""
+    dataset = cfg.DATASET
+    hf_config = cfg.get("FINEWEBEDU_CONFIG") if dataset == "finewebedu" else cfg.get("HF_CONFIG")
+    return DataSpec(
+        dataset=dataset,
+        data_dir=cfg.DATA_DIR,
+        train_split=_opt(cfg.get("TRAIN_SPLIT"), 0.9),
+        tokenizer=_opt(cfg.get("TOKENIZER"), shakespeare.TOKENIZER.get(dataset, "gpt2")),
+        max_tokens=_opt(cfg.get("DATA_MAX_TOKENS"), 0),
+        split_seed=_opt(cfg.get("DATA_SPLIT_SEED"), 0),
+        hf_name=_opt(cfg.get("HF_NAME"), ""),
+        hf_config=_opt(hf_config, ""),
+        hf_split=_opt(cfg.get("HF_SPLIT"), "train"),
+        hf_val_split=_opt(cfg.get("HF_VAL_SPLIT"), ""),
+        text_field=_opt(cfg.get("TEXT_FIELD"), "text"),
+        text_files=_opt(cfg.get("TEXT_FILES_PATH"), ""),
+        text_files_val=_opt(cfg.get("TEXT_FILES_VAL_PATH"), ""),
+        shard_tokens=_opt(cfg.get("DATA_SHARD_TOKENS"), DataSpec.shard_tokens),
+        workers=_opt(cfg.get("DATA_WORKERS"), 0),
+    )
+
+
+def _count(n: int) -> str:
+    for unit, size in (("G", 10**9), ("M", 10**6), ("k", 10**3)):
+        if n >= size and n % (size // 1000 if size >= 10**6 else size) == 0:
+            return f"{n / size:g}{unit}"
+    return str(n)
+
+
+def dir_name(spec: DataSpec) -> str:
+    """<source>-<tokenizer>-<budget>-<split>-seed<seed>-<hash>: readable for what a person
+    compares, the hash for every other setting (fields, paths, shard size)."""
+    if spec.dataset in shakespeare.TOKENIZER:
+        return shakespeare.dir_name(spec.dataset, spec.train_split)
+    named_val = spec.hf_val_split if spec.dataset == "hf" else (
+        "files" if spec.dataset == "text-files" and spec.text_files_val else "")
+    split = f"val-{named_val}" if named_val else f"split{spec.train_split!r}-seed{spec.split_seed}"
+    budget = f"{_count(spec.max_tokens)}tok" if spec.max_tokens else "all"
+    label = CORPORA[spec.dataset](spec).label
+    digest = hashlib.sha256(json.dumps(spec.identity(), sort_keys=True).encode()).hexdigest()[:8]
+    name = f"{label}-{spec.tokenizer}-{budget}-{split}-{digest}"
+    return re.sub(r"[^A-Za-z0-9._+-]", "_", name)
+
+
+def prepared_dir(spec: DataSpec, out_root) -> Path:
+    return Path(out_root) / dir_name(spec.check())
+
+
+def prepare_spec(spec: DataSpec, out_root) -> Path:
+    """Prepare the dataset `spec` describes under out_root (nothing when it is up to
+    date; resuming an interrupted preparation) and return its directory."""
+    spec = spec.check()
+    out_dir = prepared_dir(spec, out_root)
+    if spec.dataset in shakespeare.TOKENIZER:
+        return shakespeare.prepare(spec, out_dir)
+    return pipeline.prepare(spec, CORPORA[spec.dataset](spec), out_dir)
+
+
+@functools.lru_cache(maxsize=8)
+def split_sizes_spec(spec: DataSpec, out_root) -> dict:
+    """{"train": tokens, "val": tokens}, writing nothing: Shakespeare is tokenized in
+    memory when not prepared; a document corpus must be prepared first."""
+    spec = spec.check()
+    out_dir = prepared_dir(spec, out_root)
+    if spec.dataset in shakespeare.TOKENIZER:
+        return shakespeare.split_sizes(spec, out_dir)
+    if not pipeline.is_prepared(out_dir, pipeline.corpus_key(spec, CORPORA[spec.dataset](spec))):
+        raise DataError(f"The size of DATASET={spec.dataset} is known once it is prepared "
+                        f"(BUDGET=epochs needs it): run `make data` first ({out_dir})")
+    meta = read_meta(out_dir)
+    return {s: int(meta[f"{s}_tokens"]) for s in SPLITS}
+
+
+def data_root(cfg) -> Path:
+    from lib.run import results_dir
+    return results_dir(cfg) / "_data"
+
+
+def prepare_config(cfg) -> Path:
+    """Prepare what a Config selects, under <RESULTS_DIR>/_data."""
+    return prepare_spec(spec_from_config(cfg), data_root(cfg))
+
+
+def split_sizes_config(cfg) -> dict:
+    return split_sizes_spec(spec_from_config(cfg), str(data_root(cfg)))
+
+
+# The Shakespeare-style calls: every other setting at its default.
+
+def prepared_path(out_root, dataset: str, train_split) -> Path:
+    """Directory prepare() writes for these arguments."""
+    return prepared_dir(DataSpec(dataset, train_split=train_split), out_root)
+
+
+def prepare(dataset: str, data_dir: str, out_root, train_split) -> Path:
+    return prepare_spec(DataSpec(dataset, data_dir, train_split), out_root)
+
+
+def split_sizes(dataset: str, data_dir: str, out_root, train_split) -> dict:
+    return split_sizes_spec(DataSpec(dataset, data_dir, train_split), str(out_root))

@@ -1,0 +1,102 @@
+"""Tiny Shakespeare, the smoke-test corpus: one text, small enough to tokenize in memory,
+split by characters (the first TRAIN_SPLIT of the text trains, the rest validates) into
+one shard per split, train.bin and val.bin. shakespeare-char uses its own characters as
+the vocabulary, shakespeare GPT-2's BPE (no end-of-text token: it is one document).
+"""
+from pathlib import Path
+
+from gpt2.data.errors import DataError, sha256
+from gpt2.data.inputs import ENCODER_JSON, TEXT_FILE, VOCAB_BPE, find_input
+from gpt2.data.shards import META_FORMAT, SPLITS, file_intact, read_meta, write_shard
+from gpt2.data.tokenizers import TokenizerSpec, encoder, gpt2_files
+from lib.fsutil import atomic_write_json
+
+TOKENIZER = {"shakespeare-char": "char", "shakespeare": "gpt2"}
+
+
+def dir_name(dataset: str, train_split: float) -> str:
+    return f"{dataset}-split{train_split!r}"
+
+
+def _read_inputs(dataset: str, data_dir: str):
+    """(input paths, their bytes, their sha256) of a dataset."""
+    input_paths = {TEXT_FILE: find_input(TEXT_FILE, data_dir)}
+    if TOKENIZER[dataset] == "gpt2":
+        input_paths[VOCAB_BPE], input_paths[ENCODER_JSON] = gpt2_files(data_dir)
+    raw = {name: path.read_bytes() for name, path in input_paths.items()}
+    return input_paths, raw, {name: sha256(data) for name, data in raw.items()}
+
+
+def _is_prepared(out_dir: Path, dataset: str, split: float, input_hashes: dict) -> bool:
+    try:
+        meta = read_meta(out_dir)
+    except DataError:
+        return False
+    try:
+        recorded_inputs = {name: entry["sha256"] for name, entry in meta["inputs"].items()}
+        if (meta["format"] != META_FORMAT or meta["dataset"] != dataset
+                or meta["train_split"] != split or recorded_inputs != input_hashes):
+            return False
+        return all(file_intact(out_dir / f"{s}.bin", meta["files"][f"{s}.bin"]) for s in SPLITS)
+    except (KeyError, TypeError):
+        return False
+
+
+def _tokenize(dataset: str, input_paths: dict, raw: dict, split: float) -> tuple:
+    """({split: tokens}, meta without the file entries)."""
+    try:
+        text = raw[TEXT_FILE].decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{input_paths[TEXT_FILE]} is not UTF-8 text: {e}") from e
+    cut = int(len(text) * split)
+    parts = {"train": text[:cut], "val": text[cut:]}
+    kind = TOKENIZER[dataset]
+    meta = {"format": META_FORMAT, "dataset": dataset, "train_split": split, "tokenizer": kind}
+    if kind == "char":
+        spec = TokenizerSpec("char", vocab="".join(sorted(set(text))))
+        meta["vocab"] = spec.vocab
+    else:
+        spec = TokenizerSpec("gpt2", bpe_files=(input_paths[VOCAB_BPE], input_paths[ENCODER_JSON]))
+        meta["eot_token"] = spec.eot
+    meta.update(vocab_size=spec.vocab_size, dtype=spec.dtype.name)
+    enc = encoder(spec)
+    tokens = {s: enc.encode(parts[s]) for s in SPLITS}
+    for s in SPLITS:
+        if tokens[s].size == 0:
+            raise DataError(f"The {s} split of {input_paths[TEXT_FILE]} is empty "
+                            f"(text of {len(text)} characters, train_split {split})")
+    return tokens, meta
+
+
+def prepare(spec, out_dir: Path) -> Path:
+    """Tokenize into out_dir unless it is already up to date."""
+    input_paths, raw, input_hashes = _read_inputs(spec.dataset, spec.data_dir)
+    if _is_prepared(out_dir, spec.dataset, spec.train_split, input_hashes):
+        return out_dir
+    tokens, meta = _tokenize(spec.dataset, input_paths, raw, spec.train_split)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # meta.json is the completion marker: remove it first, write it last.
+    (out_dir / "meta.json").unlink(missing_ok=True)
+    files = {f"{s}.bin": write_shard(out_dir / f"{s}.bin", tokens[s]) for s in SPLITS}
+    meta.update(
+        train_tokens=int(tokens["train"].size),
+        val_tokens=int(tokens["val"].size),
+        splits={s: [{"file": f"{s}.bin", "tokens": int(tokens[s].size)}] for s in SPLITS},
+        inputs={name: {"sha256": input_hashes[name], "path": str(input_paths[name].absolute())}
+                for name in input_paths},
+        files=files,
+    )
+    atomic_write_json(out_dir / "meta.json", meta)
+    return out_dir
+
+
+def split_sizes(spec, out_dir: Path) -> dict:
+    """{"train": tokens, "val": tokens}, from meta.json when up to date, else by
+    tokenizing in memory: writes nothing."""
+    input_paths, raw, input_hashes = _read_inputs(spec.dataset, spec.data_dir)
+    if _is_prepared(out_dir, spec.dataset, spec.train_split, input_hashes):
+        meta = read_meta(out_dir)
+        return {s: int(meta[f"{s}_tokens"]) for s in SPLITS}
+    tokens, _ = _tokenize(spec.dataset, input_paths, raw, spec.train_split)
+    return {s: int(tokens[s].size) for s in SPLITS}
