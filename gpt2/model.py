@@ -7,6 +7,7 @@ map onto this model key for key.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from dataclasses import dataclass, replace
@@ -261,6 +262,14 @@ class Block(nn.Module):
         return x + self.mlp(self.ln_2(x))
 
 
+def _same_attention_kernels():
+    """Checkpoint contexts: the backward's recomputation runs under the attention kernels
+    the forward ran under (ATTENTION_BACKEND's sdpa_kernel is not active in the backward),
+    so it saves tensors of the same shapes."""
+    from torch.nn.attention import _cur_sdpa_kernel_backends, sdpa_kernel
+    return contextlib.nullcontext(), sdpa_kernel(_cur_sdpa_kernel_backends())
+
+
 class GPT(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
@@ -334,7 +343,8 @@ class GPT(nn.Module):
         x = self.transformer.drop(x)
         recompute = self.config.checkpoint_blocks and self.training and torch.is_grad_enabled()
         for block in self.transformer.h:
-            x = checkpoint(block, x, use_reentrant=False) if recompute else block(x)
+            x = (checkpoint(block, x, use_reentrant=False, context_fn=_same_attention_kernels)
+                 if recompute else block(x))
         x = self.transformer.ln_f(x)
 
         vocab = self.config.vocab_size

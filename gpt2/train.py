@@ -130,7 +130,7 @@ class Trainer:
         self.autocast = runtime.ForwardContext(
             runtime.autocast(self.device, cfg.PRECISION),
             runtime.attention_kernel(self.device, cfg.ATTENTION_BACKEND,
-                                     cfg.N_EMBD // cfg.N_HEAD, cfg.PRECISION))
+                                     cfg.N_EMBD // cfg.N_HEAD, cfg.PRECISION, cfg.DROPOUT))
         self.memory_snapshot = memory_snapshot.MemorySnapshot(cfg.MEMORY_SNAPSHOT_ITERS,
                                                               self.device, run.path)
         self.pruner = prune.build(cfg, self.model, self.optimizer)

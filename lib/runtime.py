@@ -53,10 +53,11 @@ ATTENTION_BACKENDS = {"auto": None, "flash": "FLASH_ATTENTION",
                       "memory-efficient": "EFFICIENT_ATTENTION", "math": "MATH"}
 
 
-def attention_kernel(device: torch.device, choice: str, head_dim: int, precision: str):
+def attention_kernel(device: torch.device, choice: str, head_dim: int, precision: str,
+                     dropout: float = 0.0):
     """A factory of sdpa_kernel contexts for the ATTENTION_BACKEND choice (None for auto),
-    after checking on a small causal attention of the run's head size and precision that
-    the kernel runs on this device; a ConfigError naming the knob when it does not."""
+    after checking on a small causal attention of the run's head size, precision and
+    dropout that the kernel runs on this device; a ConfigError naming the knob when not."""
     name = ATTENTION_BACKENDS[choice]
     if name is None:
         return None
@@ -66,7 +67,8 @@ def attention_kernel(device: torch.device, choice: str, head_dim: int, precision
     q = torch.zeros(1, 1, 8, head_dim, device=device, dtype=dtype, requires_grad=True)
     try:
         with sdpa_kernel(backend):
-            torch.nn.functional.scaled_dot_product_attention(q, q, q, is_causal=True).sum().backward()
+            torch.nn.functional.scaled_dot_product_attention(
+                q, q, q, dropout_p=dropout, is_causal=True).sum().backward()
     except RuntimeError as e:
         first = (str(e).strip().splitlines() or [""])[0][:200]
         raise ConfigError(
