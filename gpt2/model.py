@@ -237,14 +237,19 @@ class MLPKind:
     build: type
     activation: object = None
     gated: bool = False
+    # Tensors of the hidden width autograd keeps per token for the backward (for
+    # `make estimate`): GELU keeps c_fc's output and its own; ReLU^2 one more (relu's
+    # output); gated ones [gate; up] (2), the activated gate and the product; bio the
+    # pre-activation, sin's argument, sin, tanh and the product.
+    saved_hidden: int = 2
 
 
 MLPS = {
     "gelu": MLPKind(MLP, _gelu_tanh),
-    "relu2": MLPKind(MLP, _relu_squared),
-    "swiglu": MLPKind(GatedMLP, F.silu, gated=True),
-    "geglu": MLPKind(GatedMLP, _gelu_tanh, gated=True),
-    "bio": MLPKind(BioMLP),
+    "relu2": MLPKind(MLP, _relu_squared, saved_hidden=3),
+    "swiglu": MLPKind(GatedMLP, F.silu, gated=True, saved_hidden=4),
+    "geglu": MLPKind(GatedMLP, _gelu_tanh, gated=True, saved_hidden=4),
+    "bio": MLPKind(BioMLP, saved_hidden=5),
 }
 
 
