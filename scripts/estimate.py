@@ -74,7 +74,9 @@ _STATE_CACHE = {}
 
 
 def _state_bytes(cfg, shapes: tuple) -> int:
-    key = (cfg.hash, shapes)
+    # The state's size does not depend on the seed or the rates (matrix cells share it).
+    key = (shapes, tuple(sorted((k, v) for k, v in cfg.items()
+                                if k not in ("SEED", "RUN_NAME") and not k.endswith("_LR"))))
     if key not in _STATE_CACHE:
         _STATE_CACHE[key] = _measure_state_bytes(cfg, shapes)
     return _STATE_CACHE[key]
@@ -131,7 +133,8 @@ def activation_bytes(cfg, shape) -> dict:
     copy; RoPE +2d, QK-norm +2d; the math kernel also the heads x T softmax), MLP 2d + the
     MLP kind's saved_hidden x h; dropout masks one byte each. Under autocast the norms'
     inputs and outputs stay fp32 and their half-precision copies are kept too. With
-    checkpointing only each block's input is kept, plus one block recomputed at a time."""
+    checkpointing only each block's input is kept, plus one block recomputed at a time.
+    Either way the backward adds about one block for the gradients it is working on."""
     d, h, heads, t = shape.n_embd, shape.mlp_hidden, shape.n_head, shape.block_size
     tokens = batch_size(cfg) * t
     mixed = cfg.PRECISION != "fp32"
@@ -153,8 +156,10 @@ def activation_bytes(cfg, shape) -> dict:
         loss = tokens * vocab * (FP32 + (half if mixed else 0) + FP32
                                  + (FP32 if shape.label_smoothing else 0))
     head = 2 * d * tokens * FP32 + loss
-    return {"blocks": block * shape.n_layer, "checkpointed": d * tokens * FP32 * shape.n_layer
-            + block, "head": head, "per_block": block}
+    # The backward holds the gradients of one block's intermediates at a time, about
+    # one more block's worth, with or without checkpointing (which also recomputes one).
+    return {"blocks": block * (shape.n_layer + 1), "checkpointed": d * tokens * FP32
+            * shape.n_layer + 2 * block, "head": head, "per_block": block}
 
 
 def target_device(cfg) -> dict:

@@ -646,6 +646,16 @@ class Runner:
 
 # ------------------------------------------------------------- dry run
 
+def cell_estimate(cell) -> str:
+    """`make estimate` of a cell in one line (scripts.estimate)."""
+    from scripts import estimate
+    try:
+        return "estimate: " + estimate.one_line(
+            estimate.estimate(cfglib.from_kconf(cell.kconf, cell.config)))
+    except (ConfigError, DataError) as e:
+        return f"estimate: n/a ({(str(e).splitlines() or [''])[0][:160]})"
+
+
 def dry_run(matrix: Matrix, retry_failed: bool) -> int:
     m = matrix
     print(f"matrix {m.path}")
@@ -658,6 +668,7 @@ def dry_run(matrix: Matrix, retry_failed: bool) -> int:
         if state.get("status") == "done" and state.get("wall_s"):
             walls.append(state["wall_s"])
         print(f"  {cell.id:<60} lr {cell.learning_rate:<8g} {why}")
+        print(f"  {'':<60} {cell_estimate(cell)}")
     if m.skipped:
         print(f"skipped ({len(m.skipped)}):")
         for what, reason in m.skipped:

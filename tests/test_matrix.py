@@ -223,6 +223,11 @@ def test_dry_run_lists_cells_skips_and_an_estimate_and_writes_nothing(matrix_con
     assert "skipped (1):\n  lion-state: state pruning prunes from Adam moments" in out
     assert "estimated wall time: unknown" in out
     assert not (tmp_path / "results").exists()
+    # each cell's `make estimate` in one line, its own optimizer's state
+    assert out.count("estimate: ") == len(m.cells)
+    from scripts import estimate
+    first = estimate.estimate(cfglib.from_kconf(m.cells[0].kconf))
+    assert estimate.one_line(first) in out and "M params" in out
     # two finished cells of 100 s each: the rest (4 cells, 1 job) take about 400 s
     m.state_dir.mkdir(parents=True)
     for cell in m.cells[:2]:

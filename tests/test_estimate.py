@@ -1,0 +1,82 @@
+"""make estimate: the trainer's model and the registry's optimizers, and the activation
+formula against a measured CPU run."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from gpt2.build import build_model
+from lib import config as cfglib
+from lib import optim
+from scripts import estimate
+
+# The measured peak (CPU peak RSS of a run, less that of a run of a minute model, which
+# holds the interpreter, torch and the data) must lie within this share of the estimate.
+TOLERANCE = 0.30
+
+
+def test_estimate_counts_what_the_trainer_builds(tiny_config, capsys):
+    config = tiny_config("MLP=swiglu", "PRUNING=magnitude", "MAX_ITERS=40",
+                         "GRADIENT_ACCUMULATION=2")
+    cfg = cfglib.load(config)
+    e = estimate.estimate(cfg, estimate.registry_configs(config, []))
+    model = build_model(cfg, 65)
+    assert e["params"] == sum(p.numel() for p in model.parameters())
+    assert e["param_bytes"] == e["grad_bytes"] == 4 * e["params"]
+    masks = sum(b.numel() for n, b in model.named_buffers() if n.endswith("_mask"))
+    assert e["mask_bytes"] == masks > 0
+    # the selected optimizer's state is what the real optimizer keeps after a step
+    optimizer = optim.build(cfg, model)
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    optimizer.step()
+    assert e["optimizer_state_bytes"]["adamw"] == optim.state_bytes(optimizer)
+    assert set(e["optimizer_state_bytes"]) == set(optim.OPTIMIZERS)
+    assert e["optimizer_state_bytes"]["lion"] * 2 == pytest.approx(
+        e["optimizer_state_bytes"]["adamw"], rel=0.05)
+    assert e["tokens_per_iter"] == 8 * 2 * 32 and e["total_tokens"] == 40 * 8 * 2 * 32
+    n = model.num_params()
+    assert e["flops_per_token"] == 6 * n + 12 * 2 * 2 * 16 * 32
+    assert e["activation_checkpointed_bytes"] < e["activation_bytes"]
+    assert e["seconds"] is None and "no peak FLOP/s for cpu" in e["time_source"]
+    assert estimate.main([str(config)]) == 0
+    out = capsys.readouterr().out
+    assert "adamw-8bit" in out and "<- OPTIMIZER" in out and "GFLOP per token" in out
+
+
+def test_estimate_for_a_named_card_uses_its_peak_and_memory(tiny_config):
+    cfg = cfglib.load(tiny_config("ESTIMATE_DEVICE=H100 SXM", "PRECISION=bf16",
+                                  "ESTIMATE_MFU=0.5", "MAX_ITERS=100"))
+    e = estimate.estimate(cfg)
+    assert e["device"] == "H100 SXM" and e["device_memory_bytes"] == 80 * 2**30
+    assert e["seconds"] == pytest.approx(e["total_flops"] / (0.5 * 989.5e12))
+    with pytest.raises(cfglib.ConfigError, match="ESTIMATE_DEVICE=\"B9000\" is not in the "
+                                                 "device table"):
+        estimate.estimate(cfglib.load(tiny_config("ESTIMATE_DEVICE=B9000")))
+
+
+def _peak_rss(config) -> int:
+    env = dict(os.environ, OMP_NUM_THREADS="2")
+    result = subprocess.run([sys.executable, "-m", "gpt2.train", str(config)],
+                            cwd=cfglib.ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    run = cfglib.load(config)
+    from lib.run import RunDir
+    return json.loads(RunDir.for_config(run).summary.read_text())["peak_mem_bytes"]
+
+
+def test_estimated_memory_is_within_tolerance_of_a_measured_cpu_run(tiny_config):
+    common = ["MAX_ITERS=3", "EVAL_ITERS=1", "EVAL_INTERVAL=1000", "SAMPLE_AFTER_TRAINING=n",
+              "LOG_INTERVAL=1"]
+    minute = tiny_config(*common, "N_LAYER=1", "N_EMBD=16", "N_HEAD=1", "BLOCK_SIZE=64",
+                         "BATCH_SIZE=1", name="minute")
+    big = tiny_config(*common, "N_LAYER=3", "N_EMBD=256", "N_HEAD=4", "BLOCK_SIZE=256",
+                      "BATCH_SIZE=24", name="big")
+    measured = _peak_rss(big) - _peak_rss(minute)
+    estimated = (estimate.estimate(cfglib.load(big))["peak_bytes"]
+                 - estimate.estimate(cfglib.load(minute))["peak_bytes"])
+    assert estimated > 200 * 2**20  # well above the noise of peak RSS
+    assert abs(measured - estimated) <= TOLERANCE * estimated, (measured / 2**20, estimated / 2**20)
