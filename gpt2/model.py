@@ -332,6 +332,14 @@ class GPT(nn.Module):
                 total -= self.transformer.wte.weight.numel()
         return total
 
+    def flops_per_token(self) -> int:
+        """Training FLOPs per token, 6N + 12 L H Q T (PaLM appendix B, as nanoGPT's
+        estimate_mfu): N the parameters without the position embedding, Q the head size,
+        T the context. Recomputation (activation checkpointing) is not counted, as MFU
+        does not count it."""
+        c = self.config
+        return 6 * self.num_params() + 12 * c.n_layer * c.n_head * (c.n_embd // c.n_head) * c.block_size
+
     def forward(
         self, idx: torch.Tensor, targets: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -217,9 +217,7 @@ def estimate(cfg, optimizer_cfgs=None) -> dict:
     per_iter = tokens_per_iter(cfg)
     total_iters = Budget(cfg, per_iter, facts["train_tokens"]).total_iters
     total_tokens = total_iters * per_iter if total_iters is not None else None
-    n = model.num_params()  # without the position embedding
-    flops_per_token = 6 * n + 12 * shape.n_layer * shape.n_head * (
-        shape.n_embd // shape.n_head) * shape.block_size
+    flops_per_token = model.flops_per_token()
     device = target_device(cfg)
     measured, bench_dir = bench_tokens_per_s(cfg, device["name"])
     if measured:
