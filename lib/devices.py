@@ -34,6 +34,9 @@ DEVICES = [
     (r"RTX 4090", Device("RTX 4090", {"bf16": 165.2, "fp16": 165.2, "tf32": 82.6,
                                       "fp32": 82.6}, 24)),
     (r"V100", Device("V100", {"fp16": 125.0, "fp32": 15.7}, 32)),
+    (r"\bT4\b", Device("T4", {"fp16": 65.0, "fp32": 8.1}, 16)),
+    # Memory only: recipes are sized for it, its peak is not in the table (MFU n/a).
+    (r"RTX 4060", Device("RTX 4060", {}, 8)),
     (r"MI300X", Device("MI300X", {"bf16": 1307.4, "fp16": 1307.4, "tf32": 653.7,
                                   "fp32": 163.4}, 192)),
     # RDNA3 has no TF32: fp32 matmuls run at the fp32 rate.

@@ -80,3 +80,23 @@ def test_estimated_memory_is_within_tolerance_of_a_measured_cpu_run(tiny_config)
                  - estimate.estimate(cfglib.load(minute))["peak_bytes"])
     assert estimated > 200 * 2**20  # well above the noise of peak RSS
     assert abs(measured - estimated) <= TOLERANCE * estimated, (measured / 2**20, estimated / 2**20)
+
+
+CARD_RECIPES = sorted(p.name for p in (cfglib.ROOT / "defconfigs").glob("gpt2-124m-*"))
+
+
+def test_card_recipes_share_the_global_batch_and_fit_their_card(monkeypatch):
+    """Every GPT-2 124M card recipe: the same tokens per step, and an estimated peak of at
+    most 60% of its card (headroom for the estimate's tolerance)."""
+    assert len(CARD_RECIPES) == 5
+    monkeypatch.setattr(estimate, "facts_of", lambda cfg: {
+        "vocab_size": 50257, "train_tokens": 301966, "val_tokens": 36059})
+    memories = set()
+    for name in CARD_RECIPES:
+        cfg = cfglib.load(cfglib.ROOT / "defconfigs" / name)
+        e = estimate.estimate(cfg)
+        assert e["params"] == 124_475_904, name  # vocabulary padded to 50,304
+        assert e["tokens_per_iter"] == 65_536, name
+        assert e["peak_bytes"] <= 0.6 * e["device_memory_bytes"], name
+        memories.add(e["device_memory_bytes"] / 2**30)
+    assert memories == {8, 16, 24, 40, 80}
