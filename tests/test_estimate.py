@@ -19,8 +19,9 @@ TOLERANCE = 0.30
 
 
 def test_estimate_counts_what_the_trainer_builds(tiny_config, capsys):
+    # foreach: the fused SPAM would compile its kernels, slowly on the CPU
     config = tiny_config("MLP=swiglu", "PRUNING=magnitude", "MAX_ITERS=40",
-                         "GRADIENT_ACCUMULATION=2")
+                         "GRADIENT_ACCUMULATION=2", "OPTIMIZER_IMPL=foreach")
     cfg = cfglib.load(config)
     e = estimate.estimate(cfg, estimate.registry_configs(config, []))
     model = build_model(cfg, 65)
