@@ -20,7 +20,7 @@ CONFIGTOOL := $(PY) -m lib.configtool
 SAVEDEFCONFIG ?= defconfig
 
 .DEFAULT_GOAL := all
-.PHONY: all train data sample test bench help clean mrproper menuconfig olddefconfig \
+.PHONY: all train data sample test bench estimate help clean mrproper menuconfig olddefconfig \
 	savedefconfig listnewconfig setconfig checkconfig defconfig $(addprefix defconfig-,$(DEFCONFIGS))
 
 # The default goal runs what .config describes: one training run, or with MATRIX=y the matrix.
@@ -67,8 +67,13 @@ test-matrix: $(INSTALL) $(KCONFIG_CONFIG)
 report: $(INSTALL)
 	$(PY) -m scripts.report $(or $(MATRIX),$(KCONFIG_CONFIG)) $(if $(BASELINE_MATRIX),--baseline-matrix $(BASELINE_MATRIX))
 
+# `make bench` runs the fixed list for this device (benchmarks/cpu or benchmarks/gpu);
+# BENCH=current times .config instead, COMPARE=<results/bench/...> puts an earlier run beside.
 bench: $(INSTALL) $(KCONFIG_CONFIG)
-	$(PY) -m scripts.bench $(KCONFIG_CONFIG) $(BENCH_ARGS)
+	$(PY) -m scripts.bench $(KCONFIG_CONFIG) $(if $(BENCH),--list $(BENCH)) $(if $(COMPARE),--compare $(COMPARE)) $(BENCH_ARGS)
+
+estimate: $(INSTALL) $(KCONFIG_CONFIG)
+	$(PY) -m scripts.estimate $(KCONFIG_CONFIG)
 
 # Data preparation speed and memory on a generated local corpus (BENCH_DATA_ARGS="--mb 50").
 .PHONY: bench-data
@@ -115,7 +120,8 @@ help:
 	@echo '  checkconfig       - validate .config'
 	@echo 'Development:'
 	@echo '  test              - run the test suite'
-	@echo '  bench             - time the training step of .config under every optimizer (BENCH_ARGS=...)'
+	@echo '  estimate          - print what .config will cost: parameters, memory, tokens, FLOPs, time'
+	@echo '  bench             - the benchmark list of this device (BENCH=current: .config; COMPARE=<dir>)'
 	@echo '  bench-data        - time data preparation against a one-process tiktoken loop (BENCH_DATA_ARGS=...)'
 	@echo '  clean             - remove build leftovers (caches, egg-info)'
 	@echo '  mrproper          - clean, and remove .config, .config.old and .venv'

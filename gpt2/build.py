@@ -1,22 +1,55 @@
 """How a Config becomes a model: the shape from the config, or the weights of INIT_FROM_DIR,
 with pruning masks attached. The trainer, the sampler and the benchmark all build here."""
+from dataclasses import replace
+
 from gpt2.model import GPT, GPTConfig, load_pretrained
 from lib import config as cfglib
 from lib import prune
 
 
-def build_model(cfg, vocab_size: int) -> GPT:
-    shape = GPTConfig(block_size=cfg.BLOCK_SIZE, vocab_size=vocab_size, n_layer=cfg.N_LAYER,
-                      n_head=cfg.N_HEAD, n_embd=cfg.N_EMBD, dropout=cfg.DROPOUT, bias=cfg.BIAS,
-                      tie_weights=cfg.WEIGHT_TYING)
+# Architecture knobs: GPTConfig field -> the symbol that sets it (GPT-2's value is the
+# GPTConfig default, which pretrained weights need).
+ARCHITECTURE = {"norm": "NORM", "qk_norm": "QK_NORM", "positions": "POSITIONS",
+                "mlp": "MLP", "fused_qkv": "FUSED_QKV"}
+
+
+def model_config(cfg, vocab_size: int) -> GPTConfig:
+    """The model's shape and architecture as the Config describes them."""
     if cfg.N_EMBD % cfg.N_HEAD:
         raise cfglib.ConfigError(f"CONFIG_N_EMBD={cfg.N_EMBD} is not a multiple of "
                                  f"CONFIG_N_HEAD={cfg.N_HEAD}")
+    if cfg.POSITIONS == "rope" and (cfg.N_EMBD // cfg.N_HEAD) % 2:
+        raise cfglib.ConfigError(f"CONFIG_POSITIONS_ROPE=y needs an even head size; N_EMBD / "
+                                 f"N_HEAD is {cfg.N_EMBD // cfg.N_HEAD}: change N_HEAD or N_EMBD")
+    optional = {"rope_base": cfg.ROPE_BASE, "gated_hidden_multiple": cfg.GATED_HIDDEN_MULTIPLE,
+                "gated_match_params": cfg.GATED_MATCH_PARAMS,
+                "bio_sparsity_penalty": cfg.BIO_SPARSITY_PENALTY}
+    return GPTConfig(block_size=cfg.BLOCK_SIZE, vocab_size=vocab_size, n_layer=cfg.N_LAYER,
+                     n_head=cfg.N_HEAD, n_embd=cfg.N_EMBD, dropout=cfg.DROPOUT, bias=cfg.BIAS,
+                     tie_weights=cfg.WEIGHT_TYING,
+                     **{field: cfg[symbol] for field, symbol in ARCHITECTURE.items()},
+                     **{k: v for k, v in optional.items() if v is not None},
+                     checkpoint_blocks=cfg.ACTIVATION_CHECKPOINTING,
+                     label_smoothing=cfg.LABEL_SMOOTHING, loss_chunk_tokens=cfg.LOSS_CHUNK_TOKENS)
+
+
+def build_model(cfg, vocab_size: int) -> GPT:
+    shape = model_config(cfg, vocab_size)
     if not cfg.INIT_FROM_DIR:
         model = GPT(shape)
         prune.attach_masks(model, cfg)
         return model
+    gpt2 = GPTConfig()
+    differs = [f"{symbol}={cfg[symbol]}" for field, symbol in ARCHITECTURE.items()
+               if getattr(shape, field) != getattr(gpt2, field)]
+    if differs:
+        raise cfglib.ConfigError(
+            f"CONFIG_INIT_FROM_DIR=\"{cfg.INIT_FROM_DIR}\": GPT-2 weights have GPT-2's "
+            f"architecture, but {', '.join(differs)}; set NORM=layernorm, QK_NORM=n, "
+            f"POSITIONS=learned, MLP=gelu and FUSED_QKV=y, or train from scratch")
     model = load_pretrained(cfg.INIT_FROM_DIR, dropout=cfg.DROPOUT)
+    model.config = replace(model.config, **{f: getattr(shape, f) for f in (
+        "checkpoint_blocks", "label_smoothing", "loss_chunk_tokens")})
     got = (model.config.n_layer, model.config.n_head, model.config.n_embd, model.config.vocab_size)
     want = (shape.n_layer, shape.n_head, shape.n_embd, shape.vocab_size)
     if got != want or model.config.block_size < shape.block_size:

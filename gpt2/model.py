@@ -7,6 +7,7 @@ map onto this model key for key.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from dataclasses import dataclass, replace
@@ -15,6 +16,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 # Matmuls are faster when the vocab dimension is a multiple of this.
 VOCAB_PAD_MULTIPLE = 64
@@ -33,17 +35,88 @@ class GPTConfig:
     dropout: float = 0.0
     bias: bool = True
     tie_weights: bool = True
+    # Architecture knobs; the defaults are GPT-2's own, so HF weights load exactly.
+    norm: str = "layernorm"  # key of NORMS
+    qk_norm: bool = False
+    positions: str = "learned"  # "learned" or "rope"
+    rope_base: float = 10000.0
+    mlp: str = "gelu"  # key of MLPS
+    gated_hidden_multiple: int = 64  # gated MLPs: 2/3 * 4d rounded up to a multiple of this
+    gated_match_params: bool = True  # gated MLPs: 2/3 * 4d (same weights as 4d ungated), else 4d
+    bio_sparsity_penalty: float = 0.0  # weight of mean |activation| added to the training loss
+    fused_qkv: bool = True
+    checkpoint_blocks: bool = False  # recompute each block's activations in the backward
+    label_smoothing: float = 0.0  # training loss only; evaluation reports the plain loss
+    loss_chunk_tokens: int = 0  # > 0: training loss over chunks of this many positions
 
     def __post_init__(self):
         if self.n_embd % self.n_head != 0:
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        for field_name, value, allowed in (("norm", self.norm, NORMS), ("mlp", self.mlp, MLPS),
+                                           ("positions", self.positions, POSITIONS)):
+            if value not in allowed:
+                raise ValueError(f"{field_name} {value!r} is not one of {', '.join(allowed)}")
+        if self.bio_sparsity_penalty and self.mlp != "bio":
+            raise ValueError(f"bio_sparsity_penalty needs mlp 'bio', not {self.mlp!r}")
+        if self.positions == "rope" and (self.n_embd // self.n_head) % 2:
+            raise ValueError(f"RoPE needs an even head size, got {self.n_embd // self.n_head}")
 
     @property
     def padded_vocab_size(self) -> int:
         return math.ceil(self.vocab_size / VOCAB_PAD_MULTIPLE) * VOCAB_PAD_MULTIPLE
 
+    @property
+    def mlp_hidden(self) -> int:
+        """Hidden width of the MLP: 4d, or for a gated MLP (two input matrices) 2/3 of it
+        rounded up to gated_hidden_multiple, which keeps the weight count of 4d ungated."""
+        if not MLPS[self.mlp].gated or not self.gated_match_params:
+            return 4 * self.n_embd
+        multiple = self.gated_hidden_multiple
+        return math.ceil(2 * 4 * self.n_embd / 3 / multiple) * multiple
+
+
+# --- normalisation ----------------------------------------------------------
+
+def _layer_norm(width: int, bias: bool) -> nn.Module:
+    return nn.LayerNorm(width, eps=LAYER_NORM_EPS, bias=bias)
+
+
+def _rms_norm(width: int, bias: bool) -> nn.Module:
+    # RMSNorm has a gain only: x / sqrt(mean(x^2) + eps) * weight.
+    return nn.RMSNorm(width, eps=LAYER_NORM_EPS)
+
+
+NORMS = {"layernorm": _layer_norm, "rmsnorm": _rms_norm}
+
+
+# --- positions --------------------------------------------------------------
+
+class RotaryEmbedding(nn.Module):
+    """RoPE (Su et al. 2021): rotate each pair (i, i + head_dim/2) of q and k by the angle
+    position * base^(-2i/head_dim), so q.k depends on positions only through their
+    difference. The tables are buffers outside the state dict (they follow from the shape)."""
+
+    def __init__(self, head_dim: int, block_size: int, base: float):
+        super().__init__()
+        inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+        angles = torch.outer(torch.arange(block_size, dtype=torch.float32), inv_freq)
+        self.register_buffer("cos", angles.cos(), persistent=False)
+        self.register_buffer("sin", angles.sin(), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, n_head, T, head_dim) -> the same, rotated by position."""
+        seq_len = x.size(-2)
+        cos, sin = self.cos[:seq_len].to(x.dtype), self.sin[:seq_len].to(x.dtype)
+        x1, x2 = x.chunk(2, dim=-1)
+        return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+
+
+POSITIONS = ("learned", "rope")
+
+
+# --- attention --------------------------------------------------------------
 
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig):
@@ -51,18 +124,37 @@ class CausalSelfAttention(nn.Module):
         self.n_head = config.n_head
         self.n_embd = config.n_embd
         self.dropout = config.dropout
-        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        head_dim = config.n_embd // config.n_head
+        if config.fused_qkv:
+            self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        else:
+            self.c_q, self.c_k, self.c_v = (nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+                                            for _ in range(3))
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
+        if config.qk_norm:
+            self.q_norm = NORMS[config.norm](head_dim, config.bias)
+            self.k_norm = NORMS[config.norm](head_dim, config.bias)
+        self.rotary = (RotaryEmbedding(head_dim, config.block_size, config.rope_base)
+                       if config.positions == "rope" else None)
+
+    def qkv(self, x: torch.Tensor) -> tuple:
+        if hasattr(self, "c_attn"):
+            return self.c_attn(x).split(self.n_embd, dim=2)
+        return self.c_q(x), self.c_k(x), self.c_v(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, seq_len, n_embd = x.shape
         head_dim = n_embd // self.n_head
-        q, k, v = self.c_attn(x).split(n_embd, dim=2)
+        q, k, v = self.qkv(x)
         # (B, T, C) -> (B, n_head, T, head_dim)
         q = q.view(batch, seq_len, self.n_head, head_dim).transpose(1, 2)
         k = k.view(batch, seq_len, self.n_head, head_dim).transpose(1, 2)
         v = v.view(batch, seq_len, self.n_head, head_dim).transpose(1, 2)
+        if hasattr(self, "q_norm"):
+            q, k = self.q_norm(q), self.k_norm(k)
+        if self.rotary is not None:
+            q, k = self.rotary(q), self.rotary(k)
         y = F.scaled_dot_product_attention(
             q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True
         )
@@ -70,28 +162,117 @@ class CausalSelfAttention(nn.Module):
         return self.resid_dropout(self.c_proj(y))
 
 
+# --- MLP --------------------------------------------------------------------
+
+def _gelu_tanh(x):
+    return F.gelu(x, approximate="tanh")
+
+
+def _relu_squared(x):
+    return F.relu(x).square()
+
+
 class MLP(nn.Module):
-    def __init__(self, config: GPTConfig):
+    """Linear -> activation -> Linear (GELU as GPT-2, or ReLU^2)."""
+    gated = False
+
+    def __init__(self, config: GPTConfig, activation):
         super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        hidden = config.mlp_hidden
+        self.activation = activation
+        self.c_fc = nn.Linear(config.n_embd, hidden, bias=config.bias)
+        self.c_proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
+    def hidden(self, x: torch.Tensor) -> torch.Tensor:
+        return self.activation(self.c_fc(x))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
+        return self.dropout(self.c_proj(self.hidden(x)))
+
+
+class GatedMLP(MLP):
+    """GLU variants (Shazeer 2020): activation(x W_gate) * (x W_up), then the projection.
+    c_fc holds [W_gate; W_up] in one matrix, so one matmul computes both."""
+    gated = True
+
+    def __init__(self, config: GPTConfig, activation):
+        super().__init__(config, activation)
+        self.c_fc = nn.Linear(config.n_embd, 2 * config.mlp_hidden, bias=config.bias)
+
+    def hidden(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.c_fc(x).chunk(2, dim=-1)
+        return self.activation(gate) * up
+
+
+class BioMLP(MLP):
+    """The "bio" activation sin(w * x + phi) * tanh(x), with a learnable frequency w and
+    phase phi per hidden channel (starting at 1 and 0). With a sparsity penalty the block
+    keeps the mean |activation| of its last forward pass for the loss, and the share of
+    activations below BIO_SPARSITY_THRESHOLD for the metrics."""
+    gated = False
+
+    def __init__(self, config: GPTConfig, activation=None):
+        super().__init__(config, activation)
+        hidden = config.mlp_hidden
+        self.bio_w = nn.Parameter(torch.ones(hidden))
+        self.bio_phi = nn.Parameter(torch.zeros(hidden))
+        self.track = config.bio_sparsity_penalty > 0
+        self.abs_mean = self.sparsity = None
+
+    def hidden(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.c_fc(x)
+        a = torch.sin(self.bio_w * h + self.bio_phi) * torch.tanh(h)
+        if self.track:
+            self.abs_mean = a.abs().mean()
+            self.sparsity = (a.detach().abs() < BIO_SPARSITY_THRESHOLD).float().mean()
+        return a
+
+
+BIO_SPARSITY_THRESHOLD = 1e-2  # |activation| below this counts as silent in the logged share
+
+
+@dataclass(frozen=True)
+class MLPKind:
+    build: type
+    activation: object = None
+    gated: bool = False
+    # Tensors of the hidden width autograd keeps per token for the backward (for
+    # `make estimate`): GELU keeps c_fc's output and its own; ReLU^2 one more (relu's
+    # output); gated ones [gate; up] (2), the activated gate and the product; bio the
+    # pre-activation, sin's argument, sin, tanh and the product.
+    saved_hidden: int = 2
+
+
+MLPS = {
+    "gelu": MLPKind(MLP, _gelu_tanh),
+    "relu2": MLPKind(MLP, _relu_squared, saved_hidden=3),
+    "swiglu": MLPKind(GatedMLP, F.silu, gated=True, saved_hidden=4),
+    "geglu": MLPKind(GatedMLP, _gelu_tanh, gated=True, saved_hidden=4),
+    "bio": MLPKind(BioMLP, saved_hidden=5),
+}
 
 
 class Block(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(config.n_embd, eps=LAYER_NORM_EPS, bias=config.bias)
+        self.ln_1 = NORMS[config.norm](config.n_embd, config.bias)
         self.attn = CausalSelfAttention(config)
-        self.ln_2 = nn.LayerNorm(config.n_embd, eps=LAYER_NORM_EPS, bias=config.bias)
-        self.mlp = MLP(config)
+        self.ln_2 = NORMS[config.norm](config.n_embd, config.bias)
+        kind = MLPS[config.mlp]
+        self.mlp = kind.build(config, kind.activation)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x))
         return x + self.mlp(self.ln_2(x))
+
+
+def _same_attention_kernels():
+    """Checkpoint contexts: the backward's recomputation runs under the attention kernels
+    the forward ran under (ATTENTION_BACKEND's sdpa_kernel is not active in the backward),
+    so it saves tensors of the same shapes."""
+    from torch.nn.attention import _cur_sdpa_kernel_backends, sdpa_kernel
+    return contextlib.nullcontext(), sdpa_kernel(_cur_sdpa_kernel_backends())
 
 
 class GPT(nn.Module):
@@ -99,13 +280,15 @@ class GPT(nn.Module):
         super().__init__()
         self.config = config
         vocab = config.padded_vocab_size
+        modules = dict(wte=nn.Embedding(vocab, config.n_embd))
+        if config.positions == "learned":
+            modules["wpe"] = nn.Embedding(config.block_size, config.n_embd)
         self.transformer = nn.ModuleDict(
             dict(
-                wte=nn.Embedding(vocab, config.n_embd),
-                wpe=nn.Embedding(config.block_size, config.n_embd),
+                **modules,
                 drop=nn.Dropout(config.dropout),
                 h=nn.ModuleList(Block(config) for _ in range(config.n_layer)),
-                ln_f=nn.LayerNorm(config.n_embd, eps=LAYER_NORM_EPS, bias=config.bias),
+                ln_f=NORMS[config.norm](config.n_embd, config.bias),
             )
         )
         self.lm_head = nn.Linear(config.n_embd, vocab, bias=False)
@@ -135,17 +318,27 @@ class GPT(nn.Module):
         if block_size > self.config.block_size:
             raise ValueError(f"cannot grow the context from {self.config.block_size} to {block_size}")
         self.config = replace(self.config, block_size=block_size)
-        self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size].clone())
+        if "wpe" in self.transformer:
+            self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size].clone())
 
     def num_params(self, non_embedding: bool = True) -> int:
         """Parameter count. non_embedding leaves out the position embedding,
         and the token embedding too unless it doubles as the output layer."""
         total = sum(p.numel() for p in self.parameters())
         if non_embedding:
-            total -= self.transformer.wpe.weight.numel()
+            if "wpe" in self.transformer:
+                total -= self.transformer.wpe.weight.numel()
             if not self.config.tie_weights:
                 total -= self.transformer.wte.weight.numel()
         return total
+
+    def flops_per_token(self) -> int:
+        """Training FLOPs per token, 6N + 12 L H Q T (PaLM appendix B, as nanoGPT's
+        estimate_mfu): N the parameters without the position embedding, Q the head size,
+        T the context. Recomputation (activation checkpointing) is not counted, as MFU
+        does not count it."""
+        c = self.config
+        return 6 * self.num_params() + 12 * c.n_layer * c.n_head * (c.n_embd // c.n_head) * c.block_size
 
     def forward(
         self, idx: torch.Tensor, targets: torch.Tensor | None = None
@@ -157,24 +350,73 @@ class GPT(nn.Module):
         assert seq_len <= self.config.block_size, (
             f"sequence length {seq_len} exceeds block_size {self.config.block_size}"
         )
-        positions = torch.arange(seq_len, dtype=torch.long, device=idx.device)
-        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(positions))
+        x = self.transformer.wte(idx)
+        if "wpe" in self.transformer:
+            x = x + self.transformer.wpe(torch.arange(seq_len, dtype=torch.long, device=idx.device))
+        x = self.transformer.drop(x)
+        recompute = self.config.checkpoint_blocks and self.training and torch.is_grad_enabled()
         for block in self.transformer.h:
-            x = block(x)
+            x = (checkpoint(block, x, use_reentrant=False, context_fn=_same_attention_kernels)
+                 if recompute else block(x))
         x = self.transformer.ln_f(x)
 
         vocab = self.config.vocab_size
         if targets is None:
             logits = self.lm_head(x[:, [-1], :])[..., :vocab]
             return logits, None
+        if self.training and self.config.loss_chunk_tokens:
+            # Only the training loss is needed: the full logits never exist.
+            return None, self._chunked_loss(x, targets) + self.activation_penalty()
         logits = self.lm_head(x)
-        # Padding columns get -inf: they never win, the softmax equals the unpadded
-        # one, and the loss reads the contiguous padded logits without a copy.
-        logits[..., vocab:] = float("-inf")
-        loss = F.cross_entropy(
-            logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1
-        )
+        smoothing = self.config.label_smoothing if self.training else 0.0
+        if smoothing:
+            # Smoothing spreads mass over every column, so the padding must be cut off.
+            loss = F.cross_entropy(logits[..., :vocab].reshape(-1, vocab), targets.reshape(-1),
+                                   ignore_index=-1, label_smoothing=smoothing)
+        else:
+            # Padding columns get -inf: they never win, the softmax equals the unpadded
+            # one, and the loss reads the contiguous padded logits without a copy.
+            logits[..., vocab:] = float("-inf")
+            loss = F.cross_entropy(
+                logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1
+            )
+        if self.training:
+            loss = loss + self.activation_penalty()
         return logits[..., :vocab], loss
+
+    def _chunked_loss(self, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy of the head's logits, loss_chunk_tokens positions at a time.
+        Each chunk's logits are recomputed in the backward (checkpoint), so at most one
+        chunk of logits and its gradient are alive."""
+        vocab, chunk = self.config.vocab_size, self.config.loss_chunk_tokens
+        smoothing = self.config.label_smoothing
+        x, targets = x.reshape(-1, x.size(-1)), targets.reshape(-1)
+
+        def chunk_loss(h, t):
+            logits = self.lm_head(h)[:, :vocab]
+            return F.cross_entropy(logits.float(), t, ignore_index=-1, reduction="sum",
+                                   label_smoothing=smoothing)
+
+        total = sum(checkpoint(chunk_loss, x[i:i + chunk], targets[i:i + chunk],
+                               use_reentrant=False)
+                    for i in range(0, x.size(0), chunk))
+        return total / (targets != -1).sum()
+
+    def activation_penalty(self) -> torch.Tensor | float:
+        """BIO_SPARSITY_PENALTY times the mean |activation| of the bio MLPs (0 without)."""
+        weight = self.config.bio_sparsity_penalty
+        if not weight:
+            return 0.0
+        means = [b.mlp.abs_mean for b in self.transformer.h]
+        return weight * torch.stack(means).mean()
+
+    def stats(self) -> dict:
+        """Figures the model keeps about its last training forward pass (for metrics);
+        reading them synchronises with the device."""
+        if not self.config.bio_sparsity_penalty:
+            return {}
+        shares = [b.mlp.sparsity for b in self.transformer.h if b.mlp.sparsity is not None]
+        return {"activation_sparsity": torch.stack(shares).mean().item()} if shares else {}
 
     @torch.inference_mode()
     def generate(

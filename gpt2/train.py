@@ -20,17 +20,17 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from gpt2 import data
+from gpt2 import data, loaders
 from gpt2.budget import Budget, batch_size, check_pruning, extra_budget
 from gpt2.build import build_model
 from gpt2.sample import generate_text
-from lib import checkpoint, faults, optim, prune, recipe_fit, runtime
+from lib import checkpoint, faults, memory_snapshot, optim, prune, recipe_fit, runtime
 from lib import config as cfglib
 from lib.metrics import MetricsLog, env_info
 from lib.run import RunDir
 from lib.stop import STOP_SIGNALS, StopRequest
 from lib.fsutil import atomic_write_json, atomic_write_text
-from lib.schedule import learning_rate
+from lib.schedule import learning_rate, schedule_options
 
 # The AdamWPrune trainer's flags, kept as aliases of the symbols they set.
 FLAG_ALIASES = {
@@ -115,17 +115,23 @@ class Trainer:
         self.saved_iter = None
         self.device = runtime.pick_device(cfg.DEVICE)
         runtime.set_tf32(cfg.TF32)
+        runtime.set_cuda_options(self.device, cfg.CUDNN_BENCHMARK, cfg.CUDA_EXPANDABLE_SEGMENTS)
         torch.set_flush_denormal(cfg.FLUSH_DENORMAL)
         torch.manual_seed(cfg.SEED)
         self.prepared = data.prepare_config(cfg)
         self.batch_size = batch_size(cfg)
-        self.batches = data.Batches(self.prepared, cfg.BLOCK_SIZE, self.batch_size, self.device,
-                                    cfg.SEED)
+        self.batches = loaders.LOADERS[cfg.DATA_LOADER](self.prepared, cfg.BLOCK_SIZE,
+                                                        self.batch_size, self.device, cfg.SEED)
         self.eval_windows = eval_windows(self.prepared, cfg, self.device)
         self.model = build_model(cfg, data.vocab_size(self.prepared)).to(self.device)
         self.optimizer = optim.build(cfg, self.model)
         self.scaler = runtime.grad_scaler(self.device, cfg.PRECISION)
-        self.autocast = runtime.autocast(self.device, cfg.PRECISION)
+        self.autocast = runtime.ForwardContext(
+            runtime.autocast(self.device, cfg.PRECISION),
+            runtime.attention_kernel(self.device, cfg.ATTENTION_BACKEND,
+                                     cfg.N_EMBD // cfg.N_HEAD, cfg.PRECISION, cfg.DROPOUT))
+        self.memory_snapshot = memory_snapshot.MemorySnapshot(cfg.MEMORY_SNAPSHOT_ITERS,
+                                                              self.device, run.path)
         self.pruner = prune.build(cfg, self.model, self.optimizer)
         self.tokens_per_iter = self.batch_size * cfg.GRADIENT_ACCUMULATION * cfg.BLOCK_SIZE
         self.budget = Budget(cfg, self.tokens_per_iter, self.batches.train_tokens)
@@ -188,7 +194,7 @@ class Trainer:
         peak = optim.peak_lr(cfg)
         lr = learning_rate(self.progress.iter, self.budget.decay_progress(self.progress),
                            schedule=cfg.LR_SCHEDULE, lr=peak, min_lr=peak * cfg.MIN_LR_FRACTION,
-                           warmup_iters=cfg.WARMUP_ITERS)
+                           warmup_iters=cfg.WARMUP_ITERS, **schedule_options(cfg))
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         return lr
@@ -215,7 +221,8 @@ class Trainer:
     def fit(self, stop_after=None) -> str:
         cfg, p, log = self.cfg, self.progress, self.log
         self.forward = runtime.maybe_compile(self.model, cfg.COMPILE, cfg.COMPILE_MODE,
-                                             self.device, log)
+                                             self.device, log, cfg.COMPILE_FULLGRAPH)
+        self.memory_snapshot.start(p.iter, log)
         total = self.budget.total_iters
         bar = tqdm(total=total if total is not None else round(self.budget.seconds),
                    initial=p.iter if total is not None else round(p.train_time_s),
@@ -240,6 +247,7 @@ class Trainer:
             p.train_time_s += time.perf_counter() - t0
             p.iter += 1
             p.tokens_seen += self.tokens_per_iter
+            self.memory_snapshot.after_step(p.iter)
             pruned = self.pruner.after_step(p.iter, self.budget.fraction(p))
             if pruned:
                 self.metrics.write({"kind": "prune", "tokens": p.tokens_seen, **pruned})
@@ -262,7 +270,8 @@ class Trainer:
                                     "train_loss": train_loss, "lr": lr,
                                     "grad_norm": grad_norm.item(), "tokens_per_s": tokens_per_s,
                                     "elapsed_s": p.train_time_s, "peak_mem_bytes": peak,
-                                    "peak_mem_kind": peak_kind, **optim.stats(self.optimizer)})
+                                    "peak_mem_kind": peak_kind, **optim.stats(self.optimizer),
+                                    **self.model.stats()})
                 bar.set_postfix(loss=f"{train_loss:.4f}", tok_s=f"{tokens_per_s:,.0f}",
                                 refresh=False)
                 loss_sum.zero_()

@@ -23,7 +23,8 @@ ROOT = Path(__file__).resolve().parent.parent
 KCONFIG = ROOT / "Kconfig"
 
 # Where a run's files go does not change what it computes.
-NOT_HASHED = ("RUN_NAME", "RESULTS_DIR")
+NOT_HASHED = ("RUN_NAME", "RESULTS_DIR", "ESTIMATE_MFU", "ESTIMATE_DEVICE", "BENCH_WARMUP_ITERS",
+              "BENCH_TIMED_ITERS")
 # Symbols that are gone, with what took their place (named in the error about them).
 RETIRED = {
     "LEARNING_RATE": "each optimizer's own rate, <OPTIMIZER>_LR (ADAMW_LR, LION_LR, ...)",

@@ -48,6 +48,67 @@ def autocast(device: torch.device, precision: str):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+# ATTENTION_BACKEND -> the SDPA kernels allowed (None: torch chooses among all).
+ATTENTION_BACKENDS = {"auto": None, "flash": "FLASH_ATTENTION",
+                      "memory-efficient": "EFFICIENT_ATTENTION", "math": "MATH"}
+
+
+def attention_kernel(device: torch.device, choice: str, head_dim: int, precision: str,
+                     dropout: float = 0.0):
+    """A factory of sdpa_kernel contexts for the ATTENTION_BACKEND choice (None for auto),
+    after checking on a small causal attention of the run's head size, precision and
+    dropout that the kernel runs on this device; a ConfigError naming the knob when not."""
+    name = ATTENTION_BACKENDS[choice]
+    if name is None:
+        return None
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    backend = getattr(SDPBackend, name)
+    dtype = AUTOCAST_DTYPES[precision] or torch.float32
+    q = torch.zeros(1, 1, 8, head_dim, device=device, dtype=dtype, requires_grad=True)
+    try:
+        with sdpa_kernel(backend):
+            torch.nn.functional.scaled_dot_product_attention(
+                q, q, q, dropout_p=dropout, is_causal=True).sum().backward()
+    except RuntimeError as e:
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise ConfigError(
+            f"CONFIG_ATTENTION_BACKEND_{choice.upper().replace('-', '_')}=y: the {choice} "
+            f"attention kernel is not available on {device_name(device)} for head size "
+            f"{head_dim} in {precision} ({first}); select ATTENTION_BACKEND_AUTO or another "
+            f"kernel") from None
+    return lambda: sdpa_kernel(backend)
+
+
+class ForwardContext:
+    """The context of every forward pass: autocast for PRECISION and the attention kernel.
+    Reusable (a fresh sdpa_kernel context is entered each time)."""
+
+    def __init__(self, autocast_context, kernel=None):
+        self.autocast, self.kernel = autocast_context, kernel
+        self._stacks = []
+
+    def __enter__(self):
+        stack = contextlib.ExitStack()
+        stack.enter_context(self.autocast)
+        if self.kernel is not None:
+            stack.enter_context(self.kernel())
+        self._stacks.append(stack)
+        return self
+
+    def __exit__(self, *exc):
+        return self._stacks.pop().__exit__(*exc)
+
+
+def set_cuda_options(device: torch.device, cudnn_benchmark: bool,
+                     expandable_segments: bool) -> None:
+    """CUDNN_BENCHMARK and CUDA_EXPANDABLE_SEGMENTS (nothing to do off CUDA)."""
+    if device.type != "cuda":
+        return
+    torch.backends.cudnn.benchmark = cudnn_benchmark
+    if expandable_segments:
+        torch.cuda.memory._set_allocator_settings("expandable_segments:True")
+
+
 def grad_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler:
     """Loss scaling for fp16; a disabled scaler (a pass-through) otherwise."""
     return torch.amp.GradScaler(device.type, enabled=precision == "fp16")
@@ -63,7 +124,8 @@ def compile_unsupported_reason(device: torch.device):
     return None
 
 
-def maybe_compile(model, enabled: bool, mode: str, device: torch.device, log):
+def maybe_compile(model, enabled: bool, mode: str, device: torch.device, log,
+                  fullgraph: bool = False):
     """torch.compile the model when asked; where unsupported, warn once and run uncompiled."""
     if not enabled:
         return model
@@ -71,7 +133,8 @@ def maybe_compile(model, enabled: bool, mode: str, device: torch.device, log):
     if reason:
         log.warning(f"CONFIG_COMPILE=y ignored: {reason}; training uncompiled")
         return model
-    return torch.compile(model, mode=None if mode == "default" else mode)
+    return torch.compile(model, mode=None if mode == "default" else mode,
+                         fullgraph=bool(fullgraph))
 
 
 def peak_memory(device: torch.device) -> tuple:

@@ -94,6 +94,13 @@ class CellSpec:
     seed: int = 0
     lr_multiplier: float = 1.0
     lr_setting: str = None  # NAME=VALUE of the optimizer's LR symbol, when not x1
+    extra_symbol: str = None  # MATRIX_EXTRA_SYMBOL and this cell's value of it
+    extra_value: str = None
+
+    @property
+    def extra(self) -> str:
+        """"SYMBOL=value" of the extra dimension, or None."""
+        return f"{self.extra_symbol}={self.extra_value}" if self.extra_symbol else None
 
     @property
     def method(self) -> str:
@@ -108,6 +115,8 @@ class CellSpec:
             parts.append(f"s{self.sparsity:g}")
         if self.lr_setting:
             parts.append(f"lr{self.lr_multiplier:g}x")
+        if self.extra_symbol:
+            parts.append(f"{self.extra_symbol.lower()}-{_safe(self.extra_value)}")
         return "-".join(parts + [f"seed{self.seed}"])
 
     def overrides(self) -> list:
@@ -119,7 +128,42 @@ class CellSpec:
             out.append(f"TARGET_SPARSITY={self.sparsity:g}")
         if self.lr_setting:
             out.append(self.lr_setting)
+        if self.extra_symbol:
+            out.append(self.extra)
         return out + [f"SEED={self.seed}"]
+
+
+def _safe(value: str) -> str:
+    """A value as a piece of a directory name: letters, digits, '.', '+' and '-' kept."""
+    return "".join(c if c.isalnum() or c in ".+-" else "_" for c in value)
+
+
+# Dimensions the grid sweeps itself; the extra dimension may not take them.
+OWN_DIMENSIONS = ("OPTIMIZER", "PRUNING", "ADAMWPRUNE_VARIANT", "TARGET_SPARSITY", "SEED",
+                  "MATRIX", "RESULTS_DIR", "RUN_NAME")
+
+
+def extra_dimension(cfg) -> list:
+    """[(symbol, value)] of MATRIX_EXTRA_SYMBOL x MATRIX_EXTRA_VALUES, or [(None, None)]."""
+    symbol = (cfg.MATRIX_EXTRA_SYMBOL or "").strip().removeprefix("CONFIG_")
+    values = (cfg.MATRIX_EXTRA_VALUES or "").split()
+    if not symbol and not values:
+        return [(None, None)]
+    if not symbol:
+        raise ConfigError(f"MATRIX_EXTRA_VALUES=\"{cfg.MATRIX_EXTRA_VALUES}\" without "
+                          f"MATRIX_EXTRA_SYMBOL: name the symbol the values are for")
+    if not values:
+        raise ConfigError(f"MATRIX_EXTRA_SYMBOL={symbol} without MATRIX_EXTRA_VALUES: list "
+                          f"its values, space-separated")
+    lr_symbols = {entry.lr for entry in optim.OPTIMIZERS.values()}
+    if symbol in OWN_DIMENSIONS or symbol.startswith("MATRIX_") or symbol in lr_symbols:
+        raise ConfigError(f"MATRIX_EXTRA_SYMBOL={symbol}: the matrix sweeps it with its own "
+                          f"settings (MATRIX_OPTIMIZER_*, MATRIX_PRUNING_*, MATRIX_SPARSITIES, "
+                          f"MATRIX_LR_MULTIPLIERS, MATRIX_SEEDS); choose another symbol")
+    if len(set(values)) != len(values):
+        raise ConfigError(f"MATRIX_EXTRA_VALUES=\"{cfg.MATRIX_EXTRA_VALUES}\": a value is "
+                          f"repeated")
+    return [(symbol, v) for v in values]
 
 
 def selected(cfg, prefix: str) -> list:
@@ -141,6 +185,7 @@ def enumerate_cells(cfg) -> tuple:
     sparsities = cfg.MATRIX_SPARSITIES or ()
     multipliers = cfg.MATRIX_LR_MULTIPLIERS or (1.0,)
     seeds = [cfg.SEED + i for i in range(cfg.MATRIX_SEEDS)]
+    extras = extra_dimension(cfg)
     cells, skipped = [], []
     if not optimizers:
         skipped.append(("every cell", "no optimizer selected (MATRIX_OPTIMIZER_*)"))
@@ -169,9 +214,10 @@ def enumerate_cells(cfg) -> tuple:
                 points = [(None, s) for s in sparsities]
             for variant, sparsity in points:
                 for multiplier, lr_setting in rates:
-                    for seed in seeds:
-                        cells.append(CellSpec(optimizer, method, variant, sparsity, seed,
-                                              multiplier, lr_setting))
+                    for symbol, value in extras:
+                        for seed in seeds:
+                            cells.append(CellSpec(optimizer, method, variant, sparsity, seed,
+                                                  multiplier, lr_setting, symbol, value))
     return cells, skipped
 
 
@@ -295,7 +341,7 @@ def new_state(cell) -> dict:
     s = cell.spec
     return {"cell": cell.id, "name": s.name, "optimizer": s.optimizer, "pruning": s.pruning,
             "variant": s.variant, "target_sparsity": s.sparsity, "seed": s.seed,
-            "lr_multiplier": s.lr_multiplier,
+            "lr_multiplier": s.lr_multiplier, "extra": s.extra,
             "learning_rate": cell.learning_rate,
             "config": f"{cell.id}/config", "status": "pending", "pid": None,
             "started_at": None, "finished_at": None, "exit_code": None, "reason": None,
@@ -600,6 +646,16 @@ class Runner:
 
 # ------------------------------------------------------------- dry run
 
+def cell_estimate(cell) -> str:
+    """`make estimate` of a cell in one line (scripts.estimate)."""
+    from scripts import estimate
+    try:
+        return "estimate: " + estimate.one_line(
+            estimate.estimate(cfglib.from_kconf(cell.kconf, cell.config)))
+    except (ConfigError, DataError) as e:
+        return f"estimate: n/a ({(str(e).splitlines() or [''])[0][:160]})"
+
+
 def dry_run(matrix: Matrix, retry_failed: bool) -> int:
     m = matrix
     print(f"matrix {m.path}")
@@ -612,6 +668,7 @@ def dry_run(matrix: Matrix, retry_failed: bool) -> int:
         if state.get("status") == "done" and state.get("wall_s"):
             walls.append(state["wall_s"])
         print(f"  {cell.id:<60} lr {cell.learning_rate:<8g} {why}")
+        print(f"  {'':<60} {cell_estimate(cell)}")
     if m.skipped:
         print(f"skipped ({len(m.skipped)}):")
         for what, reason in m.skipped:

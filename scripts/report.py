@@ -43,7 +43,7 @@ DEFAULT_BASELINE = "adamw-none"
 HASH_SUFFIX = re.compile(r"-[0-9a-f]{8}$")
 MEM_LABELS = {"cuda_max_allocated": "GPU memory (CUDA max allocated)",
               "cpu_peak_rss": "CPU peak RSS"}
-COLUMNS = ["cell", "name", "optimizer", "pruning", "variant", "method", "seed",
+COLUMNS = ["cell", "name", "optimizer", "pruning", "variant", "method", "extra", "seed",
            "learning_rate", "lr_multiplier", "target_sparsity", "achieved_sparsity", "train_loss", "val_loss", "val_ppl",
            "best_val_ppl", "iters", "tokens_seen", "train_time_s", "wall_s", "overhead_s",
            "startup_s", "tokens_per_s", "peak_mem_bytes", "peak_mem_kind", "optimizer_state_bytes",
@@ -125,6 +125,9 @@ def load_cells(matrix_dir) -> pd.DataFrame:
             row["target_sparsity"] = 0.0
         row["method"] = (f"{row['pruning']}-{row['variant']}" if row.get("variant")
                          else row["pruning"])
+        row["extra"] = state.get("extra")
+        if row["extra"]:  # the matrix's extra dimension: shown beside the method, grouped apart
+            row["method"] = f"{row['method']}[{row['extra']}]"
         row.update({k: summary.get(k) for k in SUMMARY_KEYS})
         if "sparsity" in summary:
             row["achieved_sparsity"] = summary["sparsity"]

@@ -223,6 +223,11 @@ def test_dry_run_lists_cells_skips_and_an_estimate_and_writes_nothing(matrix_con
     assert "skipped (1):\n  lion-state: state pruning prunes from Adam moments" in out
     assert "estimated wall time: unknown" in out
     assert not (tmp_path / "results").exists()
+    # each cell's `make estimate` in one line, its own optimizer's state
+    assert out.count("estimate: ") == len(m.cells)
+    from scripts import estimate
+    first = estimate.estimate(cfglib.from_kconf(m.cells[0].kconf))
+    assert estimate.one_line(first) in out and "M params" in out
     # two finished cells of 100 s each: the rest (4 cells, 1 job) take about 400 s
     m.state_dir.mkdir(parents=True)
     for cell in m.cells[:2]:
@@ -509,3 +514,29 @@ def test_gpu_recipes_reach_every_pruning_target_with_a_tail_at_full_sparsity(rec
     assert plans and all(p.full_share >= 0.1 for p in plans)
     if recipe != "gpt2-shakespeare-gpu-smoke":
         assert all(p.total_iters >= 150 for p in plans)  # not the 10 steps of 2 epochs
+
+
+def test_extra_dimension_sweeps_any_symbol(matrix_config):
+    config = matrix_config("MATRIX_EXTRA_SYMBOL=MLP", "MATRIX_EXTRA_VALUES=gelu relu2",
+                           "MATRIX_SEEDS=2")
+    m = matrix.load_matrix(config)
+    assert [c.name for c in m.cells] == [
+        "adamw-none-mlp-gelu-seed1337", "adamw-none-mlp-gelu-seed1338",
+        "adamw-none-mlp-relu2-seed1337", "adamw-none-mlp-relu2-seed1338"]
+    assert all(("CONFIG_MLP_RELU2=y" in c.text) == ("relu2" in c.name) for c in m.cells)
+    assert len({c.hash for c in m.cells}) == 4
+    assert matrix.new_state(m.cells[2])["extra"] == "MLP=relu2"
+    # a plain symbol, values validated like --set
+    floats = matrix.load_matrix(config, ["MATRIX_EXTRA_SYMBOL=LABEL_SMOOTHING",
+                                         "MATRIX_EXTRA_VALUES=0 0.1", "MATRIX_SEEDS=1"])
+    assert [c.name for c in floats.cells] == ["adamw-none-label_smoothing-0-seed1337",
+                                              "adamw-none-label_smoothing-0.1-seed1337"]
+    with pytest.raises(cfglib.ConfigError, match=r"cell adamw-none-mlp-tanh-seed1337: .*MLP=tanh"):
+        matrix.load_matrix(config, ["MATRIX_EXTRA_VALUES=gelu tanh"])
+    with pytest.raises(cfglib.ConfigError, match="unknown symbol NOPE"):
+        matrix.load_matrix(config, ["MATRIX_EXTRA_SYMBOL=NOPE"])
+    with pytest.raises(cfglib.ConfigError, match="sweeps it with its own settings"):
+        matrix.load_matrix(config, ["MATRIX_EXTRA_SYMBOL=OPTIMIZER"])
+    with pytest.raises(cfglib.ConfigError, match="without MATRIX_EXTRA_VALUES"):
+        matrix.load_matrix(config, ["MATRIX_EXTRA_VALUES="])
+

@@ -300,3 +300,187 @@ def test_build_model_starts_from_a_saved_hugging_face_model(hf_model, tiny_confi
         cfg = cfglib.load(tiny_config(*shape, wrong, name=f"wrong-{symbol[:10]}"))
         with pytest.raises(cfglib.ConfigError, match=symbol):
             build_model(cfg, HF_VOCAB)
+
+
+# --- architecture knobs -----------------------------------------------------
+
+def knob_model(seed=0, **overrides):
+    torch.manual_seed(seed)
+    return GPT(tiny_config(**overrides))
+
+
+def test_rmsnorm_matches_its_formula():
+    model = knob_model(norm="rmsnorm")
+    norm = model.transformer.h[0].ln_1
+    assert not isinstance(norm, torch.nn.LayerNorm)
+    with torch.no_grad():
+        norm.weight.normal_()
+    x = torch.randn(3, 5, 16)
+    expected = x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5) * norm.weight
+    assert torch.allclose(norm(x), expected, atol=1e-6)
+
+
+def test_rope_attention_scores_depend_only_on_relative_position():
+    from gpt2.model import RotaryEmbedding
+    rope = RotaryEmbedding(head_dim=8, block_size=32, base=10000.0)
+    gen = torch.Generator().manual_seed(0)
+    q, k = torch.randn(8, generator=gen), torch.randn(8, generator=gen)
+
+    def score(i, j):
+        qs = rope(q.expand(1, 1, 32, 8))[0, 0, i]
+        ks = rope(k.expand(1, 1, 32, 8))[0, 0, j]
+        return (qs @ ks).item()
+    assert score(5, 2) == pytest.approx(score(13, 10), abs=1e-5)
+    assert score(20, 20) == pytest.approx(score(0, 0), abs=1e-5)
+    assert abs(score(5, 2) - score(5, 4)) > 1e-3  # but the distance matters
+    # position 0 is not rotated; position 1 rotates pair (0, 4) by angle 1 (frequency base^0)
+    x = torch.randn(1, 1, 2, 8, generator=gen)
+    out = rope(x)
+    assert torch.allclose(out[0, 0, 0], x[0, 0, 0])
+    c, s = math.cos(1.0), math.sin(1.0)
+    assert out[0, 0, 1, 0].item() == pytest.approx((x[0, 0, 1, 0] * c - x[0, 0, 1, 4] * s).item(), abs=1e-6)
+    assert out[0, 0, 1, 4].item() == pytest.approx((x[0, 0, 1, 0] * s + x[0, 0, 1, 4] * c).item(), abs=1e-6)
+
+
+def test_rope_model_has_no_position_embedding_and_is_position_aware():
+    model = knob_model(positions="rope").eval()
+    assert "wpe" not in model.transformer and "transformer.wpe.weight" not in model.state_dict()
+    idx, targets = batch(50, 8)
+    logits, loss = model(idx, targets)
+    assert torch.isfinite(loss)
+    # without positions, causal attention could not tell the order of the prefix apart
+    forward, swapped = torch.tensor([[3, 7, 9]]), torch.tensor([[7, 3, 9]])
+    assert not torch.allclose(model(forward)[0], model(swapped)[0])
+
+
+@pytest.mark.parametrize("mlp, activation", [
+    ("swiglu", torch.nn.functional.silu),
+    ("geglu", lambda x: torch.nn.functional.gelu(x, approximate="tanh")),
+])
+def test_gated_mlp_shapes_and_values(mlp, activation):
+    model = knob_model(n_embd=48, n_head=2, mlp=mlp)
+    block_mlp = model.transformer.h[0].mlp
+    hidden = 128  # 2/3 * 4 * 48 = 128, already a multiple of 64
+    assert block_mlp.c_fc.weight.shape == (2 * hidden, 48)
+    assert block_mlp.c_proj.weight.shape == (48, hidden)
+    x = torch.randn(2, 3, 48)
+    w_gate, w_up = block_mlp.c_fc.weight[:hidden], block_mlp.c_fc.weight[hidden:]
+    b_gate, b_up = block_mlp.c_fc.bias[:hidden], block_mlp.c_fc.bias[hidden:]
+    expected = block_mlp.c_proj(activation(x @ w_gate.T + b_gate) * (x @ w_up.T + b_up))
+    assert torch.allclose(block_mlp(x), expected, atol=1e-6)
+    # rounding up to the multiple, and the rule off
+    assert GPTConfig(n_embd=40, n_head=2, mlp=mlp).mlp_hidden == 128  # 106.7 -> 128
+    assert GPTConfig(n_embd=40, n_head=2, mlp=mlp, gated_hidden_multiple=8).mlp_hidden == 112
+    assert GPTConfig(n_embd=40, n_head=2, mlp=mlp, gated_match_params=False).mlp_hidden == 160
+
+
+def test_relu2_and_bio_activations():
+    relu2 = knob_model(mlp="relu2").transformer.h[0].mlp
+    x = torch.randn(4, 16)
+    assert torch.allclose(relu2.hidden(x), torch.relu(relu2.c_fc(x)) ** 2)
+    bio = knob_model(mlp="bio").transformer.h[0].mlp
+    with torch.no_grad():
+        bio.bio_w.uniform_(0.5, 2)
+        bio.bio_phi.uniform_(-1, 1)
+    h = bio.c_fc(x)
+    assert torch.allclose(bio.hidden(x), torch.sin(bio.bio_w * h + bio.bio_phi) * torch.tanh(h))
+    assert bio.bio_w.requires_grad and bio.bio_phi.requires_grad
+
+
+def test_bio_sparsity_penalty_is_added_to_the_training_loss_and_logged():
+    plain = knob_model(mlp="bio")
+    penalised = knob_model(mlp="bio", bio_sparsity_penalty=0.5)
+    idx, targets = batch(50, 8)
+    base = plain(idx, targets)[1]
+    loss = penalised(idx, targets)[1]
+    means = torch.stack([b.mlp.abs_mean for b in penalised.transformer.h]).mean()
+    assert loss.item() == pytest.approx(base.item() + 0.5 * means.item(), rel=1e-5)
+    stats = penalised.stats()
+    assert 0.0 <= stats["activation_sparsity"] <= 1.0
+    h = penalised.transformer.h[0]
+    a = h.mlp.hidden(h.ln_2(torch.zeros(1, 1, 16)))  # zero input: tanh(c_fc bias = 0) = 0
+    assert (a.abs() < 1e-2).all()
+    assert penalised.eval()(idx, targets)[1].item() == pytest.approx(base.item(), rel=1e-5)
+    assert plain.stats() == {}
+
+
+def test_separate_qkv_equals_fused_with_the_same_weights():
+    fused = knob_model().eval()
+    separate = knob_model(fused_qkv=False).eval()
+    state = fused.state_dict()
+    moved = {}
+    for key, value in state.items():
+        if ".attn.c_attn." in key:
+            for name, part in zip(("c_q", "c_k", "c_v"), value.split(16, dim=0)):
+                moved[key.replace("c_attn", name)] = part
+        else:
+            moved[key] = value
+    separate.load_state_dict(moved)
+    idx, targets = batch(50, 8)
+    assert torch.allclose(fused(idx, targets)[0], separate(idx, targets)[0], atol=1e-6)
+    # pruning sees the three projections as Linear layers inside the blocks
+    from lib.prune import prunable
+    names = [n for n, _, _ in prunable(separate, "blocks")]
+    assert "transformer.h.0.attn.c_q.weight" in names and "transformer.h.0.attn.c_v.weight" in names
+
+
+def test_qk_norm_normalises_queries_and_keys():
+    model = knob_model(qk_norm=True, norm="rmsnorm")
+    attn = model.transformer.h[0].attn
+    seen = {}
+    attn.q_norm.register_forward_hook(lambda m, i, o: seen.update(q=(i[0], o)) or None)
+    model(*batch(50, 8))
+    q, normed = seen["q"]
+    assert q.shape[-1] == 8  # per head
+    expected = q / torch.sqrt(q.pow(2).mean(-1, keepdim=True) + 1e-5)
+    assert torch.allclose(normed, expected, atol=1e-6)
+
+
+def test_activation_checkpointing_gives_the_same_gradients():
+    grads = []
+    for recompute in (False, True):
+        model = knob_model(checkpoint_blocks=recompute, dropout=0.1)
+        torch.manual_seed(5)  # the same dropout masks
+        model(*batch(50, 8))[1].backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        assert torch.allclose(grads[0][name], grads[1][name], atol=1e-6), name
+
+
+def test_label_smoothing_matches_f_cross_entropy():
+    model = knob_model(label_smoothing=0.1)
+    idx, targets = batch(50, 8)
+    targets[0, :3] = -1
+    logits, loss = model(idx, targets)
+    expected = torch.nn.functional.cross_entropy(logits.reshape(-1, 50), targets.reshape(-1),
+                                                 ignore_index=-1, label_smoothing=0.1)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    plain = torch.nn.functional.cross_entropy(logits.reshape(-1, 50), targets.reshape(-1),
+                                              ignore_index=-1)
+    assert model.eval()(idx, targets)[1].item() == pytest.approx(plain.item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_chunked_cross_entropy_equals_the_plain_one(smoothing):
+    results = []
+    for chunk in (0, 7):  # 7 does not divide 3 x 8 positions: a short last chunk
+        model = knob_model(loss_chunk_tokens=chunk, label_smoothing=smoothing)
+        idx, targets = batch(50, 8)
+        targets[1, 2] = -1
+        logits, loss = model(idx, targets)
+        assert (logits is None) == bool(chunk)
+        loss.backward()
+        results.append((loss.item(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+    assert results[0][0] == pytest.approx(results[1][0], rel=1e-6)
+    for name, grad in results[0][1].items():
+        assert torch.allclose(grad, results[1][1][name], atol=1e-6), name
+
+
+def test_unknown_architecture_names_are_rejected():
+    with pytest.raises(ValueError, match="norm 'batchnorm'"):
+        tiny_config(norm="batchnorm")
+    with pytest.raises(ValueError, match="even head size"):
+        tiny_config(n_embd=18, n_head=2, positions="rope")
+    with pytest.raises(ValueError, match="needs mlp 'bio'"):
+        tiny_config(bio_sparsity_penalty=0.1)

@@ -394,3 +394,25 @@ def test_ppl_plot_is_dot_and_whisker_on_a_zoomed_axis_without_offset(tmp_path, m
     x0, x1 = dense[0].get_xdata()
     assert tuple(dense[0].get_ydata()) == (18.2251, 18.2251) and x1 - x0 == 1  # axis-wide
     assert ax.yaxis.get_offset_text().get_text() == ""
+
+
+def test_extra_dimension_groups_apart_and_shows_its_value(tmp_path):
+    config = write_matrix_config(tmp_path, "MATRIX_EXTRA_SYMBOL=NORM",
+                                 "MATRIX_EXTRA_VALUES=layernorm rmsnorm",
+                                 "MATRIX_BASELINE=adamw-none[NORM=layernorm]")
+    mdir = dir_of_config(config)
+    mdir.mkdir(parents=True)
+    (mdir / "matrix.config").write_text(config.read_text())
+    for norm, values in (("layernorm", [10.0, 10.4]), ("rmsnorm", [12.0, 12.6])):
+        for seed, ppl in enumerate(values, start=1):
+            add_cell(mdir, "adamw", "none", seed, ppl, extra=[f"NORM={norm}"],
+                     state={"status": "done", "exit_code": 0, "wall_s": 13.0,
+                            "extra": f"NORM={norm}"})
+    out = report.write_report(mdir)
+    agg = out["agg"] if "agg" in out else report.aggregate(report.load_cells(mdir))
+    by_method = {r.method: r.mean for r in agg.itertuples()}
+    assert by_method == pytest.approx({"none[NORM=layernorm]": 10.2, "none[NORM=rmsnorm]": 12.3})
+    text = (mdir / "report.md").read_text()
+    assert "none[NORM=rmsnorm]" in text and "none[NORM=layernorm]" in text
+    csv = pd.read_csv(mdir / "summary.csv")
+    assert sorted(csv["extra"]) == ["NORM=layernorm"] * 2 + ["NORM=rmsnorm"] * 2

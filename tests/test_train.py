@@ -1,6 +1,7 @@
 """The trainer end to end on a tiny model: loss falls, the run directory, resume, errors."""
 import json
 import math
+import time
 
 import pytest
 import torch
@@ -16,7 +17,10 @@ def run_dir(config_path) -> RunDir:
     return RunDir.for_config(cfglib.load(config_path))
 
 
-def test_tiny_training_loss_falls_and_fills_the_run_directory(tiny_config):
+def test_tiny_training_loss_falls_and_fills_the_run_directory(tiny_config, monkeypatch):
+    # start-up is counted from the trainer's import, which in a long test session was
+    # minutes ago: count it from here
+    monkeypatch.setattr(train, "PROCESS_START", time.time())
     config = tiny_config("MAX_ITERS=60", "EVAL_INTERVAL=30")
     assert train.main([str(config)]) == 0
     run = run_dir(config)
@@ -314,3 +318,30 @@ def test_evaluation_reads_fixed_windows_and_the_whole_split_on_request(tiny_conf
     nothing = torch.autocast("cpu", enabled=False)
     a, b = train.evaluate(model, windows, nothing), train.evaluate(model, windows, nothing)
     assert a == b and set(a) == {"train_loss", "train_acc", "val_loss", "val_acc", "val_ppl"}
+
+
+def test_architecture_and_speed_knobs_train_and_log(tiny_config):
+    """Every new knob at once through the real trainer: the loss falls, the bio MLP's
+    sparsity is logged, and a memory snapshot request on the CPU is a warning, not a file."""
+    config = tiny_config("MAX_ITERS=30", "EVAL_INTERVAL=30", "SAMPLE_AFTER_TRAINING=n",
+                         "NORM=rmsnorm", "QK_NORM=y", "POSITIONS=rope", "MLP=bio",
+                         "BIO_SPARSITY_PENALTY=0.01", "FUSED_QKV=n",
+                         "ACTIVATION_CHECKPOINTING=y", "LABEL_SMOOTHING=0.1",
+                         "LOSS_CHUNK_TOKENS=100", "LR_SCHEDULE=wsd", "DATA_LOADER=preloaded",
+                         "ATTENTION_BACKEND=math", "MEMORY_SNAPSHOT_ITERS=2")
+    assert train.main([str(config)]) == 0
+    run = run_dir(config)
+    records = [json.loads(line) for line in run.metrics.read_text().splitlines()]
+    trains = [r for r in records if r["kind"] == "train"]
+    assert trains[-1]["train_loss"] < trains[0]["train_loss"]
+    assert all(0 <= r["activation_sparsity"] <= 1 for r in trains)
+    assert not (run.path / "memory_snapshot.pickle").exists()
+    assert "MEMORY_SNAPSHOT_ITERS=2 ignored" in run.log.read_text()
+
+
+def test_unavailable_attention_kernel_is_a_config_error(tiny_config, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("the memory-efficient kernel exists on CUDA")
+    config = tiny_config("MAX_ITERS=2", "ATTENTION_BACKEND=memory-efficient")
+    assert train.main([str(config)]) == 2
+    assert "ATTENTION_BACKEND_MEMORY_EFFICIENT=y" in capsys.readouterr().err

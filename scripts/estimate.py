@@ -1,0 +1,341 @@
+"""What a .config will cost before it runs: python -m scripts.estimate [.config] [--set NAME=VALUE]
+
+Parameters; parameter, gradient, optimizer-state (every optimizer of the registry, the
+selected one marked) and mask bytes; activation memory per micro-batch with and without
+activation checkpointing; tokens per iteration and in total; FLOPs; and the expected
+training time from the device's peak at ESTIMATE_MFU, or from the last `make bench` of
+this configuration on this device.
+
+The model is the trainer's (gpt2.build.model_config, built on the meta device: no
+memory), the optimizers are the registry's (lib.optim.OPTIMIZERS), each stepped once on
+a real tensor of every distinct parameter shape, so their state is measured, not
+assumed. Activation memory is a formula (below) of the tensors autograd keeps; its
+accuracy is checked against a measured CPU run in tests/test_estimate.py.
+
+FLOPs per token are 6N + 12 L H Q T (PaLM, appendix B; nanoGPT's estimate_mfu), N the
+parameters without the position embedding: the model's FLOPs, without the recomputation
+of activation checkpointing, as MFU counts them.
+"""
+import argparse
+import csv
+import functools
+import math
+import sys
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+import torch
+
+from gpt2 import data
+from gpt2.budget import Budget, batch_size, tokens_per_iter
+from gpt2.build import model_config
+from gpt2.model import GPT, MLPS
+from lib import config as cfglib
+from lib import devices, optim, prune, runtime
+from lib.run import results_dir
+
+FP32 = 4
+HALF = 2
+
+
+def facts_of(cfg) -> dict:
+    """{"vocab_size", "train_tokens", "val_tokens"} of the config's dataset, writing nothing
+    under the results: its meta.json when prepared, else `unprepared_facts`."""
+    spec = data.spec_from_config(cfg)
+    try:
+        meta = data.read_meta(data.prepared_dir(spec, results_dir(cfg) / "_data"))
+    except data.DataError:
+        return unprepared_facts(spec)
+    return {k: int(meta[k]) for k in ("vocab_size", "train_tokens", "val_tokens")}
+
+
+@functools.lru_cache(maxsize=16)
+def unprepared_facts(spec) -> dict:
+    """Shakespeare prepared in a temporary directory (seconds); a document corpus not
+    prepared yet: the GPT-2 vocabulary, and token counts unknown (None) until `make data`."""
+    if spec.dataset in ("shakespeare", "shakespeare-char"):
+        with tempfile.TemporaryDirectory() as tmp:
+            meta = data.read_meta(data.prepare_spec(spec, tmp))
+        return {k: int(meta[k]) for k in ("vocab_size", "train_tokens", "val_tokens")}
+    if spec.tokenizer != "gpt2":
+        raise data.DataError(f"The character vocabulary of DATASET={spec.dataset} is known once "
+                             f"it is prepared: run `make data` first, then `make estimate`")
+    return {"vocab_size": data.GPT2_VOCAB_SIZE, "train_tokens": None, "val_tokens": None}
+
+
+def needs_prepared(facts: dict, what: str) -> None:
+    if facts["train_tokens"] is None:
+        raise data.DataError(f"{what} needs the dataset's size, known once it is prepared: "
+                             f"run `make data` first, then `make estimate`")
+
+
+def meta_model(cfg, vocab_size: int) -> GPT:
+    """The trainer's model, masks attached, on the meta device (shapes only)."""
+    with torch.device("meta"):
+        model = GPT(model_config(cfg, vocab_size))
+        prune.attach_masks(model, cfg)
+    return model
+
+
+def parameter_shapes(model) -> tuple:
+    """((shape, count), ...) of the distinct trainable parameters (a tied one once)."""
+    return tuple(sorted(Counter(tuple(p.shape) for p in model.parameters()
+                                if p.requires_grad).items()))
+
+
+_STATE_CACHE = {}
+
+
+def _state_bytes(cfg, shapes: tuple) -> int:
+    # The state's size does not depend on the seed or the rates (matrix cells share it).
+    key = (shapes, tuple(sorted((k, v) for k, v in cfg.items()
+                                if k not in ("SEED", "RUN_NAME") and not k.endswith("_LR"))))
+    if key not in _STATE_CACHE:
+        _STATE_CACHE[key] = _measure_state_bytes(cfg, shapes)
+    return _STATE_CACHE[key]
+
+
+def _measure_state_bytes(cfg, shapes: tuple) -> int:
+    entry = optim.OPTIMIZERS[cfg.OPTIMIZER]
+    # The state is the same whatever the implementation; the eager one measures it
+    # without compiling a fused kernel for every shape.
+    cfg = cfglib.Config({**cfg, "OPTIMIZER_IMPL": "for-loop"}, cfg.text, cfg.hash, cfg.path)
+    total = 0
+    for shape, count in shapes:
+        param = torch.nn.Parameter(torch.zeros(shape))
+        param.grad = torch.zeros(shape)
+        optimizer = entry.build([{"params": [param], "weight_decay": 0.0}], cfg, cfg[entry.lr])
+        optim.prepare_grads(optimizer)
+        optimizer.step()
+        total += optim.state_bytes(optimizer) * count
+    return total
+
+
+def optimizer_state_bytes(optimizer_cfgs: dict, shapes: tuple) -> dict:
+    """{optimizer: bytes, or the reason it cannot be measured here}."""
+    out = {}
+    for name, cfg in optimizer_cfgs.items():
+        if isinstance(cfg, str):
+            out[name] = cfg
+            continue
+        try:
+            out[name] = _state_bytes(cfg, shapes)
+        except (cfglib.ConfigError, RuntimeError) as e:
+            out[name] = f"n/a ({(str(e).splitlines() or [''])[0][:120]})"
+    return out
+
+
+def registry_configs(config_path, overrides) -> dict:
+    """{optimizer: its Config} for every optimizer of the registry: the same config with
+    OPTIMIZER=<name> (and PRUNING=none where the pruning method does not allow it), or
+    the reason it cannot be configured."""
+    out = {}
+    for name in optim.OPTIMIZERS:
+        for extra in ([f"OPTIMIZER={name}"], [f"OPTIMIZER={name}", "PRUNING=none"]):
+            try:
+                out[name] = cfglib.load(config_path, [*overrides, *extra])
+                break
+            except cfglib.ConfigError as e:
+                out[name] = f"n/a ({(str(e).splitlines() or [''])[0][:120]})"
+    return out
+
+
+def activation_bytes(cfg, shape) -> dict:
+    """Bytes autograd keeps for one micro-batch: {"blocks": all blocks, "checkpointed":
+    with ACTIVATION_CHECKPOINTING, "head": final norm and loss}.
+
+    Per token and block (d = width, h = MLP hidden), the tensors saved for the backward:
+    attention 7d (norm input and output, q k v, the attention output and its contiguous
+    copy; RoPE +2d, QK-norm +2d; the math kernel also the heads x T softmax), MLP 2d + the
+    MLP kind's saved_hidden x h; dropout masks one byte each. Under autocast the norms'
+    inputs and outputs stay fp32 and their half-precision copies are kept too. With
+    checkpointing only each block's input is kept, plus one block recomputed at a time.
+    The backward adds the gradients it is working on: about one block, two with
+    checkpointing (see the comment at the end)."""
+    d, h, heads, t = shape.n_embd, shape.mlp_hidden, shape.n_head, shape.block_size
+    tokens = batch_size(cfg) * t
+    mixed = cfg.PRECISION != "fp32"
+    half = HALF if mixed else FP32
+    norm_fp32 = 4 * d  # two norms' inputs and outputs
+    attn = 3 * d + 2 * d + (2 * d if shape.positions == "rope" else 0) + (
+        2 * d if shape.qk_norm else 0)
+    if cfg.ATTENTION_BACKEND == "math":
+        attn += heads * t
+    mlp = MLPS[shape.mlp].saved_hidden * h
+    per_token = norm_fp32 * FP32 + (attn + mlp + (2 * d if mixed else 0)) * half
+    if shape.dropout:
+        per_token += 2 * d + (heads * t if cfg.ATTENTION_BACKEND == "math" else 0)
+    block = per_token * tokens
+    vocab = shape.padded_vocab_size
+    if shape.loss_chunk_tokens:
+        loss = 3 * min(shape.loss_chunk_tokens, tokens) * vocab * FP32
+    else:  # the logits, log-softmax's output (fp32), a slice copy for smoothing
+        loss = tokens * vocab * (FP32 + (half if mixed else 0) + FP32
+                                 + (FP32 if shape.label_smoothing else 0))
+    head = 2 * d * tokens * FP32 + loss
+    # The backward holds the gradients of one block's intermediates at a time, about one
+    # more block's worth; with checkpointing the recomputed block and its gradients come on
+    # top of the block the forward was building (3 blocks fit the CPU measurements).
+    return {"blocks": block * (shape.n_layer + 1), "checkpointed": d * tokens * FP32
+            * shape.n_layer + 3 * block, "head": head, "per_block": block}
+
+
+def target_device(cfg) -> dict:
+    """{"name", "peak_flops", "memory_bytes", "kind"} of ESTIMATE_DEVICE, or this machine's."""
+    if cfg.ESTIMATE_DEVICE:
+        device = devices.lookup(cfg.ESTIMATE_DEVICE)
+        if device is None:
+            names = ", ".join(d.name for _, d in devices.DEVICES)
+            raise cfglib.ConfigError(f"CONFIG_ESTIMATE_DEVICE=\"{cfg.ESTIMATE_DEVICE}\" is not in "
+                                     f"the device table (lib/devices.py): {names}")
+        return {"name": device.name, "kind": "cuda", "memory_bytes": device.memory_gib * 2**30,
+                "peak_flops": devices.peak_flops(device.name, cfg.PRECISION, cfg.TF32)}
+    device = runtime.pick_device(cfg.DEVICE)
+    name = runtime.device_name(device)
+    memory = (torch.cuda.get_device_properties(device).total_memory
+              if device.type == "cuda" else None)
+    return {"name": name, "kind": device.type, "memory_bytes": memory,
+            "peak_flops": devices.peak_flops(name, cfg.PRECISION, cfg.TF32)
+            if device.type == "cuda" else None}
+
+
+def bench_tokens_per_s(cfg, device_name: str):
+    """tokens/s of this configuration in the newest `make bench` on this device, or None."""
+    root = results_dir(cfg) / "bench"
+    for run in sorted(root.glob(f"*-{devices.slug(device_name)}"), reverse=True):
+        try:
+            with open(run / "bench.csv", newline="") as f:
+                for row in csv.DictReader(f):
+                    if row.get("config_hash") == cfg.hash and row.get("tokens_per_s"):
+                        return float(row["tokens_per_s"]), run
+        except OSError:
+            continue
+    return None, None
+
+
+def estimate(cfg, optimizer_cfgs=None) -> dict:
+    """Every figure of the estimate for a Config (optimizer_cfgs: {name: Config} whose
+    state to measure; default the selected optimizer only)."""
+    facts = facts_of(cfg)
+    shape = model_config(cfg, facts["vocab_size"])
+    model = meta_model(cfg, facts["vocab_size"])
+    params = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    masks = sum(b.numel() * b.element_size() for n, b in model.named_buffers()
+                if n.endswith("_mask"))
+    states = optimizer_state_bytes(optimizer_cfgs or {cfg.OPTIMIZER: cfg},
+                                   parameter_shapes(model))
+    acts = activation_bytes(cfg, shape)
+    data_bytes = 0
+    if cfg.DATA_LOADER == "preloaded":
+        needs_prepared(facts, "DATA_LOADER=preloaded")
+        data_bytes = 4 * (facts["train_tokens"] + facts["val_tokens"])
+    state = states.get(cfg.OPTIMIZER)
+    activations = (acts["checkpointed"] if cfg.ACTIVATION_CHECKPOINTING else acts["blocks"])
+    peak = (params * FP32 + trainable * FP32 + masks + data_bytes + activations + acts["head"]
+            + (state if isinstance(state, int) else 0))
+    per_iter = tokens_per_iter(cfg)
+    if cfg.BUDGET == "epochs":
+        needs_prepared(facts, "BUDGET=epochs")
+    total_iters = Budget(cfg, per_iter, facts["train_tokens"]).total_iters
+    total_tokens = total_iters * per_iter if total_iters is not None else None
+    flops_per_token = model.flops_per_token()
+    device = target_device(cfg)
+    measured, bench_dir = bench_tokens_per_s(cfg, device["name"])
+    if measured:
+        tokens_per_s, time_source = measured, f"measured by make bench ({bench_dir})"
+    elif device["peak_flops"]:
+        tokens_per_s = device["peak_flops"] * cfg.ESTIMATE_MFU / flops_per_token
+        time_source = (f"{cfg.ESTIMATE_MFU:.0%} MFU (ESTIMATE_MFU) of {device['name']}'s "
+                       f"{device['peak_flops'] / 1e12:g} TFLOP/s "
+                       f"{devices.precision_key(cfg.PRECISION, cfg.TF32)}")
+    else:
+        tokens_per_s, time_source = None, (f"unknown: no peak FLOP/s for {device['name']} and "
+                                           f"no make bench of this configuration here")
+    if cfg.BUDGET == "minutes":
+        seconds = cfg.MAX_MINUTES * 60
+    else:
+        seconds = total_tokens / tokens_per_s if tokens_per_s and total_tokens else None
+    return {"params": params, "param_bytes": params * FP32, "grad_bytes": trainable * FP32,
+            "optimizer_state_bytes": states, "mask_bytes": masks, "data_bytes": data_bytes,
+            "activation_bytes": acts["blocks"], "activation_checkpointed_bytes":
+            acts["checkpointed"], "head_bytes": acts["head"], "peak_bytes": peak,
+            "micro_batch": batch_size(cfg), "tokens_per_iter": per_iter,
+            "total_iters": total_iters, "total_tokens": total_tokens,
+            "flops_per_token": flops_per_token,
+            "total_flops": flops_per_token * total_tokens if total_tokens else None,
+            "device": device["name"], "device_memory_bytes": device["memory_bytes"],
+            "tokens_per_s": tokens_per_s, "seconds": seconds, "time_source": time_source,
+            "optimizer": cfg.OPTIMIZER}
+
+
+def _mib(n) -> str:
+    return f"{n / 2**20:,.1f} MiB" if isinstance(n, (int, float)) else str(n)
+
+
+def _duration(seconds) -> str:
+    if seconds is None:
+        return "unknown"
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+
+
+def format_estimate(e: dict) -> str:
+    lines = [f"parameters          {e['params']:,}",
+             f"parameter bytes     {_mib(e['param_bytes'])} (fp32)",
+             f"gradient bytes      {_mib(e['grad_bytes'])} (fp32)",
+             "optimizer state"]
+    for name, value in e["optimizer_state_bytes"].items():
+        mark = "  <- OPTIMIZER" if name == e["optimizer"] else ""
+        lines.append(f"  {name:<18}{_mib(value)}{mark}")
+    lines += [f"mask bytes          {_mib(e['mask_bytes'])}",
+              f"activations         {_mib(e['activation_bytes'])} per micro-batch of "
+              f"{e['micro_batch']} sequences; {_mib(e['activation_checkpointed_bytes'])} "
+              f"with activation checkpointing; plus {_mib(e['head_bytes'])} for the loss"]
+    if e["data_bytes"]:
+        lines.append(f"preloaded data      {_mib(e['data_bytes'])}")
+    fits = ""
+    if e["device_memory_bytes"]:
+        share = e["peak_bytes"] / e["device_memory_bytes"]
+        fits = f" = {share:.0%} of {e['device']}'s {e['device_memory_bytes'] / 2**30:.0f} GiB"
+    lines += [f"peak memory (est.)  {_mib(e['peak_bytes'])}{fits}",
+              f"tokens              {e['tokens_per_iter']:,} per iteration"
+              + (f", {e['total_tokens']:,} in {e['total_iters']:,} iterations"
+                 if e["total_tokens"] else ", total set by the wall-clock budget"),
+              f"FLOPs               {e['flops_per_token'] / 1e9:.3f} GFLOP per token"
+              + (f", {e['total_flops']:.3g} in total" if e["total_flops"] else ""),
+              f"expected time       {_duration(e['seconds'])} of training on {e['device']}"
+              + (f" at {e['tokens_per_s']:,.0f} tokens/s" if e["tokens_per_s"] else "")
+              + f"; from {e['time_source']}"]
+    return "\n".join(lines)
+
+
+def one_line(e: dict) -> str:
+    """The estimate in one line, for the matrix dry run."""
+    state = e["optimizer_state_bytes"].get(e["optimizer"])
+    return (f"{e['params'] / 1e6:.1f}M params, state {_mib(state)}, peak {_mib(e['peak_bytes'])}, "
+            + (f"{e['total_flops']:.2g} FLOP, " if e["total_flops"] else "")
+            + f"~{_duration(e['seconds'])}")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m scripts.estimate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("config", nargs="?")
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE")
+    args = parser.parse_args(argv)
+    path = args.config or cfglib.default_config_path()
+    try:
+        cfg = cfglib.load(path, args.set)
+        result = estimate(cfg, registry_configs(path, args.set))
+    except (cfglib.ConfigError, data.DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(format_estimate(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

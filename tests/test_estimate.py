@@ -1,0 +1,126 @@
+"""make estimate: the trainer's model and the registry's optimizers, and the activation
+formula against a measured CPU run."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from gpt2.build import build_model
+from lib import config as cfglib
+from lib import optim
+from scripts import estimate
+
+# Measured peak memory (CPU peak RSS) against the estimate: the share they may differ by.
+TOLERANCE = 0.30
+
+
+def test_estimate_counts_what_the_trainer_builds(tiny_config, capsys):
+    # foreach: the fused SPAM would compile its kernels, slowly on the CPU
+    config = tiny_config("MLP=swiglu", "PRUNING=magnitude", "MAX_ITERS=40",
+                         "GRADIENT_ACCUMULATION=2", "OPTIMIZER_IMPL=foreach")
+    cfg = cfglib.load(config)
+    e = estimate.estimate(cfg, estimate.registry_configs(config, []))
+    model = build_model(cfg, 65)
+    assert e["params"] == sum(p.numel() for p in model.parameters())
+    assert e["param_bytes"] == e["grad_bytes"] == 4 * e["params"]
+    masks = sum(b.numel() for n, b in model.named_buffers() if n.endswith("_mask"))
+    assert e["mask_bytes"] == masks > 0
+    # the selected optimizer's state is what the real optimizer keeps after a step
+    optimizer = optim.build(cfg, model)
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    optimizer.step()
+    assert e["optimizer_state_bytes"]["adamw"] == optim.state_bytes(optimizer)
+    assert set(e["optimizer_state_bytes"]) == set(optim.OPTIMIZERS)
+    assert e["optimizer_state_bytes"]["lion"] * 2 == pytest.approx(
+        e["optimizer_state_bytes"]["adamw"], rel=0.05)
+    assert e["tokens_per_iter"] == 8 * 2 * 32 and e["total_tokens"] == 40 * 8 * 2 * 32
+    n = model.num_params()
+    assert e["flops_per_token"] == 6 * n + 12 * 2 * 2 * 16 * 32
+    assert e["seconds"] is None and "no peak FLOP/s for cpu" in e["time_source"]
+    assert estimate.main([str(config)]) == 0
+    out = capsys.readouterr().out
+    assert "adamw-8bit" in out and "<- OPTIMIZER" in out and "GFLOP per token" in out
+
+
+def test_estimate_for_a_named_card_uses_its_peak_and_memory(tiny_config):
+    cfg = cfglib.load(tiny_config("ESTIMATE_DEVICE=H100 SXM", "PRECISION=bf16",
+                                  "ESTIMATE_MFU=0.5", "MAX_ITERS=100"))
+    e = estimate.estimate(cfg)
+    assert e["device"] == "H100 SXM" and e["device_memory_bytes"] == 80 * 2**30
+    assert e["seconds"] == pytest.approx(e["total_flops"] / (0.5 * 989.5e12))
+    with pytest.raises(cfglib.ConfigError, match="ESTIMATE_DEVICE=\"B9000\" is not in the "
+                                                 "device table"):
+        estimate.estimate(cfglib.load(tiny_config("ESTIMATE_DEVICE=B9000")))
+
+
+# Run in a fresh interpreter: the trainer is built, then the kernel's peak-RSS mark is reset
+# (/proc/self/clear_refs) and three training steps run; what they add to the resident set
+# is the training memory, whatever the set-up before them held for a moment.
+_TRAINING_RSS = """
+import json, sys, tempfile
+from gpt2.train import Trainer
+from lib import config as cfglib
+from lib.run import RunDir
+
+def status(key):
+    with open("/proc/self/status") as f:
+        return next(int(l.split()[1]) * 1024 for l in f if l.startswith(key))
+
+with tempfile.TemporaryDirectory() as tmp:
+    trainer = Trainer(cfglib.load(sys.argv[1]), RunDir(tmp))
+    trainer.forward = trainer.model
+    before = status("VmRSS:")
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    for _ in range(3):
+        trainer.train_step()
+    print(json.dumps({"before": before, "peak": status("VmHWM:")}))
+"""
+
+
+@pytest.mark.parametrize("checkpointing", ["n", "y"])
+def test_estimated_memory_is_within_tolerance_of_a_measured_cpu_run(tiny_config, checkpointing):
+    """The memory three training steps add on the CPU (activations, gradients, optimizer
+    state, the loss) against the estimate's peak less what exists before the first step
+    (parameters, masks, data)."""
+    if not os.access("/proc/self/clear_refs", os.W_OK):
+        pytest.skip("needs Linux's /proc/self/clear_refs to reset the peak RSS")
+    config = tiny_config("N_LAYER=3", "N_EMBD=256", "N_HEAD=4", "BLOCK_SIZE=256",
+                         "BATCH_SIZE=24", f"ACTIVATION_CHECKPOINTING={checkpointing}")
+    env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "TMPDIR")}
+    env["OMP_NUM_THREADS"] = "2"
+    result = subprocess.run([sys.executable, "-c", _TRAINING_RSS, str(config)], cwd=cfglib.ROOT,
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rss = json.loads(result.stdout.strip().splitlines()[-1])
+    measured = rss["peak"] - rss["before"]
+    e = estimate.estimate(cfglib.load(config))
+    estimated = e["peak_bytes"] - e["param_bytes"] - e["mask_bytes"] - e["data_bytes"]
+    print(f"training memory: measured {measured / 2**20:.0f} MiB, estimated "
+          f"{estimated / 2**20:.0f} MiB")
+    assert estimated > 300 * 2**20  # well above the noise of the resident set (tens of MiB)
+    assert abs(measured - estimated) <= TOLERANCE * estimated, (measured / 2**20, estimated / 2**20)
+
+
+CARD_RECIPES = sorted(p.name for p in (cfglib.ROOT / "defconfigs").glob("gpt2-124m-*"))
+
+
+def test_card_recipes_share_the_global_batch_and_fit_their_card(monkeypatch):
+    """Every GPT-2 124M card recipe: the same tokens per step, and an estimated peak of at
+    most 60% of its card (headroom for the estimate's tolerance)."""
+    assert len(CARD_RECIPES) == 5
+    monkeypatch.setattr(estimate, "facts_of", lambda cfg: {
+        "vocab_size": 50257, "train_tokens": 301966, "val_tokens": 36059})
+    memories = set()
+    for name in CARD_RECIPES:
+        cfg = cfglib.load(cfglib.ROOT / "defconfigs" / name)
+        e = estimate.estimate(cfg)
+        assert e["params"] == 124_475_904, name  # vocabulary padded to 50,304
+        assert e["tokens_per_iter"] == 65_536, name
+        assert e["peak_bytes"] <= 0.6 * e["device_memory_bytes"], name
+        memories.add(e["device_memory_bytes"] / 2**30)
+    assert memories == {8, 16, 24, 40, 80}
