@@ -377,13 +377,27 @@ class Batches:
         return int(self._meta["val_tokens"])
 
     def get(self, split: str):
+        return self._read(split, self._draw(split))
+
+    def step(self, split: str, count: int, rank: int = 0, processes: int = 1) -> list:
+        """The `count` micro-batches of one optimizer step, drawn in order as `count` calls
+        of get() would draw them; of those, the contiguous share count/processes of `rank`.
+        The processes of a run together see exactly the batches one process would."""
+        starts = [self._draw(split) for _ in range(count)]
+        share = count // processes
+        return [self._read(split, s) for s in starts[rank * share:(rank + 1) * share]]
+
+    def _draw(self, split: str) -> torch.Tensor:
         if split not in SPLITS:
             raise DataError(f"Unknown split {split!r}; valid: {', '.join(SPLITS)}")
+        return torch.randint(int(self._meta[f"{split}_tokens"]) - self.block_size,
+                             (self.batch_size,), generator=self._generators[split])
+
+    def _read(self, split: str, starts: torch.Tensor):
         # A fresh memmap per batch: nothing stays mapped between calls, and it
         # survives a fork or pickling of the object.
         data = np.memmap(self.prepared_dir / f"{split}.bin", dtype=np.uint16, mode="r")
         T = self.block_size
-        starts = torch.randint(len(data) - T, (self.batch_size,), generator=self._generators[split])
         index = starts.numpy()[:, None] + np.arange(T + 1)
         block = torch.from_numpy(data[index].astype(np.int64))
         x, y = block[:, :-1].contiguous(), block[:, 1:].contiguous()

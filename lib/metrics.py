@@ -41,6 +41,16 @@ class MetricsLog:
         return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
 
 
+class Discard:
+    """The metrics log of a process that writes nothing (a rank other than 0)."""
+
+    def write(self, record: dict) -> None:
+        pass
+
+    def truncate_after(self, iteration: int, last_eval_iter: int = None) -> None:
+        pass
+
+
 def _git(*args) -> str:
     try:
         return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True,

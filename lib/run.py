@@ -96,6 +96,20 @@ class RunDir:
         atomic_write_json(self.summary, summary)
 
 
+class RunReader(RunDir):
+    """A run directory as a process other than rank 0 sees it: it reads what rank 0
+    writes (the checkpoint it resumes from) and writes nothing."""
+
+    def claim(self, cfg) -> None:
+        pass
+
+    def unlock(self) -> None:
+        pass
+
+    def write_summary(self, summary: dict) -> None:
+        pass
+
+
 # ------------------------------------------------------------ matrix directories
 # A matrix directory, results/<RECIPE>-matrix-<hash>/, holds one run directory per cell;
 # the matrix runner writes it and the report reads it, both name it from here.
