@@ -27,9 +27,11 @@ BACKENDS = {
     "gloo": lambda device: "gloo",
 }
 ENDPOINT = re.compile(r"^[A-Za-z0-9._\-\[\]:]+:[0-9]{1,5}$")
-# torchrun passes these on to its workers; SIGUSR1 (a scheduler's warning ahead of its
-# time limit) is not among its defaults.
-SIGNALS_FOR_TORCHRUN = "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"
+# torchrun passes SIGINT and SIGTERM on to its workers but dies of SIGUSR1 (a scheduler's
+# warning ahead of its time limit), leaving them running: that one reaches it as SIGTERM.
+TO_TORCHRUN = {signal.SIGUSR1: signal.SIGTERM}
+# Seconds torchrun waits for stopped workers (rank 0 writes its checkpoint) before SIGKILL.
+SHUTDOWN_TIMEOUT_S = "300"
 # No buffer broadcast before each forward pass (torch 2.13 renamed the argument).
 NO_BUFFER_SYNC = ({"forward_sync_buffers": False} if "forward_sync_buffers" in
                   inspect.signature(torch.nn.parallel.DistributedDataParallel).parameters
@@ -83,16 +85,17 @@ def torchrun_argv(cfg, module: str, args) -> list:
 
 def launch(cfg, module: str, args, run_status) -> int:
     """Run torchrun in its own session and wait; stop signals are passed on to it (torchrun
-    passes them to every worker, which checkpoint and exit). torchrun's own exit status
+    passes them to every worker, which agree on a step, checkpoint and exit). torchrun's own exit status
     says only "a worker failed", so the run's summary gives the trainer's: 130 interrupted,
     3 failed; `run_status()` returns that summary's status."""
     argv = torchrun_argv(cfg, module, args)
-    env = dict(os.environ, TORCHELASTIC_SIGNALS_TO_HANDLE=SIGNALS_FOR_TORCHRUN)
+    env = dict(os.environ)
+    env.setdefault("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", SHUTDOWN_TIMEOUT_S)
     proc = subprocess.Popen(argv, env=env, start_new_session=True)
 
     def forward(signum, frame):
         if proc.poll() is None:
-            proc.send_signal(signum)
+            proc.send_signal(TO_TORCHRUN.get(signum, signum))
 
     old = {sig: signal.signal(sig, forward) for sig in STOP_SIGNALS}
     try:

@@ -2,8 +2,11 @@
 sharded batches, and 2 gloo processes against 1 process with the same global batch."""
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
 import torch
@@ -129,3 +132,27 @@ def test_every_rank_holds_identical_parameters_masks_and_states(tiny_config):
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     assert "differ: []" in done.stdout and "iteration 8" in done.stdout
     assert "sparsity 0.000" not in done.stdout
+
+
+def test_launcher_passes_a_schedulers_sigusr1_to_torchrun_as_sigterm(tiny_config, tmp_path,
+                                                                     monkeypatch):
+    """torchrun dies of SIGUSR1 and leaves its workers running; SIGTERM it passes on."""
+    cfg = cfg_of(tiny_config, "DDP_NPROC_PER_NODE=2", "GRADIENT_ACCUMULATION=2")
+    seen, ready = tmp_path / "seen", tmp_path / "ready"
+    child = ("import pathlib, signal, sys, time\n"
+             f"def note(s, f): pathlib.Path({str(seen)!r}).write_text(signal.Signals(s).name); "
+             "sys.exit(1)\n"
+             "signal.signal(signal.SIGTERM, note); signal.signal(signal.SIGUSR1, note)\n"
+             f"pathlib.Path({str(ready)!r}).touch()\n"
+             "time.sleep(30)\n")
+    monkeypatch.setattr(distributed, "torchrun_argv",
+                        lambda cfg, module, args: [sys.executable, "-c", child])
+
+    def signal_when_ready():
+        while not ready.exists():
+            time.sleep(0.02)
+        os.kill(os.getpid(), signal.SIGUSR1)
+
+    threading.Thread(target=signal_when_ready, daemon=True).start()
+    assert distributed.launch(cfg, "gpt2.train", [], lambda: "interrupted") == 130
+    assert seen.read_text() == "SIGTERM"
