@@ -598,6 +598,15 @@ class Runner:
                   f"{self.m.path}", file=sys.stderr)
 
 
+def _slurm_runner(matrix, retry_failed):
+    from scripts.slurm import SlurmRunner  # submitit only where Slurm is selected
+    return SlurmRunner(matrix, retry_failed)
+
+
+# MATRIX_EXECUTOR -> the runner of the cells.
+EXECUTORS = {"local": Runner, "slurm": _slurm_runner}
+
+
 # ------------------------------------------------------------- dry run
 
 def dry_run(matrix: Matrix, retry_failed: bool) -> int:
@@ -644,7 +653,7 @@ def main(argv=None) -> int:
         check_cells(matrix)
         if args.dry_run:
             return dry_run(matrix, args.retry_failed)
-        return Runner(matrix, args.retry_failed).run()
+        return EXECUTORS[matrix.cfg.MATRIX_EXECUTOR](matrix, args.retry_failed).run()
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
