@@ -24,7 +24,7 @@ from gpt2 import data
 from gpt2.budget import Budget, batch_size, check_pruning, extra_budget
 from gpt2.build import build_model
 from gpt2.sample import generate_text
-from lib import checkpoint, distributed, faults, optim, prune, recipe_fit, runtime
+from lib import checkpoint, distributed, faults, optim, prune, recipe_fit, runtime, trackers
 from lib import config as cfglib
 from lib.distributed import Distributed
 from lib.metrics import Discard, MetricsLog, env_info
@@ -408,6 +408,7 @@ def train(cfg, stop_after=None, stop=None) -> int:
         print(f"{run.path}: already complete (see summary.json); nothing to do")
         return 0
     faults.point("start")
+    trackers.check(cfg)
     ranks = Distributed.start(cfg, runtime.pick_device(cfg.DEVICE))
     try:
         if not ranks.is_main:
@@ -439,7 +440,11 @@ def _train_claimed(trainer, run, stop_after) -> int:
                                             trainer.tokens_per_iter, trainer.budget.total_iters)
     if mismatch:
         log.warning(mismatch)
-    return _train_logged(trainer, run, stop_after)
+    trainer.metrics.tracker = trackers.start(cfg, run.path, run.path.name)
+    try:
+        return _train_logged(trainer, run, stop_after)
+    finally:
+        trainer.metrics.close()
 
 
 def _train_logged(trainer, run, stop_after) -> int:

@@ -39,7 +39,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from lib import config as cfglib
-from lib import optim
+from lib import optim, trackers
 from lib.config import ConfigError
 from lib.fsutil import atomic_write_json, atomic_write_text, lock_directory
 from gpt2.budget import check_pruning
@@ -220,12 +220,12 @@ class Matrix:
         return self.state_dir / f"{cell.id}.json"
 
 
-def cell_kconf(config_path, overrides, spec, results, run_name=""):
+def cell_kconf(config_path, overrides, spec, results, run_name="", project=()):
     # --set values of the matrix's own knobs shape the grid; MATRIX=n drops them in a cell.
     kept = [o for o in overrides
             if not o.partition("=")[0].strip().removeprefix("CONFIG_").startswith("MATRIX")]
     try:
-        return cfglib.load_kconf(config_path, [*kept, *spec.overrides(),
+        return cfglib.load_kconf(config_path, [*kept, *spec.overrides(), *project,
                                                f"RESULTS_DIR={results}", f"RUN_NAME={run_name}"])
     except ConfigError as e:
         raise ConfigError(f"cell {spec.name}: {e}") from None
@@ -239,11 +239,14 @@ def load_matrix(config_path, overrides=()) -> Matrix:
     specs, skipped = enumerate_cells(cfg)
     path = matrix_dir(cfg, kconf)
     results = results_setting(cfg, path.name)
+    # The cells of a matrix are one tracker project.
+    project = ([f"TRACKER_PROJECT={path.name}"]
+               if cfg.TRACKER != "none" and not cfg.TRACKER_PROJECT else [])
     cells = []
     for spec in specs:
         cell_hash = cfglib.config_hash(cell_kconf(config_path, overrides, spec, results))
         cell_id = f"{spec.name}-{cell_hash}"
-        kconf_cell = cell_kconf(config_path, overrides, spec, results, cell_id)
+        kconf_cell = cell_kconf(config_path, overrides, spec, results, cell_id, project)
         cells.append(Cell(spec, cell_id, cell_hash, cfglib.config_text(kconf_cell),
                           path / cell_id, kconf_cell))
     ids = [c.id for c in cells]
@@ -270,6 +273,7 @@ def write_cell_config(cell) -> None:
 def check_cells(matrix: Matrix) -> None:
     """Every cell's pruning schedule fits its budget, or one ConfigError naming each cell
     that does not (before any cell runs, and in the dry run)."""
+    trackers.check(matrix.cfg)  # a missing tracker package, once, before any cell starts
     problems = []
     for cell in matrix.cells:
         try:
