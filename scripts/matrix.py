@@ -604,7 +604,7 @@ class Runner:
 
 def _slurm_runner(matrix, retry_failed):
     from scripts.slurm import SlurmRunner  # submitit only where Slurm is selected
-    return SlurmRunner(matrix, retry_failed)
+    return SlurmRunner(matrix, retry_failed, sys.modules[__name__])
 
 
 # MATRIX_EXECUTOR -> the runner of the cells.

@@ -150,17 +150,18 @@ class CellJob:
 
 
 class SlurmRunner:
-    """The matrix runner of MATRIX_EXECUTOR_SLURM: collect, show, submit, return."""
+    """The matrix runner of MATRIX_EXECUTOR_SLURM: collect, show, submit, return. `runner`
+    is scripts.matrix, whose state-file helpers it shares (passed in: it imports us)."""
 
-    def __init__(self, matrix, retry_failed: bool, cluster: str = "slurm"):
+    def __init__(self, matrix, retry_failed: bool, runner, cluster: str = "slurm"):
         self.m = matrix
         self.retry_failed = retry_failed
+        self.runner = runner
         self.folder = matrix.path / "slurm"
         self.cluster_name = cluster
 
     def run(self) -> int:
-        from scripts import matrix as runner  # the state-file helpers the local runner uses
-        m = self.m
+        runner, m = self.runner, self.m
         m.path.mkdir(parents=True, exist_ok=True)
         try:
             lock = lock_directory(m.path)
