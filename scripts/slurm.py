@@ -209,6 +209,7 @@ class SlurmRunner:
             print(f"  {cell.id}  running (job {states[cell.id]['job_id']})"
                   f"{self.position(cell)}")
         if todo:
+            runner.Runner(m, self.retry_failed).prepare(todo)  # once, not in every job
             self.submit(runner, cluster, todo, states)
         counts = {s: sum(states[c.id]["status"] == s for c in m.cells)
                   for s in ("done", "running", "failed", "interrupted", "pending")}
