@@ -307,11 +307,11 @@ class Trainer:
                 self.eval_and_log()
             p.window_iters = window_iters
             if p.iter % cfg.CHECKPOINT_INTERVAL == 0 or last or stopping:
-                p.window_loss_sum = loss_sum.item() if window_iters else 0.0
+                p.window_loss_sum = self.ranks.mean(loss_sum).item() if window_iters else 0.0
                 self.save_checkpoint()
         bar.close()
         if status != "complete":
-            p.window_loss_sum = loss_sum.item() if window_iters else 0.0
+            p.window_loss_sum = self.ranks.mean(loss_sum).item() if window_iters else 0.0
             self.save_checkpoint()
         return status
 

@@ -18,8 +18,9 @@ from lib.config import ConfigError
 from lib.run import RunDir
 
 ROOT = cfglib.ROOT
-# Four micro-batches per step: one process takes all four, each of two takes two.
-DDP_RUN = ("MAX_ITERS=6", "GRADIENT_ACCUMULATION=4", "BATCH_SIZE=4", "LOG_INTERVAL=1",
+# Four micro-batches per step: one process takes all four, each of two takes two. The
+# interruption after step 3 falls inside a log window of 2 steps.
+DDP_RUN = ("MAX_ITERS=6", "GRADIENT_ACCUMULATION=4", "BATCH_SIZE=4", "LOG_INTERVAL=2",
            "EVAL_INTERVAL=3", "SAMPLE_AFTER_TRAINING=n", "DDP_BACKEND=gloo")
 
 
