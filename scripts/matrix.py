@@ -39,7 +39,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from lib import config as cfglib
-from lib import optim, trackers
+from lib import distributed, optim, trackers
 from lib.config import ConfigError
 from lib.fsutil import atomic_write_json, atomic_write_text, lock_directory
 from gpt2.budget import check_pruning
@@ -502,6 +502,12 @@ class Runner:
             self.signal = signum
 
     def run(self) -> int:
+        processes = distributed.world_size(self.m.cfg)
+        if processes > 1 and self.jobs > 1:
+            raise ConfigError(f"MATRIX_JOBS={self.jobs} with {processes} processes per cell "
+                              f"(DDP_NPROC_PER_NODE x DDP_NNODES): each cell trains over all "
+                              f"the node's GPUs, so set MATRIX_JOBS=1, or run the matrix on "
+                              f"Slurm (MATRIX_EXECUTOR_SLURM)")
         self.lock_fd = self.lock()
         try:
             return self._run()
@@ -532,7 +538,8 @@ class Runner:
                 old_failures += 1
             self.write_state(cell, state)
         parallel = max(1, min(self.jobs, len(todo)))
-        gpus = visible_gpus(m.cfg.DEVICE) if todo else []
+        # A cell that trains over several processes (torchrun) takes all the node's GPUs.
+        gpus = visible_gpus(m.cfg.DEVICE) if todo and distributed.world_size(m.cfg) == 1 else []
         threads = None if gpus else max(1, cpu_cores() // parallel)
         where = (f"GPUs {','.join(gpus)} round-robin" if gpus
                  else f"{threads} CPU thread{'s' if threads != 1 else ''} per cell")

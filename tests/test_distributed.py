@@ -157,3 +157,11 @@ def test_launcher_passes_a_schedulers_sigusr1_to_torchrun_as_sigterm(tiny_config
     threading.Thread(target=signal_when_ready, daemon=True).start()
     assert distributed.launch(cfg, "gpt2.train", [], lambda: "interrupted") == 130
     assert seen.read_text() == "SIGTERM"
+
+
+def test_a_local_matrix_runs_distributed_cells_one_at_a_time(tiny_config, capsys):
+    from scripts import matrix
+    config = tiny_config("MATRIX=y", "MATRIX_JOBS=2", "DDP_NPROC_PER_NODE=2",
+                         "GRADIENT_ACCUMULATION=2")
+    assert matrix.main([str(config)]) == 2
+    assert "MATRIX_JOBS=2 with 2 processes per cell" in capsys.readouterr().err
