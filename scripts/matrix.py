@@ -221,9 +221,10 @@ class Matrix:
 
 
 def cell_kconf(config_path, overrides, spec, results, run_name="", project=()):
-    # --set values of the matrix's own knobs shape the grid; MATRIX=n drops them in a cell.
-    kept = [o for o in overrides
-            if not o.partition("=")[0].strip().removeprefix("CONFIG_").startswith("MATRIX")]
+    # --set values of the matrix's own knobs (the grid, the executor) do not reach a cell,
+    # where MATRIX=n drops them.
+    kept = [o for o in overrides if not o.partition("=")[0].strip().removeprefix("CONFIG_")
+            .startswith(("MATRIX", "SLURM_"))]
     try:
         return cfglib.load_kconf(config_path, [*kept, *spec.overrides(), *project,
                                                f"RESULTS_DIR={results}", f"RUN_NAME={run_name}"])

@@ -98,8 +98,8 @@ def test_slurm_knobs_do_not_move_the_matrix_but_the_shared_dir_does(tiny_config,
     dirs = [matrix_dir(cfglib.from_kconf(k), k) for k in (local, on_slurm, shared)]
     assert dirs[0] == dirs[1]
     assert dirs[2] == tmp_path / "nfs" / dirs[0].name
-    m = matrix.load_matrix(tiny_config(*SLURM, f"SLURM_SHARED_DIR={tmp_path / 'nfs'}",
-                                       name="shared2"))
+    m = matrix.load_matrix(tiny_config("MATRIX=y", name="shared2"),
+                           ["MATRIX_EXECUTOR=slurm", f"SLURM_SHARED_DIR={tmp_path / 'nfs'}"])
     assert all(c.dir.parent == dirs[2] for c in m.cells)
     assert cfglib.load(m.cells[0].config if m.cells[0].config.exists() else
                        _written(m.cells[0])).RESULTS_DIR == str(dirs[2])
