@@ -27,8 +27,7 @@ class PreloadedBatches(Batches):
             out[start:start + n] = np.memmap(path, dtype=split_tokens.dtype, mode="r")[:n]
         return out
 
-    def get(self, split: str):
-        starts = self.starts(split)
+    def read(self, split: str, starts: torch.Tensor):
         block = self._tokens[split][starts.to(self.device, non_blocking=True)[:, None] + self._offsets]
         block = block.long()
         return block[:, :-1], block[:, 1:]

@@ -24,10 +24,12 @@ from gpt2 import data, loaders
 from gpt2.budget import Budget, batch_size, check_pruning, extra_budget
 from gpt2.build import build_model
 from gpt2.sample import generate_text
-from lib import checkpoint, faults, memory_snapshot, optim, prune, recipe_fit, runtime
+from lib import checkpoint, distributed, faults, memory_snapshot, optim, prune, recipe_fit
+from lib import runtime, trackers
 from lib import config as cfglib
-from lib.metrics import MetricsLog, env_info
-from lib.run import RunDir
+from lib.distributed import Distributed
+from lib.metrics import Discard, MetricsLog, env_info
+from lib.run import RunDir, RunReader
 from lib.stop import STOP_SIGNALS, StopRequest
 from lib.fsutil import atomic_write_json, atomic_write_text
 from lib.schedule import learning_rate, schedule_options
@@ -60,6 +62,18 @@ class Progress:
     startup_s: float = None  # this session: process start to the first training step
 
 
+def quiet_logging(rank: int) -> logging.Logger:
+    """Ranks other than 0 write no log; their errors go to stderr, marked with the rank."""
+    log = logging.getLogger(f"kmatrix.train.rank{rank}")
+    log.handlers.clear()
+    log.setLevel(logging.ERROR)
+    log.propagate = False
+    to_stderr = logging.StreamHandler(sys.stderr)
+    to_stderr.setFormatter(logging.Formatter(f"[rank {rank}] %(levelname)s %(message)s"))
+    log.addHandler(to_stderr)
+    return log
+
+
 def setup_logging(run: RunDir) -> logging.Logger:
     log = logging.getLogger("kmatrix.train")
     log.handlers.clear()
@@ -87,18 +101,24 @@ def eval_windows(prepared, cfg, device) -> dict:
 
 
 @torch.no_grad()
-def evaluate(model, windows: dict, autocast) -> dict:
+def evaluate(model, windows: dict, autocast, ranks: Distributed = Distributed()) -> dict:
     """Loss, perplexity and next-token accuracy over each split's fixed windows (means over
-    every predicted token)."""
+    every predicted token). Several processes share the batches and sum their results,
+    so every rank returns the same figures."""
     model.eval()
     result = {}
     for split, batches in windows.items():
         loss_sum = correct = 0
-        for x, y in batches:
+        for k, (x, y) in enumerate(batches):
+            if k % ranks.world_size != ranks.rank:
+                continue
             with autocast:
                 logits, loss = model(x, y)
             loss_sum = loss_sum + loss.float() * y.numel()
             correct = correct + (logits.argmax(-1) == y).sum()
+        if ranks.world_size > 1:
+            loss_sum = ranks.sum(torch.as_tensor(loss_sum, dtype=torch.float32, device=x.device))
+            correct = ranks.sum(torch.as_tensor(correct, device=x.device))
         result[f"{split}_loss"] = (loss_sum / batches.tokens).item()
         result[f"{split}_acc"] = (correct / batches.tokens).item()
     result["val_ppl"] = math.exp(min(result["val_loss"], 700.0))
@@ -109,21 +129,25 @@ def evaluate(model, windows: dict, autocast) -> dict:
 class Trainer:
     """Everything a run needs, built without writing to its run directory."""
 
-    def __init__(self, cfg, run: RunDir, log: logging.Logger = None, stop=None):
+    def __init__(self, cfg, run: RunDir, log: logging.Logger = None, stop=None,
+                 ranks: Distributed = Distributed()):
         self.cfg, self.run, self.log = cfg, run, log or logging.getLogger("kmatrix.train")
         self.stop = stop if stop is not None else StopRequest()
+        self.ranks = ranks
         self.saved_iter = None
-        self.device = runtime.pick_device(cfg.DEVICE)
+        self.device = ranks.device(runtime.pick_device(cfg.DEVICE))
         runtime.set_tf32(cfg.TF32)
         runtime.set_cuda_options(self.device, cfg.CUDNN_BENCHMARK, cfg.CUDA_EXPANDABLE_SEGMENTS)
         torch.set_flush_denormal(cfg.FLUSH_DENORMAL)
         torch.manual_seed(cfg.SEED)
-        self.prepared = data.prepare_config(cfg)
+        with ranks.main_first():
+            self.prepared = data.prepare_config(cfg)
         self.batch_size = batch_size(cfg)
         self.batches = loaders.LOADERS[cfg.DATA_LOADER](self.prepared, cfg.BLOCK_SIZE,
                                                         self.batch_size, self.device, cfg.SEED)
         self.eval_windows = eval_windows(self.prepared, cfg, self.device)
         self.model = build_model(cfg, data.vocab_size(self.prepared)).to(self.device)
+        self.ddp = ranks.wrap(self.model, self.device)  # the model, or DDP around it
         self.optimizer = optim.build(cfg, self.model)
         self.scaler = runtime.grad_scaler(self.device, cfg.PRECISION)
         self.autocast = runtime.ForwardContext(
@@ -135,9 +159,9 @@ class Trainer:
         self.pruner = prune.build(cfg, self.model, self.optimizer)
         self.tokens_per_iter = self.batch_size * cfg.GRADIENT_ACCUMULATION * cfg.BLOCK_SIZE
         self.budget = Budget(cfg, self.tokens_per_iter, self.batches.train_tokens)
-        self.metrics = MetricsLog(run.metrics)
+        self.metrics = MetricsLog(run.metrics) if ranks.is_main else Discard()
         self.progress = Progress()
-        self.forward = self.model  # replaced by the compiled module in fit()
+        self.forward = self.ddp  # replaced by the compiled module in fit()
 
     # -- checkpoints -------------------------------------------------------
     def state_dict(self) -> dict:
@@ -159,7 +183,8 @@ class Trainer:
 
     def save_checkpoint(self) -> None:
         if self.saved_iter != self.progress.iter:
-            checkpoint.save(self.run.ckpt, self.state_dict())
+            if self.ranks.is_main:
+                checkpoint.save(self.run.ckpt, self.state_dict())
             self.saved_iter = self.progress.iter
 
     def resume(self):
@@ -200,13 +225,20 @@ class Trainer:
         return lr
 
     def train_step(self):
-        """One optimizer step over GRADIENT_ACCUMULATION micro-batches; no host sync."""
-        accum = self.cfg.GRADIENT_ACCUMULATION
-        for _ in range(accum):
-            x, y = self.batches.get("train")
-            with self.autocast:
-                _, loss = self.forward(x, y)
-            self.scaler.scale(loss / accum).backward()
+        """One optimizer step over GRADIENT_ACCUMULATION micro-batches (this process's share
+        of them); no host sync. Returns the step's mean micro-batch loss and the gradient
+        norm."""
+        ranks = self.ranks
+        share = ranks.micro_batches(self.cfg.GRADIENT_ACCUMULATION)
+        batches = self.batches.step("train", self.cfg.GRADIENT_ACCUMULATION, ranks.rank,
+                                    ranks.world_size)
+        loss_sum = 0
+        for i, (x, y) in enumerate(batches):
+            with ranks.gradient_sync(self.ddp, last=i == share - 1):
+                with self.autocast:
+                    _, loss = self.forward(x, y)
+                self.scaler.scale(loss / share).backward()
+            loss_sum = loss_sum + loss.detach()
         self.scaler.unscale_(self.optimizer)
         self.pruner.before_step()
         optim.prepare_grads(self.optimizer)  # SPAM sees raw gradients, before any global clip
@@ -215,24 +247,26 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
-        return loss.detach(), grad_norm.detach()
+        return loss_sum / share, grad_norm.detach()
 
     # -- the loop ----------------------------------------------------------
     def fit(self, stop_after=None) -> str:
         cfg, p, log = self.cfg, self.progress, self.log
-        self.forward = runtime.maybe_compile(self.model, cfg.COMPILE, cfg.COMPILE_MODE,
+        self.forward = runtime.maybe_compile(self.ddp, cfg.COMPILE, cfg.COMPILE_MODE,
                                              self.device, log, cfg.COMPILE_FULLGRAPH)
         self.memory_snapshot.start(p.iter, log)
         total = self.budget.total_iters
         bar = tqdm(total=total if total is not None else round(self.budget.seconds),
                    initial=p.iter if total is not None else round(p.train_time_s),
                    unit="it" if total is not None else "s", dynamic_ncols=True,
-                   desc=self.run.path.name, disable=None)
+                   desc=self.run.path.name, disable=None if self.ranks.is_main else True)
         loss_sum = torch.full((), p.window_loss_sum, device=self.device)
         window_iters, window_start_s, steps_this_session = p.window_iters, p.train_time_s, 0
         status = "complete"
-        while not self.budget.done(p):
-            if self.stop:
+        # Every rank takes the same branch: a stop signal or the time budget of one is all's.
+        last, stopping = self.ranks.any(self.budget.done(p), self.stop)
+        while not last:
+            if stopping:
                 status = "interrupted"
                 break
             if stop_after is not None and steps_this_session >= stop_after:
@@ -254,10 +288,11 @@ class Trainer:
             steps_this_session += 1
             window_iters += 1
             faults.point("step", p.iter)
-            last = self.budget.done(p)
+            last, stopping = self.ranks.any(self.budget.done(p), self.stop)
             if p.iter % cfg.LOG_INTERVAL == 0 or last:
                 t0 = time.perf_counter()
-                train_loss = (loss_sum / window_iters).item()  # the one sync per log window
+                # the one sync per log window
+                train_loss = self.ranks.mean(loss_sum / window_iters).item()
                 p.train_time_s += time.perf_counter() - t0
                 if not math.isfinite(train_loss):
                     lr_symbol = optim.OPTIMIZERS[cfg.OPTIMIZER].lr
@@ -280,12 +315,12 @@ class Trainer:
             if p.iter % cfg.EVAL_INTERVAL == 0 or last:
                 self.eval_and_log()
             p.window_iters = window_iters
-            if p.iter % cfg.CHECKPOINT_INTERVAL == 0 or last or self.stop:
-                p.window_loss_sum = loss_sum.item() if window_iters else 0.0
+            if p.iter % cfg.CHECKPOINT_INTERVAL == 0 or last or stopping:
+                p.window_loss_sum = self.ranks.mean(loss_sum).item() if window_iters else 0.0
                 self.save_checkpoint()
         bar.close()
         if status != "complete":
-            p.window_loss_sum = loss_sum.item() if window_iters else 0.0
+            p.window_loss_sum = self.ranks.mean(loss_sum).item() if window_iters else 0.0
             self.save_checkpoint()
         return status
 
@@ -295,11 +330,13 @@ class Trainer:
         Returns "complete", or "interrupted" when a stop signal came first."""
         p = self.progress
         if p.eval_iter != p.iter:
-            if self.stop:
+            if self.ranks.any(self.stop):
                 return "interrupted"
             self.eval_and_log()
             self.saved_iter = None
             self.save_checkpoint()
+        if not self.ranks.is_main:
+            return "complete"
         if self.cfg.SAMPLE_AFTER_TRAINING and not self.run.samples.exists():
             if self.stop:
                 return "interrupted"
@@ -312,7 +349,7 @@ class Trainer:
     def eval_and_log(self) -> None:
         p = self.progress
         faults.point("eval", p.iter)
-        result = evaluate(self.forward, self.eval_windows, self.autocast)
+        result = evaluate(self.forward, self.eval_windows, self.autocast, self.ranks)
         if not math.isfinite(result["val_loss"]):
             raise TrainingFailed(f"non-finite validation loss at iteration {p.iter}")
         p.best_val_loss = min(p.best_val_loss, result["val_loss"])
@@ -324,7 +361,7 @@ class Trainer:
         self.log.info(f"iter {p.iter}: train loss {result['train_loss']:.4f}, val loss "
                       f"{result['val_loss']:.4f}, val ppl {result['val_ppl']:.2f}, val acc "
                       f"{result['val_acc']:.3f}")
-        if self.cfg.SAMPLE_AT_EVAL:
+        if self.cfg.SAMPLE_AT_EVAL and self.ranks.is_main:
             self.log.info("sample:\n" + "\n---\n".join(self.samples(count=1)))
 
     def samples(self, count=None) -> list:
@@ -362,6 +399,7 @@ class Trainer:
             "extra_budget": extra_budget(self.cfg)[2],
             "startup_s": p.startup_s,
             "device": str(self.device),
+            "processes": self.ranks.world_size,
             "config_hash": self.cfg.hash,
         }
 
@@ -379,20 +417,30 @@ def train(cfg, stop_after=None, stop=None) -> int:
         print(f"{run.path}: already complete (see summary.json); nothing to do")
         return 0
     faults.point("start")
-    trainer = Trainer(cfg, run, stop=stop)
-    check_pruning(cfg, trainer.budget.total_iters)  # the prepared data's size, not a recount
-    if stop:
-        print(f"{stop.name} before training started; nothing written", file=sys.stderr)
-        return 130
-    run.claim(cfg)
+    trackers.check(cfg)
+    ranks = Distributed.start(cfg, runtime.pick_device(cfg.DEVICE))
     try:
-        return _train_claimed(trainer, run, stop_after)
+        if not ranks.is_main:
+            run = RunReader(run.path)
+        trainer = Trainer(cfg, run, stop=stop, ranks=ranks)
+        check_pruning(cfg, trainer.budget.total_iters)  # the prepared data's size, not a recount
+        if ranks.any(stop):
+            print(f"{stop.name} before training started; nothing written", file=sys.stderr)
+            return 130
+        run.claim(cfg)
+        try:
+            return _train_claimed(trainer, run, stop_after)
+        finally:
+            run.unlock()
     finally:
-        run.unlock()
+        ranks.close()
 
 
 def _train_claimed(trainer, run, stop_after) -> int:
     cfg, stop = trainer.cfg, trainer.stop
+    if not trainer.ranks.is_main:
+        trainer.log = quiet_logging(trainer.ranks.rank)
+        return _train_logged(trainer, run, stop_after)
     log = trainer.log = setup_logging(run)
     for name in checkpoint.remove_orphans(run.path):
         log.info(f"removed {name}, left by an interrupted write")
@@ -401,12 +449,23 @@ def _train_claimed(trainer, run, stop_after) -> int:
                                             trainer.tokens_per_iter, trainer.budget.total_iters)
     if mismatch:
         log.warning(mismatch)
+    trainer.metrics.tracker = trackers.start(cfg, run.path, run.path.name)
+    try:
+        return _train_logged(trainer, run, stop_after)
+    finally:
+        trainer.metrics.close()
+
+
+def _train_logged(trainer, run, stop_after) -> int:
+    cfg, stop, log = trainer.cfg, trainer.stop, trainer.log
+    processes = trainer.ranks.world_size
     resumed = trainer.resume()
     if resumed:
         log.info(f"resuming {run.path} at iteration {trainer.progress.iter}"
                  + (f" from {resumed.name}" if resumed != run.ckpt else ""))
     else:
-        log.info(f"training {run.path} on {trainer.device}: "
+        log.info(f"training {run.path} on {trainer.device}"
+                 + (f" x {processes} processes" if processes > 1 else "") + ": "
                  f"{trainer.model.num_params():,} parameters, "
                  f"{trainer.tokens_per_iter:,} tokens per iteration")
     run.write_summary(trainer.summary("running"))
@@ -473,6 +532,13 @@ def main(argv=None) -> int:
     with StopRequest() as stop:
         try:
             cfg = cfglib.load(args.config, args.overrides)
+            if distributed.needs_launch(cfg):
+                if stop:
+                    return 130
+                run = RunDir.for_config(cfg)
+                return distributed.launch(cfg, "gpt2.train",
+                                          sys.argv[1:] if argv is None else argv,
+                                          lambda: run.read_summary().get("status"))
             return train(cfg, args.stop_after, stop)
         except (cfglib.ConfigError, data.DataError, checkpoint.CheckpointError) as e:
             print(f"error: {e}", file=sys.stderr)

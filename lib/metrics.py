@@ -12,10 +12,12 @@ from lib.fsutil import atomic_write_text
 
 
 class MetricsLog:
-    """Append-only JSON lines, one per log or eval record, flushed as written."""
+    """Append-only JSON lines, one per log or eval record, flushed as written; each record
+    also goes to the experiment tracker when one is attached (lib/trackers.py)."""
 
-    def __init__(self, path):
+    def __init__(self, path, tracker=None):
         self.path = Path(path)
+        self.tracker = tracker
 
     def truncate_after(self, iteration: int, last_eval_iter: int = None) -> None:
         """Drop records past `iteration`, and evaluations past `last_eval_iter` (the one
@@ -34,11 +36,32 @@ class MetricsLog:
     def write(self, record: dict) -> None:
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
+        if self.tracker is not None:
+            self.tracker.log(record)
+
+    def close(self) -> None:
+        """End the tracker's run (the file needs no closing)."""
+        if self.tracker is not None:
+            self.tracker.close()
+            self.tracker = None
 
     def read(self) -> list:
         if not self.path.exists():
             return []
         return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+
+
+class Discard:
+    """The metrics log of a process that writes nothing (a rank other than 0)."""
+
+    def write(self, record: dict) -> None:
+        pass
+
+    def truncate_after(self, iteration: int, last_eval_iter: int = None) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 def _git(*args) -> str:

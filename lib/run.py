@@ -96,6 +96,20 @@ class RunDir:
         atomic_write_json(self.summary, summary)
 
 
+class RunReader(RunDir):
+    """A run directory as a process other than rank 0 sees it: it reads what rank 0
+    writes (the checkpoint it resumes from) and writes nothing."""
+
+    def claim(self, cfg) -> None:
+        pass
+
+    def unlock(self) -> None:
+        pass
+
+    def write_summary(self, summary: dict) -> None:
+        pass
+
+
 # ------------------------------------------------------------ matrix directories
 # A matrix directory, results/<RECIPE>-matrix-<hash>/, holds one run directory per cell;
 # the matrix runner writes it and the report reads it, both name it from here.
@@ -104,7 +118,10 @@ class RunDir:
 # so they stay out of the matrix directory's hash (a changed MATRIX_JOBS
 # resumes the same matrix).
 RUNNER_ONLY = ("MATRIX_JOBS", "MATRIX_BASELINE", "MATRIX_ON_FAILURE_CONTINUE",
-               "MATRIX_ON_FAILURE_STOP")
+               "MATRIX_ON_FAILURE_STOP", "MATRIX_EXECUTOR_LOCAL", "MATRIX_EXECUTOR_SLURM",
+               "SLURM_PARTITION", "SLURM_GPUS_PER_JOB", "SLURM_CPUS_PER_JOB",
+               "SLURM_TIME_LIMIT_MIN", "SLURM_ARRAY_PARALLELISM", "SLURM_EXTRA_OPTIONS",
+               "SLURM_SHARED_DIR")
 
 OFF_HINT = ("matrix mode is off: set MATRIX=y in make menuconfig, or "
             "make defconfig-shakespeare-char-matrix")
@@ -116,10 +133,16 @@ def matrix_hash(kconf) -> str:
     return cfglib.config_hash(kconf, ignored={*cfglib.NOT_HASHED, *RUNNER_ONLY})
 
 
+def matrix_base(cfg) -> str:
+    """The RESULTS_DIR setting the matrix directory goes under: SLURM_SHARED_DIR when
+    Slurm runs the cells and it is set."""
+    return cfg.get("SLURM_SHARED_DIR") or cfg.RESULTS_DIR
+
+
 def results_setting(cfg, name: str) -> str:
     """RESULTS_DIR for the cells: the matrix directory, relative to the project
     root when the matrix's RESULTS_DIR is."""
-    base = cfg.RESULTS_DIR
+    base = matrix_base(cfg)
     return str(Path(base) / name) if Path(base).is_absolute() else f"{base.rstrip('/')}/{name}"
 
 
@@ -130,7 +153,8 @@ def matrix_name(cfg, kconf) -> str:
 
 
 def matrix_dir(cfg, kconf) -> Path:
-    return results_dir(cfg) / matrix_name(cfg, kconf)
+    base = Path(matrix_base(cfg))
+    return (base if base.is_absolute() else ROOT / base) / matrix_name(cfg, kconf)
 
 
 def dir_of_config(config_path, overrides=()) -> Path:

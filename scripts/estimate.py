@@ -253,6 +253,10 @@ def estimate(cfg, optimizer_cfgs=None) -> dict:
     else:
         tokens_per_s, time_source = None, (f"unknown: no peak FLOP/s for {device['name']} and "
                                            f"no make bench of this configuration here")
+    processes = cfg.DDP_NPROC_PER_NODE * cfg.DDP_NNODES
+    if tokens_per_s and processes > 1:
+        tokens_per_s *= processes
+        time_source += f", times {processes} DDP processes (ideal scaling; memory is per process)"
     if cfg.BUDGET == "minutes":
         seconds = cfg.MAX_MINUTES * 60
     else:

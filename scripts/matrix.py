@@ -39,7 +39,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from lib import config as cfglib
-from lib import optim
+from lib import distributed, optim, trackers
 from lib.config import ConfigError
 from lib.fsutil import atomic_write_json, atomic_write_text, lock_directory
 from gpt2.budget import check_pruning
@@ -266,12 +266,13 @@ class Matrix:
         return self.state_dir / f"{cell.id}.json"
 
 
-def cell_kconf(config_path, overrides, spec, results, run_name=""):
-    # --set values of the matrix's own knobs shape the grid; MATRIX=n drops them in a cell.
-    kept = [o for o in overrides
-            if not o.partition("=")[0].strip().removeprefix("CONFIG_").startswith("MATRIX")]
+def cell_kconf(config_path, overrides, spec, results, run_name="", project=()):
+    # --set values of the matrix's own knobs (the grid, the executor) do not reach a cell,
+    # where MATRIX=n drops them.
+    kept = [o for o in overrides if not o.partition("=")[0].strip().removeprefix("CONFIG_")
+            .startswith(("MATRIX", "SLURM_"))]
     try:
-        return cfglib.load_kconf(config_path, [*kept, *spec.overrides(),
+        return cfglib.load_kconf(config_path, [*kept, *spec.overrides(), *project,
                                                f"RESULTS_DIR={results}", f"RUN_NAME={run_name}"])
     except ConfigError as e:
         raise ConfigError(f"cell {spec.name}: {e}") from None
@@ -285,11 +286,14 @@ def load_matrix(config_path, overrides=()) -> Matrix:
     specs, skipped = enumerate_cells(cfg)
     path = matrix_dir(cfg, kconf)
     results = results_setting(cfg, path.name)
+    # The cells of a matrix are one tracker project.
+    project = ([f"TRACKER_PROJECT={path.name}"]
+               if cfg.TRACKER != "none" and not cfg.TRACKER_PROJECT else [])
     cells = []
     for spec in specs:
         cell_hash = cfglib.config_hash(cell_kconf(config_path, overrides, spec, results))
         cell_id = f"{spec.name}-{cell_hash}"
-        kconf_cell = cell_kconf(config_path, overrides, spec, results, cell_id)
+        kconf_cell = cell_kconf(config_path, overrides, spec, results, cell_id, project)
         cells.append(Cell(spec, cell_id, cell_hash, cfglib.config_text(kconf_cell),
                           path / cell_id, kconf_cell))
     ids = [c.id for c in cells]
@@ -316,6 +320,7 @@ def write_cell_config(cell) -> None:
 def check_cells(matrix: Matrix) -> None:
     """Every cell's pruning schedule fits its budget, or one ConfigError naming each cell
     that does not (before any cell runs, and in the dry run)."""
+    trackers.check(matrix.cfg)  # a missing tracker package, once, before any cell starts
     problems = []
     for cell in matrix.cells:
         try:
@@ -544,6 +549,12 @@ class Runner:
             self.signal = signum
 
     def run(self) -> int:
+        processes = distributed.world_size(self.m.cfg)
+        if processes > 1 and self.jobs > 1:
+            raise ConfigError(f"MATRIX_JOBS={self.jobs} with {processes} processes per cell "
+                              f"(DDP_NPROC_PER_NODE x DDP_NNODES): each cell trains over all "
+                              f"the node's GPUs, so set MATRIX_JOBS=1, or run the matrix on "
+                              f"Slurm (MATRIX_EXECUTOR_SLURM)")
         self.lock_fd = self.lock()
         try:
             return self._run()
@@ -574,7 +585,8 @@ class Runner:
                 old_failures += 1
             self.write_state(cell, state)
         parallel = max(1, min(self.jobs, len(todo)))
-        gpus = visible_gpus(m.cfg.DEVICE) if todo else []
+        # A cell that trains over several processes (torchrun) takes all the node's GPUs.
+        gpus = visible_gpus(m.cfg.DEVICE) if todo and distributed.world_size(m.cfg) == 1 else []
         threads = None if gpus else max(1, cpu_cores() // parallel)
         where = (f"GPUs {','.join(gpus)} round-robin" if gpus
                  else f"{threads} CPU thread{'s' if threads != 1 else ''} per cell")
@@ -644,6 +656,15 @@ class Runner:
                   f"{self.m.path}", file=sys.stderr)
 
 
+def _slurm_runner(matrix, retry_failed):
+    from scripts.slurm import SlurmRunner  # submitit only where Slurm is selected
+    return SlurmRunner(matrix, retry_failed, sys.modules[__name__])
+
+
+# MATRIX_EXECUTOR -> the runner of the cells.
+EXECUTORS = {"local": Runner, "slurm": _slurm_runner}
+
+
 # ------------------------------------------------------------- dry run
 
 def cell_estimate(cell) -> str:
@@ -701,7 +722,7 @@ def main(argv=None) -> int:
         check_cells(matrix)
         if args.dry_run:
             return dry_run(matrix, args.retry_failed)
-        return Runner(matrix, args.retry_failed).run()
+        return EXECUTORS[matrix.cfg.MATRIX_EXECUTOR](matrix, args.retry_failed).run()
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

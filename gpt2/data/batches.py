@@ -48,7 +48,18 @@ class Batches:
                              generator=self._generators[split])
 
     def get(self, split: str):
-        starts = self.starts(split)
+        return self.read(split, self.starts(split))
+
+    def step(self, split: str, count: int, rank: int = 0, processes: int = 1) -> list:
+        """The `count` micro-batches of one optimizer step, drawn in order as `count` calls
+        of get() would draw them; of those, the contiguous share count/processes of `rank`.
+        The processes of a run together see exactly the batches one process would."""
+        starts = [self.starts(split) for _ in range(count)]
+        share = count // processes
+        return [self.read(split, s) for s in starts[rank * share:(rank + 1) * share]]
+
+    def read(self, split: str, starts: torch.Tensor):
+        """(x, y) of the blocks that begin at `starts`, on the device."""
         block = torch.from_numpy(self.tokens[split].windows(starts.numpy(), self.block_size + 1))
         x, y = block[:, :-1].contiguous(), block[:, 1:].contiguous()
         if self.device.type == "cuda":
