@@ -46,6 +46,16 @@ def test_estimate_counts_what_the_trainer_builds(tiny_config, capsys):
     assert "adamw-8bit" in out and "<- OPTIMIZER" in out and "GFLOP per token" in out
 
 
+def test_spam_state_of_a_model_with_many_shapes_is_measured_under_the_fused_default(tiny_config):
+    """The state is measured one shape at a time; under OPTIMIZER_IMPL=fused that once
+    compiled a kernel per shape and hit dynamo's recompile limit (GPT-2 124M has 9)."""
+    cfg = cfglib.load(tiny_config("OPTIMIZER=adamwspam", "OPTIMIZER_IMPL=fused"))
+    shapes = tuple(((n, 3), 1) for n in range(1, 13))
+    state = estimate.optimizer_state_bytes({"adamwspam": cfg}, shapes)["adamwspam"]
+    assert isinstance(state, int), state
+    assert state >= 2 * 4 * sum(n * 3 for n in range(1, 13))  # exp_avg and exp_avg_sq
+
+
 def test_estimate_for_a_named_card_uses_its_peak_and_memory(tiny_config):
     cfg = cfglib.load(tiny_config("ESTIMATE_DEVICE=H100 SXM", "PRECISION=bf16",
                                   "ESTIMATE_MFU=0.5", "MAX_ITERS=100"))
