@@ -45,6 +45,13 @@ def default_config_path() -> Path:
     return Path(os.environ.get("KCONFIG_CONFIG", ".config"))
 
 
+def config_description(path) -> str:
+    """The first line of a defconfig or fragment when it is a comment (what `make help`
+    shows), else ""."""
+    first = Path(path).read_text().splitlines()[:1]
+    return first[0].lstrip("# ").strip() if first and first[0].startswith("#") else ""
+
+
 def load_tree() -> kconfiglib.Kconfig:
     """The Kconfig tree with every symbol at its default; any parse warning is an error."""
     with scoped_env("srctree", str(ROOT)):  # where `source` paths are relative to

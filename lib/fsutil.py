@@ -1,7 +1,9 @@
-"""Atomic file writes (a reader never sees a half-written file) and directory locks."""
+"""Atomic file writes (a reader never sees a half-written file), directory locks, and
+safe file names."""
 import fcntl
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -40,3 +42,9 @@ def lock_directory(directory) -> int:
         os.close(fd)
         raise
     return fd
+
+
+def safe_name(text: str) -> str:
+    """`text` as a file or directory name: ASCII letters, digits, '.', '_', '+' and '-'
+    kept, anything else '_'."""
+    return re.sub(r"[^A-Za-z0-9._+-]", "_", text)

@@ -4,7 +4,7 @@ import time
 
 import torch
 
-from lib.config import ROOT
+from lib.config import ROOT, config_description
 
 
 def cpu_matmul_flops(seconds: float = 0.2) -> float:
@@ -19,10 +19,7 @@ def cpu_matmul_flops(seconds: float = 0.2) -> float:
 
 def recipe_description(recipe: str) -> str:
     path = ROOT / "defconfigs" / recipe
-    if not path.is_file():
-        return ""
-    first = path.read_text().splitlines()[:1]
-    return first[0].lstrip("# ").strip() if first and first[0].startswith("#") else ""
+    return config_description(path) if path.is_file() else ""
 
 
 def gpu_recipe_on_cpu(cfg, device, params: int, tokens_per_iter: int, total_iters,

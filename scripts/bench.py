@@ -51,9 +51,14 @@ BASELINE = "adamw/foreach"
 DEFAULT_VARIANTS = [BASELINE, *optim.OPTIMIZERS, "adamwspam/foreach"]
 
 
+def synchronizer(device):
+    """A call that waits for the device's queued work (nothing to wait for on the CPU)."""
+    return torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+
 def _timed(fn, device, warmup: int, steps: int) -> float:
     """Seconds per call of fn, synchronised with the device."""
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync = synchronizer(device)
     for _ in range(warmup):
         fn()
     sync()
@@ -143,11 +148,6 @@ def fragment_overrides(path) -> list:
     return out
 
 
-def description(path) -> str:
-    first = (Path(path).read_text().splitlines() or [""])[0]
-    return first.lstrip("# ").strip() if first.startswith("#") else ""
-
-
 def list_configs(list_dir, results, overrides=()) -> list:
     """[(name, description, overrides)] of a list directory, in name order."""
     list_dir = Path(list_dir)
@@ -157,8 +157,8 @@ def list_configs(list_dir, results, overrides=()) -> list:
     if not entries:
         raise cfglib.ConfigError(f"{list_dir}: no benchmark fragments in it")
     tree = cfglib.load_tree()
-    return [(p.name, description(p), merged(tree, [*common, *fragment_overrides(p), *overrides,
-                                                    f"RESULTS_DIR={results}"]))
+    return [(p.name, cfglib.config_description(p),
+             merged(tree, [*common, *fragment_overrides(p), *overrides, f"RESULTS_DIR={results}"]))
             for p in entries]
 
 
@@ -198,7 +198,7 @@ def measure(cfg) -> dict:
         device = trainer.device
         trainer.forward = runtime.maybe_compile(trainer.model, cfg.COMPILE, cfg.COMPILE_MODE,
                                                 device, trainer.log, cfg.COMPILE_FULLGRAPH)
-        sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+        sync = synchronizer(device)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         for _ in range(cfg.BENCH_WARMUP_ITERS):

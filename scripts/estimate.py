@@ -32,7 +32,7 @@ from gpt2.budget import Budget, batch_size, tokens_per_iter
 from gpt2.build import model_config
 from gpt2.model import GPT, MLPS
 from lib import config as cfglib
-from lib import devices, optim, prune, runtime
+from lib import devices, distributed, optim, prune, runtime
 from lib.run import results_dir
 
 FP32 = 4
@@ -253,7 +253,7 @@ def estimate(cfg, optimizer_cfgs=None) -> dict:
     else:
         tokens_per_s, time_source = None, (f"unknown: no peak FLOP/s for {device['name']} and "
                                            f"no make bench of this configuration here")
-    processes = cfg.DDP_NPROC_PER_NODE * cfg.DDP_NNODES
+    processes = distributed.world_size(cfg)
     if tokens_per_s and processes > 1:
         tokens_per_s *= processes
         time_source += f", times {processes} DDP processes (ideal scaling; memory is per process)"

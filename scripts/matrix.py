@@ -41,7 +41,7 @@ from tqdm import tqdm
 from lib import config as cfglib
 from lib import distributed, optim, trackers
 from lib.config import ConfigError
-from lib.fsutil import atomic_write_json, atomic_write_text, lock_directory
+from lib.fsutil import atomic_write_json, atomic_write_text, lock_directory, safe_name
 from gpt2.budget import check_pruning
 from gpt2.data import DataError
 from lib.run import OFF_HINT, RunDir, matrix_dir, results_setting
@@ -116,7 +116,7 @@ class CellSpec:
         if self.lr_setting:
             parts.append(f"lr{self.lr_multiplier:g}x")
         if self.extra_symbol:
-            parts.append(f"{self.extra_symbol.lower()}-{_safe(self.extra_value)}")
+            parts.append(f"{self.extra_symbol.lower()}-{safe_name(self.extra_value)}")
         return "-".join(parts + [f"seed{self.seed}"])
 
     def overrides(self) -> list:
@@ -131,11 +131,6 @@ class CellSpec:
         if self.extra_symbol:
             out.append(self.extra)
         return out + [f"SEED={self.seed}"]
-
-
-def _safe(value: str) -> str:
-    """A value as a piece of a directory name: letters, digits, '.', '+' and '-' kept."""
-    return "".join(c if c.isalnum() or c in ".+-" else "_" for c in value)
 
 
 # Dimensions the grid sweeps itself; the extra dimension may not take them.

@@ -4,7 +4,6 @@ import dataclasses
 import functools
 import hashlib
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import gpt2.data.textfiles as textfiles
 from gpt2.data.errors import DataError
 from gpt2.data.shards import SPLITS, read_meta
 from gpt2.data.tokenizers import TOKENIZERS
+from lib.fsutil import safe_name
 
 # DATASET -> Corpus constructor for document corpora (Shakespeare is prepared in memory).
 CORPORA = {
@@ -115,7 +115,7 @@ def dir_name(spec: DataSpec) -> str:
     label = CORPORA[spec.dataset](spec).label
     digest = hashlib.sha256(json.dumps(spec.identity(), sort_keys=True).encode()).hexdigest()[:8]
     name = f"{label}-{spec.tokenizer}-{budget}-{split}-{digest}"
-    return re.sub(r"[^A-Za-z0-9._+-]", "_", name)
+    return safe_name(name)
 
 
 def prepared_dir(spec: DataSpec, out_root) -> Path:
