@@ -594,6 +594,20 @@ def test_fused_kernels_that_cannot_build_name_the_way_out(monkeypatch):
     assert all(torch.equal(p, b) for p, b in zip(params, before))
 
 
+def test_a_process_may_hold_many_fused_optimizers_of_different_shapes():
+    """torch.compile recompiles a function at most 8 times; each optimizer compiles its
+    own copy of the kernels, so a ninth optimizer over new shapes still steps, and as the
+    eager implementation does."""
+    for n in range(1, 10):
+        fused, eager = (torch.nn.Parameter(torch.full((n, 3), 0.5, dtype=torch.float64))
+                        for _ in range(2))
+        for p, impl in ((fused, "fused"), (eager, "for-loop")):
+            p.grad = torch.linspace(-1, 1, 3 * n, dtype=torch.float64).reshape(n, 3)
+            AdamWSPAM([p], lr=1e-2, implementation=impl).step()
+        torch.testing.assert_close(fused, eager, rtol=1e-12, atol=1e-15)
+        assert not torch.equal(fused, torch.full_like(fused, 0.5))
+
+
 def test_invalid_arguments():
     p = [torch.zeros(2, requires_grad=True)]
     for kw in (dict(reset_interval=0), dict(theta=0.0), dict(clip_delay=-1),

@@ -64,6 +64,7 @@ from __future__ import annotations
 
 import functools
 import math
+import types
 from typing import Any, Callable, Iterable
 
 import torch
@@ -159,7 +160,12 @@ class FusedKernelError(RuntimeError):
 
 
 def _compiled(fn: Callable) -> Callable:
-    compiled = torch.compile(fn, fullgraph=True, dynamic=False)
+    # torch.compile keeps its compiled graphs per code object, and stops recompiling after
+    # a few (8); a copy of the function per optimizer gives each its own graphs, so a
+    # process may hold any number of optimizers over different parameter shapes.
+    own = types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__,
+                             fn.__defaults__, fn.__closure__)
+    compiled = torch.compile(own, fullgraph=True, dynamic=False)
 
     def call(*args):
         try:
