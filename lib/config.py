@@ -9,6 +9,7 @@ member's name, lower-case, without the choice's prefix, "_" read as "-"
 (OPTIMIZER_ADAMW_8BIT -> "adamw-8bit"), ready to key a registry.
 """
 import hashlib
+import importlib
 import os
 import shutil
 import tempfile
@@ -43,6 +44,17 @@ class ConfigError(Exception):
 
 def default_config_path() -> Path:
     return Path(os.environ.get("KCONFIG_CONFIG", ".config"))
+
+
+def require(module: str, symbol: str, package: str, instead: str):
+    """Import the optional package that CONFIG_<symbol>=y needs; when it is missing, a
+    ConfigError naming the knob, the pip command and `instead` (the other way out)."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise ConfigError(f"CONFIG_{symbol}=y needs the {package} package, which is not "
+                          f"installed ({e}): pip install {package} (into the project's "
+                          f".venv), or {instead}") from None
 
 
 def config_description(path) -> str:

@@ -2,11 +2,10 @@
 metrics.jsonl on to the selected one; nothing else calls a tracker. Each tracker's
 package is optional: check() turns a missing one into a ConfigError naming the knob and
 the package, before the run directory is touched."""
-import importlib
 import math
 from pathlib import Path
 
-from lib.config import ConfigError
+from lib.config import require
 
 STEP_KEYS = ("kind", "iter")  # the record's kind prefixes its keys; iter is the step
 
@@ -61,12 +60,7 @@ TRACKERS = {
 
 def _import(choice: str):
     module, package, _ = TRACKERS[choice]
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise ConfigError(f"TRACKER_{choice.upper()}=y needs the {package} package, which is "
-                          f"not installed: pip install {package} (into the project's .venv), "
-                          f"or select TRACKER_NONE") from None
+    return require(module, f"TRACKER_{choice.upper()}", package, "select TRACKER_NONE")
 
 
 def check(cfg) -> None:

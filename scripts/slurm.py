@@ -31,13 +31,8 @@ OPTION = re.compile(r"^[a-z][a-z0-9_-]*=[A-Za-z0-9_.,:@%|+/=\-]+$")
 
 
 def require_submitit():
-    try:
-        import submitit
-    except ImportError:
-        raise ConfigError("MATRIX_EXECUTOR_SLURM=y needs the submitit package: pip install "
-                          "submitit (it is in pyproject.toml), or select "
-                          "MATRIX_EXECUTOR_LOCAL") from None
-    return submitit
+    return cfglib.require("submitit", "MATRIX_EXECUTOR_SLURM", "submitit",
+                          "select MATRIX_EXECUTOR_LOCAL")
 
 
 def sbatch_options(cfg) -> dict:

@@ -5,14 +5,13 @@ comparison differs only in the update rule. Each entry names the symbols of its
 own learning rate and weight decay. Adding an optimizer is one entry in
 OPTIMIZERS plus its block in lib/optim/Kconfig.
 """
-import importlib
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 from torch import nn
 
-from lib.config import ConfigError
+from lib.config import ConfigError, require
 from lib.optim.spam import FusedKernelError  # noqa: F401  (the trainer reports it)
 
 # OPTIMIZER_IMPL choice -> keyword arguments of torch's optimizers.
@@ -36,15 +35,6 @@ def param_groups(model: nn.Module, weight_decay: float, decay_embeddings: bool) 
             {"params": no_decay, "weight_decay": 0.0}]
 
 
-def _require(module: str, symbol: str, package: str):
-    try:
-        return importlib.import_module(module)
-    except ImportError as e:
-        raise ConfigError(f"CONFIG_{symbol}=y needs the {package} package, which is not "
-                          f"installed ({e}): pip install {package}, or select another "
-                          f"OPTIMIZER") from None
-
-
 def _betas(cfg) -> tuple:
     return (cfg.BETA1, cfg.BETA2)
 
@@ -65,7 +55,8 @@ def _adamw(groups, cfg, lr):
 
 
 def _adamw_8bit(groups, cfg, lr):
-    bnb = _require("bitsandbytes", "OPTIMIZER_ADAMW_8BIT", "bitsandbytes")
+    bnb = require("bitsandbytes", "OPTIMIZER_ADAMW_8BIT", "bitsandbytes",
+                  "select another OPTIMIZER")
     if cfg.ADAMW_8BIT_PAGED:
         if groups[0]["params"][0].device.type != "cuda":
             raise ConfigError("CONFIG_ADAMW_8BIT_PAGED=y: paged optimizer state needs a CUDA "
@@ -75,7 +66,7 @@ def _adamw_8bit(groups, cfg, lr):
 
 
 def _lion(groups, cfg, lr):
-    lion = _require("lion_pytorch", "OPTIMIZER_LION", "lion-pytorch")
+    lion = require("lion_pytorch", "OPTIMIZER_LION", "lion-pytorch", "select another OPTIMIZER")
     return lion.Lion(groups, lr=lr, betas=(cfg.LION_BETA1, cfg.LION_BETA2))
 
 
