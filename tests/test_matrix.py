@@ -373,9 +373,11 @@ def test_kill_9_mid_matrix_loses_and_duplicates_nothing(matrix_config):
     first, second, third = m.cells
     runner = start_runner(config)
     try:
+        # Generous deadlines: 1,000 iterations take seconds alone, minutes on a loaded machine.
         wait_for(lambda: matrix.read_state(m.state_path(first)).get("status") == "done",
-                 what="the first cell")
-        wait_for(lambda: (second.dir / "ckpt.pt").exists(), what="a checkpoint of the second")
+                 timeout=600, what="the first cell")
+        wait_for(lambda: (second.dir / "ckpt.pt").exists(), timeout=600,
+                 what="a checkpoint of the second")
     finally:
         os.killpg(runner.pid, signal.SIGKILL)  # the runner and its cells, at once
         runner.wait()
