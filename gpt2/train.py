@@ -210,7 +210,9 @@ class Trainer:
                 path, f"its contents do not fit this configuration: {type(e).__name__}: "
                       f"{(str(e).splitlines() or [''])[0][:200]}")) from None
         self.saved_iter = self.progress.iter
-        self.metrics.truncate_after(self.progress.iter, self.progress.eval_iter or 0)
+        torn = self.metrics.truncate_after(self.progress.iter, self.progress.eval_iter or 0)
+        if torn:
+            self.log.warning(torn)
         return path
 
     # -- the step ----------------------------------------------------------

@@ -4,6 +4,7 @@ import fcntl
 import json
 import os
 import re
+import socket
 import tempfile
 from pathlib import Path
 
@@ -31,16 +32,41 @@ def atomic_write_json(path, obj) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
+class LockHeld(BlockingIOError):
+    """Another process holds the lock; `holder` says which, as it wrote itself into the
+    lock file ("pid 123 on host node1")."""
+
+    def __init__(self, path, holder: str):
+        super().__init__(f"{path} is held by {holder}")
+        self.holder = holder
+
+
+def lock_holder(lock_file) -> str:
+    """Who holds `lock_file`, as its holder wrote it."""
+    try:
+        text = Path(lock_file).read_text().strip()
+    except OSError:
+        text = ""
+    return text or "a process that has not written its pid yet"
+
+
 def lock_directory(directory) -> int:
     """Hold an exclusive flock on <directory>/.lock (created as needed) until the returned
     descriptor is closed or the process (and every child it passed the descriptor to)
-    exits. Raises BlockingIOError when another process holds it."""
-    fd = os.open(Path(directory) / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    exits, and write "pid <pid> on host <host>" into it. Raises LockHeld (a
+    BlockingIOError) naming the holder when another process holds it."""
+    path = Path(directory) / ".lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
-        raise
+        raise LockHeld(path, lock_holder(path)) from None
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on host {socket.gethostname()}\n".encode(), 0)
+    except OSError:  # a full disk: the lock holds all the same, only the note is missing
+        pass
     return fd
 
 

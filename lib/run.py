@@ -8,7 +8,7 @@
   ckpt.prev.pt   the checkpoint before it, kept until a new one is written and verified
   samples.txt    text generated after training
   summary.json   final figures and status (running, stopped, interrupted, failed, complete)
-  .lock          held (flock) by the trainer working on the run
+  .lock          held (flock) by the trainer working on the run: its pid and host
 """
 import json
 import os
@@ -16,7 +16,7 @@ from pathlib import Path
 
 from lib import config as cfglib
 from lib.config import ROOT, ConfigError
-from lib.fsutil import atomic_write_json, atomic_write_text, lock_directory
+from lib.fsutil import LockHeld, atomic_write_json, atomic_write_text, lock_directory
 
 
 def run_name(cfg) -> str:
@@ -66,9 +66,9 @@ class RunDir:
     def lock(self) -> None:
         try:
             fd = lock_directory(self.path)
-        except BlockingIOError:
-            raise ConfigError(f"{self.path} is being trained by another process; wait for it "
-                              f"or stop it, then run again") from None
+        except LockHeld as e:
+            raise ConfigError(f"{self.path} is being trained by another process ({e.holder}); "
+                              f"wait for it or stop it, then run again") from None
         if self._lock_fd is not None:
             os.close(self._lock_fd)
         self._lock_fd = fd

@@ -1,10 +1,13 @@
-"""Stop at a safe point: SIGINT, SIGTERM and SIGUSR1 (which batch schedulers send
-ahead of a time limit) only set a flag; the trainer reads it between steps,
+"""Stop at a safe point: SIGINT, SIGTERM, SIGHUP (a closed terminal or ssh session) and
+SIGUSR1 (which batch schedulers send ahead of a time limit) only set a flag; the trainer reads it between steps,
 checkpoints and exits 130. A second signal while it saves changes nothing, so
 it cannot cost the checkpoint (kill -9 still ends the process at once)."""
 import signal
 
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
+# The signals by which a user (Ctrl-C, kill, a closed terminal) or a batch scheduler stops
+# work: the trainer checkpoints and exits 130, the matrix runner passes them on, and a cell
+# they end is interrupted, not failed. The one list; everything else imports it.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGHUP)
 
 
 class StopRequest:

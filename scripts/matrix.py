@@ -41,10 +41,11 @@ from tqdm import tqdm
 from lib import config as cfglib
 from lib import distributed, optim, trackers
 from lib.config import ConfigError
-from lib.fsutil import atomic_write_json, atomic_write_text, lock_directory, safe_name
+from lib.fsutil import LockHeld, atomic_write_json, atomic_write_text, lock_directory, safe_name
 from gpt2.budget import check_pruning
 from gpt2.data import DataError
 from lib.run import OFF_HINT, RunDir, matrix_dir, results_setting
+from lib.stop import STOP_SIGNALS
 
 # Test hook: comma-separated fnmatch patterns of cell ids whose trainer is
 # replaced by a stand-in that prints a log, writes a failed summary.json and
@@ -52,9 +53,6 @@ from lib.run import OFF_HINT, RunDir, matrix_dir, results_setting
 FAIL_CELLS_ENV = "KMATRIX_TEST_FAIL_CELLS"
 LOG_TAIL_LINES = 20
 EXIT_MEANINGS = {2: "bad configuration or input", 3: "training failed", 130: "interrupted"}
-# Signals by which a user (Ctrl-C, kill) or a batch scheduler stops work: a cell they end
-# is interrupted, not failed, and resumes on the next run.
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGHUP)
 POLL_S = 0.2
 
 _FAKE_FAILURE = """\
@@ -477,10 +475,11 @@ class Runner:
         self.m.path.mkdir(parents=True, exist_ok=True)
         try:
             return lock_directory(self.m.path)
-        except BlockingIOError:
+        except LockHeld as e:
             raise ConfigError(f"{self.m.path} is in use by another matrix runner or by cells it "
-                              f"started (see the pids in {self.m.state_dir}); wait for them or "
-                              f"stop them, then run again") from None
+                              f"started ({e.holder}; the cells' pids are in "
+                              f"{self.m.state_dir}); wait for them or stop them, then run "
+                              f"again") from None
 
     def prepare(self, todo) -> None:
         """Prepare the dataset once before the cells start, so parallel cells do

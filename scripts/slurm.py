@@ -24,7 +24,7 @@ from pathlib import Path
 
 from lib import config as cfglib
 from lib.config import ConfigError
-from lib.fsutil import atomic_write_json, atomic_write_text, lock_directory
+from lib.fsutil import LockHeld, atomic_write_json, atomic_write_text, lock_directory
 from lib.run import RunDir
 
 OPTION = re.compile(r"^[a-z][a-z0-9_-]*=[A-Za-z0-9_.,:@%|+/=\-]+$")
@@ -160,9 +160,9 @@ class SlurmRunner:
         m.path.mkdir(parents=True, exist_ok=True)
         try:
             lock = lock_directory(m.path)
-        except BlockingIOError:
-            raise ConfigError(f"{m.path} is in use by another matrix runner; wait for it, "
-                              f"then run again") from None
+        except LockHeld as e:
+            raise ConfigError(f"{m.path} is in use by another matrix runner ({e.holder}); "
+                              f"wait for it, then run again") from None
         try:
             m.state_dir.mkdir(parents=True, exist_ok=True)
             self.folder.mkdir(parents=True, exist_ok=True)
