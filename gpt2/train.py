@@ -31,7 +31,7 @@ from lib.distributed import Distributed
 from lib.metrics import Discard, MetricsLog, env_info
 from lib.run import RunDir, RunReader
 from lib.stop import STOP_SIGNALS, StopRequest
-from lib.fsutil import atomic_write_json, atomic_write_text
+from lib.fsutil import atomic_write_json, atomic_write_text, no_space
 from lib.schedule import learning_rate, schedule_options
 
 # The AdamWPrune trainer's flags, kept as aliases of the symbols they set.
@@ -484,6 +484,8 @@ def _train_logged(trainer, run, stop_after) -> int:
         log.error(f"training failed: {reason}")
         return 3
     except OSError as e:
+        if no_space(e):  # nothing is lost: the run resumes from its last checkpoint
+            return _out_of_space(trainer, run)
         try:  # the summary may not fit either; the error line says why
             run.write_summary(trainer.summary("failed", _write_error(e)))
         except OSError:
@@ -501,6 +503,18 @@ def _train_logged(trainer, run, stop_after) -> int:
              f"{time.perf_counter() - started:.1f} s this session")
     run.write_summary(summary)
     return 0
+
+
+def _out_of_space(trainer, run) -> int:
+    """A write did not fit (checkpoint, metrics record or summary): say so in one line,
+    leave the summary interrupted with that reason, exit 130 (run again to resume)."""
+    reason = checkpoint.no_space_message(run.ckpt)
+    try:
+        run.write_summary(trainer.summary("interrupted", reason))
+    except OSError:
+        reason += " (summary.json could not be updated either)"
+    trainer.log.error(reason)
+    return 130
 
 
 def _write_error(e: OSError) -> str:

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from lib import faults
+from lib.fsutil import no_space
 
 
 class CheckpointError(Exception):
@@ -60,16 +61,40 @@ def save(path, state: dict) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        torch.save(state, tmp)
+        with open(tmp, "wb") as f:  # a file object: a full disk's OSError reaches us
+            torch.save(state, f)
         faults.point("ckpt", state.get("progress", {}).get("iter", 0))
         _fsync(tmp)
         verify(tmp)
         if path.exists():
             _keep_previous(path)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        full = no_space(e)
+        if full is not None and full is not e:
+            raise OSError(full.errno, os.strerror(full.errno), str(path)) from None
         raise
+
+
+def saved_iteration(path):
+    """The iteration of the checkpoint at `path` (or the previous one kept beside it), or
+    None when neither reads."""
+    for candidate in (Path(path), previous(path)):
+        try:
+            state = torch.load(candidate, map_location="cpu", weights_only=True, mmap=True)
+            return int(state["progress"]["iter"])
+        except Exception:
+            continue
+    return None
+
+
+def no_space_message(path) -> str:
+    """One line for a checkpoint (or another file of its directory) that did not fit."""
+    iteration = saved_iteration(path)
+    kept = (f"the previous checkpoint (iteration {iteration}) is intact" if iteration is not None
+            else "no checkpoint has been written yet")
+    return f"no space left on {Path(path).parent}: {kept}; free space and run make again"
 
 
 def verify(path) -> None:

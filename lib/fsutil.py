@@ -1,5 +1,6 @@
 """Atomic file writes (a reader never sees a half-written file), directory locks, and
 safe file names."""
+import errno
 import fcntl
 import json
 import os
@@ -7,6 +8,22 @@ import re
 import socket
 import tempfile
 from pathlib import Path
+
+
+# What a write gets from a full disk, a full quota, or a file-size limit (RLIMIT_FSIZE).
+NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def no_space(error: BaseException):
+    """The OSError for a full disk in `error` or in what caused it (torch.save wraps it in
+    a RuntimeError), or None."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in NO_SPACE_ERRNOS:
+            return error
+        error = error.__cause__ or error.__context__
+    return None
 
 
 def atomic_write_bytes(path, data: bytes) -> None:
