@@ -28,11 +28,12 @@ COMMON = (f"MAX_ITERS={ITERS}", f"EVAL_INTERVAL={EVAL_EVERY}", f"CHECKPOINT_INTE
           "DROPOUT=0.1", "GRADIENT_ACCUMULATION=2", "SAMPLE_COUNT=1")
 _draw = random.Random(10)
 STEP = {name: _draw.randrange(1, ITERS) for name in ("INT", "TERM", "USR1", "KILL")}
+STEP["HUP"] = _draw.randrange(1, ITERS)  # a closed terminal or ssh session
 
 # (id, fault spec, expected exit status of the interrupted attempt)
 SIGNAL_FAULTS = [
     *[(f"SIG{name}-step@{STEP[name]}", f"step@{STEP[name]}={name}", 130)
-      for name in ("INT", "TERM", "USR1")],
+      for name in ("INT", "TERM", "USR1", "HUP")],
     ("SIGTERM-start", "start=TERM", 130),
     ("SIGTERM-eval@10", f"eval@{EVAL_EVERY}=TERM", 130),
     ("SIGTERM-last-eval@20", f"eval@{ITERS}=TERM", 130),
