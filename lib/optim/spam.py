@@ -38,6 +38,9 @@ Beyond the authors' optimizer, and never changing the update:
   ``(norm - mean) / std > spike_threshold`` (sample std, at least
   ``min(SPIKE_MIN_SAMPLES, spike_window)`` norms held) counts a spike.
 - ``clip_count`` counts clipped elements, ``reset_count`` resets.
+- A step a GradScaler skips (fp16: inf or NaN gradients, so ``step()`` is never
+  called) changes neither: the norm and the clipped elements ``prepare_grads()``
+  measured count only once ``step()`` takes the step.
 
 The per-element work comes in three implementations (``implementation``, the
 OPTIMIZER_IMPL knob): ``"foreach"`` runs torch's multi-tensor (``_foreach``)
@@ -245,6 +248,10 @@ class AdamWSPAM(Optimizer):
                          if implementation == "fused" else (clip_each, update_each))
         self.spam_state: dict[str, Any] = self._fresh_spam_state()
         self._prepared_step = 0  # the step whose gradients prepare_grads() has handled
+        # What prepare_grads() measured (the gradient norm, the elements it clipped), kept
+        # until step() takes the step: a step a GradScaler skips (inf/NaN gradients) never
+        # reaches the window or the counters.
+        self._pending = None
 
     # ------------------------------------------------------------------ state
 
@@ -300,6 +307,7 @@ class AdamWSPAM(Optimizer):
             fresh["norm_window"] = None  # the window size changed: start a new one
         self.spam_state = fresh
         self._prepared_step = 0
+        self._pending = None
 
     def stats(self) -> dict[str, int]:
         """Counters as Python ints (this syncs with the device)."""
@@ -348,12 +356,15 @@ class AdamWSPAM(Optimizer):
                 lst.append(item)
         return list(buckets.values())
 
-    def _count_spike(self, grads: list) -> None:
-        st = self.spam_state
-        window = st["norm_window"]
+    def _grad_norm(self, grads: list) -> torch.Tensor:
+        window = self.spam_state["norm_window"]
         norms = [n.to(device=window.device, dtype=torch.float32)
                  for n in torch._foreach_norm(grads)]
-        norm = torch.linalg.vector_norm(torch.stack(norms))
+        return torch.linalg.vector_norm(torch.stack(norms))
+
+    def _count_spike(self, norm: torch.Tensor) -> None:
+        st = self.spam_state
+        window = st["norm_window"]
         n = st["window_len"]
         if n >= max(2, min(self.SPIKE_MIN_SAMPLES, self.spike_window)):
             std, mean = torch.std_mean(window[:n], correction=1)
@@ -375,7 +386,9 @@ class AdamWSPAM(Optimizer):
         """Reset, spike count and element clip for the coming step, on the raw gradients.
 
         Once per set of gradients: when a GradScaler skips the step, the next gradients
-        are prepared for the same step again (without a second reset)."""
+        are prepared for the same step again (without a second reset). The norm and the
+        clipped elements are counted when step() takes the step, so a skipped step's
+        counts are dropped."""
         st = self.spam_state
         n = st["step"] + 1
         found = self._with_grads()
@@ -387,19 +400,19 @@ class AdamWSPAM(Optimizer):
                                   for key in ("exp_avg", "exp_avg_sq")])
             st["last_reset"] = n
             st["reset_count"] += 1
-        if self.spike_window > 0:
-            self._count_spike([p.grad for _, p, _ in found])
+        norm = self._grad_norm([p.grad for _, p, _ in found]) if self.spike_window > 0 else None
+        clips = torch.zeros_like(st["clip_count"])
+        self._pending = (norm, clips)
         if self._clip_active(n):
             if self.implementation == "foreach":
                 for group, params, grads, _, exp_avg_sqs, _ in self._buckets(found):
-                    clipped = clip_foreach(grads, exp_avg_sqs, group["theta"],
-                                           st["clip_count"])
+                    clipped = clip_foreach(grads, exp_avg_sqs, group["theta"], clips)
                     for p, g in zip(params, clipped):
                         p.grad = g
             else:
                 self._kernels[0]([p.grad for _, p, _ in found],
                                  [s["exp_avg_sq"] for _, _, s in found],
-                                 [group["theta"] for group, _, _ in found], st["clip_count"])
+                                 [group["theta"] for group, _, _ in found], clips)
         self._prepared_step = n
 
     def _scale(self, n: int) -> float:
@@ -424,6 +437,12 @@ class AdamWSPAM(Optimizer):
         n = st["step"] + 1
         if self._prepared_step != n:
             self.prepare_grads()
+        if self._pending is not None:  # the step is taken: what was measured counts
+            norm, clips = self._pending
+            if norm is not None:
+                self._count_spike(norm)
+            st["clip_count"].add_(clips)
+            self._pending = None
         scale = self._scale(n)
         found = self._with_grads()
         for _, _, state in found:
