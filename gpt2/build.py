@@ -2,7 +2,8 @@
 with pruning masks attached. The trainer, the sampler and the benchmark all build here."""
 from dataclasses import replace
 
-from gpt2.model import GPT, GPTConfig, load_pretrained
+from gpt2 import init_dir
+from gpt2.model import GPT, GPTConfig
 from lib import config as cfglib
 from lib import prune
 
@@ -47,15 +48,10 @@ def build_model(cfg, vocab_size: int) -> GPT:
             f"CONFIG_INIT_FROM_DIR=\"{cfg.INIT_FROM_DIR}\": GPT-2 weights have GPT-2's "
             f"architecture, but {', '.join(differs)}; set NORM=layernorm, QK_NORM=n, "
             f"POSITIONS=learned, MLP=gelu and FUSED_QKV=y, or train from scratch")
-    model = load_pretrained(cfg.INIT_FROM_DIR, dropout=cfg.DROPOUT)
+    model = init_dir.load(cfg, (shape.n_layer, shape.n_head, shape.n_embd, shape.vocab_size,
+                                shape.block_size))
     model.config = replace(model.config, **{f: getattr(shape, f) for f in (
         "checkpoint_blocks", "label_smoothing", "loss_chunk_tokens")})
-    got = (model.config.n_layer, model.config.n_head, model.config.n_embd, model.config.vocab_size)
-    want = (shape.n_layer, shape.n_head, shape.n_embd, shape.vocab_size)
-    if got != want or model.config.block_size < shape.block_size:
-        raise cfglib.ConfigError(
-            f"CONFIG_INIT_FROM_DIR=\"{cfg.INIT_FROM_DIR}\": its shape (layers, heads, width, vocab) "
-            f"{got} does not match the configuration's {want}; choose the matching MODEL_SIZE")
     facts = (("BIAS", shape.bias, model.config.bias, "have biases", "have no biases"),
              ("WEIGHT_TYING", shape.tie_weights, model.config.tie_weights,
               "tie the head to the embedding", "have an untied head"))
