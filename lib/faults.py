@@ -1,5 +1,8 @@
 """Test hook for the fault-injection tests: send a signal to this process at a named
-point of training. Honoured only here; never set it outside tests.
+point of training. The one seam between the tests and the product's code: the
+environment variable is read once, at import, and unset (always, outside tests) every
+point() is a no-op. The matrix runner has no hook of its own: its tests monkeypatch
+scripts.matrix.command.
 
   KMATRIX_TEST_FAULT="step@7=TERM,ckpt@7=TERM"  SIGTERM after step 7, again while
                                                 its checkpoint is being written

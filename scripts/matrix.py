@@ -24,7 +24,6 @@ Exit status: 0 every cell done, 1 a cell failed (or was left pending by
 MATRIX_ON_FAILURE=stop), 2 bad configuration or matrix mode off, 130 interrupted.
 """
 import argparse
-import fnmatch
 import functools
 import json
 import os
@@ -47,25 +46,9 @@ from gpt2.data import DataError
 from lib.run import OFF_HINT, RunDir, matrix_dir, results_setting
 from lib.stop import STOP_SIGNALS
 
-# Test hook: comma-separated fnmatch patterns of cell ids whose trainer is
-# replaced by a stand-in that prints a log, writes a failed summary.json and
-# exits 3. Honoured only here; never set it outside tests.
-FAIL_CELLS_ENV = "KMATRIX_TEST_FAIL_CELLS"
 LOG_TAIL_LINES = 20
 EXIT_MEANINGS = {2: "bad configuration or input", 3: "training failed", 130: "interrupted"}
 POLL_S = 0.2
-
-_FAKE_FAILURE = """\
-import json, pathlib, sys
-run = pathlib.Path(sys.argv[1])
-for i in range(30):
-    print(f"stand-in trainer line {i}")
-print("stand-in trainer: injected failure", file=sys.stderr)
-(run / "summary.json").write_text(json.dumps(
-    {"status": "failed", "error": "injected failure (KMATRIX_TEST_FAIL_CELLS)"}))
-sys.exit(3)
-"""
-
 
 # ------------------------------------------------------------------ the grid
 
@@ -455,9 +438,7 @@ def child_env(base: dict, gpu, threads) -> dict:
 
 
 def command(cell) -> list:
-    patterns = [p for p in os.environ.get(FAIL_CELLS_ENV, "").split(",") if p]
-    if any(fnmatch.fnmatchcase(cell.id, p) for p in patterns):
-        return [sys.executable, "-c", _FAKE_FAILURE, str(cell.dir)]
+    """The trainer's command line for a cell (the tests replace it with a stand-in)."""
     return [sys.executable, "-m", "gpt2.train", str(cell.config)]
 
 
@@ -497,7 +478,7 @@ class Runner:
     def start(self, cell, state, gpu, threads) -> None:
         now = time.time()
         cmd = command(cell)
-        shown = shlex.join(cmd) if cmd[1] == "-m" else f"stand-in failure ({FAIL_CELLS_ENV})"
+        shown = shlex.join(cmd)
         with open(cell.log, "ab") as log:
             log.write(f"=== kmatrix: attempt {len(state['attempts']) + 1} at "
                       f"{time.strftime('%Y-%m-%d %H:%M:%S')}: {shown}\n".encode())
