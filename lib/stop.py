@@ -1,7 +1,8 @@
 """Stop at a safe point: SIGINT, SIGTERM, SIGHUP (a closed terminal or ssh session) and
-SIGUSR1 (which batch schedulers send ahead of a time limit) only set a flag; the trainer reads it between steps,
-checkpoints and exits 130. A second signal while it saves changes nothing, so
-it cannot cost the checkpoint (kill -9 still ends the process at once)."""
+SIGUSR1 (which batch schedulers send ahead of a time limit) only set a flag; the trainer
+reads it between steps, checkpoints and exits 130. A second signal while it saves
+changes nothing, so it cannot cost the checkpoint (kill -9 still ends the process at
+once)."""
 import signal
 
 # The signals by which a user (Ctrl-C, kill, a closed terminal) or a batch scheduler stops

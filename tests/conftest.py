@@ -43,3 +43,9 @@ def tiny_config(tmp_path):
     def make(*extra, name="config"):
         return write_tiny_config(tmp_path / name, *extra)
     return make
+
+
+# One generous limit for every wait on an event (a file, a log line, a process exit) in
+# the tests that run real processes: reaching it means stuck, not slow, even on a machine
+# running several suites at once. No test asserts on wall-clock time.
+EVENT_LIMIT_S = 900

@@ -15,15 +15,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import write_tiny_config
+from conftest import EVENT_LIMIT_S, write_tiny_config
 from test_faults import COMMON, assert_identical, outcome, run_dir
 
 from gpt2 import train
 from lib import checkpoint
 from lib import config as cfglib
 
-# Generous, suite-wide: a child that has not finished by then is stuck, not slow.
-CHILD_LIMIT_S = 900
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +41,7 @@ def limited(max_bytes):
 
 def train_child(config, preexec_fn=None):
     return subprocess.run([sys.executable, "-m", "gpt2.train", str(config)], cwd=cfglib.ROOT,
-                          capture_output=True, text=True, timeout=CHILD_LIMIT_S,
+                          capture_output=True, text=True, timeout=EVENT_LIMIT_S,
                           preexec_fn=preexec_fn)
 
 
@@ -133,7 +131,7 @@ def test_metrics_and_summary_that_do_not_fit_lose_nothing(tmp_path):
     summary.write_text(json.dumps({"status": "interrupted"}))
     result = subprocess.run([sys.executable, "-c", _APPEND_UNTIL_FULL, str(metrics),
                              str(summary)], cwd=cfglib.ROOT, capture_output=True, text=True,
-                            timeout=CHILD_LIMIT_S, preexec_fn=limited(1000))
+                            timeout=EVENT_LIMIT_S, preexec_fn=limited(1000))
     assert result.returncode == 0, result.stderr
     seen = json.loads(result.stdout)
     assert seen["summary_error"] in (27,)  # EFBIG

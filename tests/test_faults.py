@@ -16,7 +16,7 @@ import time
 
 import pytest
 import torch
-from conftest import write_tiny_config
+from conftest import EVENT_LIMIT_S, write_tiny_config
 
 from gpt2 import train
 from lib import checkpoint, faults
@@ -111,7 +111,8 @@ def test_kill_9_then_resume_matches_the_uninterrupted_run(tiny_config, reference
     config = tiny_config(*COMMON)
     env = {**os.environ, faults.FAULT_ENV: spec}
     killed = subprocess.run([sys.executable, "-m", "gpt2.train", str(config)], env=env,
-                            cwd=cfglib.ROOT, capture_output=True, text=True, timeout=300)
+                            cwd=cfglib.ROOT, capture_output=True, text=True,
+                            timeout=EVENT_LIMIT_S)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     run = run_dir(config)
     assert json.loads(run.summary.read_text())["status"] == "running"
@@ -133,7 +134,7 @@ def test_sigint_from_outside_at_a_random_moment(tiny_config, reference):
             time.sleep(0.05)
         proc.send_signal(signal.SIGINT)
         proc.send_signal(signal.SIGINT)  # a second one while it stops costs nothing
-        _, err = proc.communicate(timeout=300)
+        _, err = proc.communicate(timeout=EVENT_LIMIT_S)
     finally:
         proc.kill()
     assert proc.returncode in (0, 130), err  # 0: it had finished already
@@ -150,7 +151,7 @@ RESULT_COLUMNS = ["cell", "status", "train_loss", "val_loss", "val_ppl", "best_v
 
 def run_matrix(config, env=None):
     return subprocess.run([sys.executable, "-m", "scripts.matrix", str(config)], cwd=cfglib.ROOT,
-                          env=env, capture_output=True, text=True, timeout=300)
+                          env=env, capture_output=True, text=True, timeout=EVENT_LIMIT_S)
 
 
 def matrix_results(config):
@@ -187,14 +188,14 @@ def test_signal_while_cells_start_then_rerun_matches(tiny_config, matrix_referen
                               cwd=cfglib.ROOT, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + EVENT_LIMIT_S
         while not any(matrix.read_state(m.state_path(c)).get("status") == "running"
                       for c in m.cells):
             assert runner.poll() is None and time.monotonic() < deadline
             time.sleep(0.02)
         number = getattr(signal, sig)
         (os.killpg if whom == "group" else os.kill)(runner.pid, number)
-        code = runner.wait(timeout=120)
+        code = runner.wait(timeout=EVENT_LIMIT_S)
     finally:
         if runner.poll() is None:
             os.killpg(runner.pid, signal.SIGKILL)

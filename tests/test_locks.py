@@ -8,14 +8,13 @@ import subprocess
 import sys
 import time
 
+from conftest import EVENT_LIMIT_S
 from test_faults import COMMON, run_dir
 
 from gpt2 import train
 from lib import config as cfglib
 from lib.fsutil import lock_holder
 
-# Generous, suite-wide: what has not happened by then is stuck, not slow.
-LIMIT_S = 900
 
 _HOLD_RUN = """
 import sys
@@ -29,7 +28,7 @@ sys.stdin.read()
 
 
 def wait_until(predicate, what):
-    deadline = time.monotonic() + LIMIT_S
+    deadline = time.monotonic() + EVENT_LIMIT_S
     while not predicate():
         assert time.monotonic() < deadline, f"gave up waiting for {what}"
         time.sleep(0.05)
@@ -48,7 +47,7 @@ def test_a_second_trainer_names_the_holder(tiny_config, capsys):
         assert train.main([str(config)]) == 2
     finally:
         holder.stdin.close()
-        holder.wait(timeout=LIMIT_S)
+        holder.wait(timeout=EVENT_LIMIT_S)
     err = capsys.readouterr().err.strip().splitlines()
     run = run_dir(config)
     assert err[-1] == (f"error: {run.path} is being trained by another process "
@@ -70,8 +69,8 @@ def test_two_matrix_runners_at_once(tiny_config):
                    and lock_holder(m.path / ".lock").startswith("pid "), "the first runner's lock")
         second = subprocess.run([sys.executable, "-m", "scripts.matrix", str(config)],
                                 cwd=cfglib.ROOT, capture_output=True, text=True,
-                                timeout=LIMIT_S)
-        out, _ = first.communicate(timeout=LIMIT_S)
+                                timeout=EVENT_LIMIT_S)
+        out, _ = first.communicate(timeout=EVENT_LIMIT_S)
     finally:
         if first.poll() is None:
             first.kill()

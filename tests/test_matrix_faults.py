@@ -12,12 +12,11 @@ import time
 
 import pandas as pd
 import pytest
-from conftest import write_tiny_config
+from conftest import EVENT_LIMIT_S, write_tiny_config
 
 from lib import config as cfglib
 from lib import faults
 
-LIMIT_S = 900  # suite-wide: what has not happened by then is stuck, not slow
 MATRIX = ("MATRIX=y", "MATRIX_SEEDS=2", "MATRIX_JOBS=2", "MAX_ITERS=8", "EVAL_INTERVAL=4",
           "CHECKPOINT_INTERVAL=2", "LOG_INTERVAL=2", "SAMPLE_COUNT=1")
 TIMING = ["train_time_s", "wall_s", "overhead_s", "startup_s", "tokens_per_s",
@@ -28,7 +27,7 @@ CELL_TIMING_FIELDS = slice(9, 14)
 
 
 def wait_until(predicate, what):
-    deadline = time.monotonic() + LIMIT_S
+    deadline = time.monotonic() + EVENT_LIMIT_S
     while not predicate():
         assert time.monotonic() < deadline, f"gave up waiting for {what}"
         time.sleep(0.02)
@@ -37,7 +36,7 @@ def wait_until(predicate, what):
 def run(config, *args, env=None):
     return subprocess.run([sys.executable, "-m", "scripts.matrix", str(config), *args],
                           cwd=cfglib.ROOT, env=env, capture_output=True, text=True,
-                          timeout=LIMIT_S)
+                          timeout=EVENT_LIMIT_S)
 
 
 def start(config, env=None):
@@ -90,7 +89,7 @@ def kill_the_runner(config, m, tmp_path):
         wait_until(lambda: any((c.dir / "ckpt.pt").exists() for c in m.cells),
                    "a cell's first checkpoint")
         os.killpg(runner.pid, signal.SIGKILL)
-        assert runner.wait(timeout=LIMIT_S) == -signal.SIGKILL
+        assert runner.wait(timeout=EVENT_LIMIT_S) == -signal.SIGKILL
     finally:
         if runner.poll() is None:
             os.killpg(runner.pid, signal.SIGKILL)
@@ -102,7 +101,7 @@ def kill_the_report_writer(config, m, tmp_path, when):
     try:
         wait_until(when(m), "the report to be under way")
         os.kill(runner.pid, signal.SIGKILL)
-        runner.wait(timeout=LIMIT_S)  # it may have finished first: the point is a race
+        runner.wait(timeout=EVENT_LIMIT_S)  # it may have finished first: the point is a race
     finally:
         if runner.poll() is None:
             os.killpg(runner.pid, signal.SIGKILL)
