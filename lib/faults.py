@@ -6,9 +6,11 @@ scripts.matrix.command.
 
   KMATRIX_TEST_FAULT="step@7=TERM,ckpt@7=TERM"  SIGTERM after step 7, again while
                                                 its checkpoint is being written
+  KMATRIX_TEST_FAULT="step@3=TERM>parent"       SIGTERM to the parent process (a DDP
+                                                worker's parent is torchrun)
   KMATRIX_TEST_FAULT_MARK=<file>                fire only while <file> does not exist
                                                 (created first), so a fault hits one
-                                                process of a matrix, once
+                                                process of a matrix (or one rank), once
 
 Points: start (before data preparation), step (after the step, before its
 evaluation), eval (as an evaluation starts), ckpt (checkpoint written to its
@@ -26,9 +28,11 @@ MARK_ENV = "KMATRIX_TEST_FAULT_MARK"
 def _parse(spec: str) -> dict:
     faults = {}
     for item in filter(None, (s.strip() for s in spec.split(","))):
-        where, _, name = item.partition("=")
+        where, _, action = item.partition("=")
         point, _, iteration = where.partition("@")
-        faults.setdefault((point, int(iteration or 0)), []).append(getattr(signal, f"SIG{name}"))
+        name, _, target = action.partition(">")
+        faults.setdefault((point, int(iteration or 0)), []).append(
+            (getattr(signal, f"SIG{name}"), target == "parent"))
     return faults
 
 
@@ -46,8 +50,8 @@ def point(name: str, iteration: int = 0) -> None:
             Path(mark).touch(exist_ok=False)
         except FileExistsError:
             return
-    for sig in signals:
-        os.kill(os.getpid(), sig)
+    for sig, to_parent in signals:
+        os.kill(os.getppid() if to_parent else os.getpid(), sig)
 
 
 def arm(spec: str) -> None:
