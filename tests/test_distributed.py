@@ -10,6 +10,7 @@ import time
 
 import pytest
 import torch
+from conftest import EVENT_LIMIT_S
 
 from gpt2 import data, train
 from lib import config as cfglib
@@ -105,7 +106,7 @@ def test_two_gloo_processes_follow_one_process_and_resume(tmp_path, tiny_config)
     logs = []
     for extra in (["--stop-after", "3"], []):
         done = subprocess.run([sys.executable, "-m", "gpt2.train", str(two), *extra], cwd=ROOT,
-                              env=env, capture_output=True, text=True, timeout=120)
+                              env=env, capture_output=True, text=True, timeout=EVENT_LIMIT_S)
         assert done.returncode == 0, done.stderr[-3000:]
         logs.append(done.stderr)
     assert "x 2 processes" in logs[0] and "resuming" in logs[1] and "at iteration 3" in logs[1]
@@ -129,7 +130,7 @@ def test_every_rank_holds_identical_parameters_masks_and_states(tiny_config):
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
                            "--nproc-per-node=2", str(ROOT / "tests" / "ddp_worker.py"),
                            str(config), "8"], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=120)
+                          text=True, timeout=EVENT_LIMIT_S)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     assert "differ: []" in done.stdout and "iteration 8" in done.stdout
     assert "sparsity 0.000" not in done.stdout

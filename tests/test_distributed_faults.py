@@ -1,5 +1,5 @@
-"""DDP (2 gloo processes on the CPU) under signals: SIGTERM to one rank, SIGTERM to
-torchrun, kill -9 of one rank. The run stops, and the plain rerun resumes it to exactly
+"""DDP (2 gloo processes on the CPU) under signals: SIGTERM to one rank, SIGTERM and
+SIGHUP to torchrun, kill -9 of one rank. The run stops, and the plain rerun resumes it to exactly
 the result of an uninterrupted DDP run (metrics, summary and final weights)."""
 import json
 import os
@@ -23,6 +23,7 @@ DDP = ("MAX_ITERS=6", "GRADIENT_ACCUMULATION=4", "BATCH_SIZE=4", "LOG_INTERVAL=2
 FAULTS = {
     "SIGTERM-one-rank": ("step@3=TERM", 130),
     "SIGTERM-torchrun": ("step@3=TERM>parent", 130),  # a worker's parent is torchrun
+    "SIGHUP-torchrun": ("step@3=HUP>parent", 130),  # the terminal closed: passed on as SIGHUP
     "SIGKILL-one-rank": ("step@3=KILL", None),  # torchrun's own failure status
 }
 
