@@ -3,8 +3,8 @@
 kconfiglib never raises on a bad .config: it warns and falls back. Here every
 warning is an error, and so is any assignment that did not take (an int out
 of range, a value dropped by `depends on`, a choice member that lost). Real
-numbers are Kconfig strings whose help ends with "Value: float in [lo, hi]";
-they come back as floats, range-checked. Choices come back as the selected
+numbers are Kconfig strings tagged "Value: float in [lo, hi]" in their help
+(lib/kconfig_tags); they come back as floats, range-checked. Choices come back as the selected
 member's name, lower-case, without the choice's prefix, "_" read as "-"
 (OPTIMIZER_ADAMW_8BIT -> "adamw-8bit"), ready to key a registry.
 """
@@ -18,19 +18,12 @@ from pathlib import Path
 
 import kconfiglib
 
+from lib import kconfig_tags
 from lib.environ import scoped_env
 
 ROOT = Path(__file__).resolve().parent.parent
 KCONFIG = ROOT / "Kconfig"
 
-# Where a run's files go, what `make estimate` and `make bench` assume, over how many
-# processes it trains (the global batch stays the same) and which tracker watches it do
-# not change what it computes.
-NOT_HASHED = ("RUN_NAME", "RESULTS_DIR", "ESTIMATE_MFU", "ESTIMATE_DEVICE", "BENCH_WARMUP_ITERS",
-              "BENCH_TIMED_ITERS", "DDP_NPROC_PER_NODE", "DDP_NNODES", "DDP_BACKEND_AUTO",
-              "DDP_BACKEND_NCCL", "DDP_BACKEND_GLOO", "DDP_RDZV_ENDPOINT", "TRACKER_NONE",
-              "TRACKER_TRACKIO", "TRACKER_WANDB", "TRACKER_TENSORBOARD", "TRACKER_PROJECT",
-              "TRACKER_RUN_NAME")
 # Symbols that are gone, with what took their place (named in the error about them).
 RETIRED = {
     "LEARNING_RATE": "each optimizer's own rate, <OPTIMIZER>_LR (ADAMW_LR, LION_LR, ...)",
@@ -73,6 +66,9 @@ def load_tree() -> kconfiglib.Kconfig:
             raise ConfigError(f"{KCONFIG}: {e}") from None
     if kconf.warnings:
         raise ConfigError("Kconfig tree: " + "\n".join(kconf.warnings))
+    tag_errors = kconfig_tags.check_tree(kconf)
+    if tag_errors:
+        raise ConfigError("Kconfig tree: " + "\n".join(tag_errors))
     kconf.warn_assign_undef = True
     kconf.warn_assign_override = True
     kconf.warn_assign_redun = True
@@ -213,17 +209,9 @@ def _not_taken(sym, wanted) -> str:
 
 
 def float_spec(sym):
-    """(is_list, lo, lo_closed, hi, hi_closed) from the symbol's last help line,
-    'Value: float in [lo, hi]' or 'Value: floats in [lo, hi]' (space-separated); else None."""
-    for node in sym.nodes:
-        for line in (node.help or "").splitlines():
-            line = line.strip()
-            for prefix, is_list in (("Value: float in ", False), ("Value: floats in ", True)):
-                if line.startswith(prefix):
-                    spec = line.removeprefix(prefix)
-                    low, high = spec[1:-1].split(",")
-                    return is_list, float(low), spec[0] == "[", float(high), spec[-1] == "]"
-    return None
+    """(is_list, lo, lo_closed, hi, hi_closed) from the symbol's tag "Value: float in
+    [lo, hi]" or "Value: floats in [lo, hi]" (space-separated); else None."""
+    return kconfig_tags.float_spec(sym)
 
 
 def _float_errors(kconf) -> list:
@@ -300,8 +288,11 @@ def config_text(kconf) -> str:
         return out.read_text()
 
 
-def config_hash(kconf, ignored=NOT_HASHED) -> str:
-    """Short hash of every active symbol's value except the `ignored` ones."""
+def config_hash(kconf) -> str:
+    """Short hash of every active symbol's value except those tagged "Not part of the
+    run hash." (lib/kconfig_tags). A symbol whose `depends on` is not met writes no
+    line, so it cannot change the hash."""
+    ignored = kconfig_tags.not_hashed_names(kconf)
     lines = [sym.config_string for sym in kconf.unique_defined_syms
              if sym.config_string and sym.name not in ignored]
     return hashlib.sha256("".join(lines).encode()).hexdigest()[:8]
