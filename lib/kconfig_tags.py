@@ -40,7 +40,7 @@ def float_spec(sym):
     """(is_list, lo, lo_closed, hi, hi_closed) from the symbol's "Value: float(s) in"
     tag, else None."""
     for line in _help_lines(sym):
-        if line == NOT_HASHED_LINE:
+        if not line.startswith(_LEADS[0]):
             continue
         match = _FLOAT.fullmatch(line)
         try:

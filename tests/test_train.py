@@ -101,7 +101,7 @@ def test_bad_value_stops_before_any_work(tiny_config, tmp_path, capsys):
     config = tiny_config("MAX_ITERS=5")
     assert train.main([str(config), "--set", "ADAMW_LR=-1"]) == 2
     err = capsys.readouterr().err
-    assert 'CONFIG_ADAMW_LR="-1": -1 is outside the allowed range (0, 10]' in err
+    assert 'ADAMW_LR=-1: -1 is outside the allowed range (0, 10]' in err
     assert not (tmp_path / "results").exists()
 
 
