@@ -173,18 +173,23 @@ def check(kconf, requested, where, typed=None) -> None:
     errors = [f"{typed[sym]}: {reason}" if sym in typed else f"{where}: {head}: {reason}"
               for sym, head, reason in problems]
     reported = [sym.name for sym, _, _ in problems]
-    errors += [_with_retired_hint(w) for w in kconf.warnings
+    errors += [_with_retired_hint(w, kconf) for w in kconf.warnings
                if not any(f" {name} " in w for name in reported)]
     kconf.warnings.clear()
     if errors:
         raise ConfigError("\n".join(errors))
 
 
-def _with_retired_hint(warning: str) -> str:
+def _with_retired_hint(warning: str, kconf=None) -> str:
+    """The warning, plus the successor of a retired symbol it names or, given the tree,
+    the nearest names of an unknown one."""
     for name, successor in RETIRED.items():
         if warning.endswith(f"undefined symbol {name}"):
             return (f"{warning}: {name} was replaced by {successor}; `make olddefconfig` "
                     f"drops it, then set the new symbol")
+    unknown = warning.rpartition("undefined symbol ")[2] if "undefined symbol " in warning else ""
+    if kconf is not None and unknown:
+        return warning + hints.did_you_mean(unknown, [s.name for s in kconf.unique_defined_syms])
     return warning
 
 

@@ -395,3 +395,9 @@ def test_one_rule_for_splitting_a_step_over_processes(tmp_path):
         distributed.check(cfg)
     distributed.check(cfg, processes=3)
     distributed.check(cfg, processes=2)
+
+
+def test_a_misspelt_symbol_in_the_file_names_the_nearest(tmp_path):
+    with pytest.raises(cfglib.ConfigError, match=r"undefined symbol ADAMW_RL \(did you mean "
+                                                 r"ADAMW_LR"):
+        cfglib.load(write_config(tmp_path, 'CONFIG_ADAMW_RL="1e-3"'))
