@@ -4,9 +4,10 @@ kconfiglib never raises on a bad .config: it warns and falls back. Here every
 warning is an error, and so is any assignment that did not take (an int out
 of range, a value dropped by `depends on`, a choice member that lost). Real
 numbers are Kconfig strings tagged "Value: float in [lo, hi]" in their help
-(lib/kconfig_tags); they come back as floats, range-checked. Choices come back as the selected
-member's name, lower-case, without the choice's prefix, "_" read as "-"
-(OPTIMIZER_ADAMW_8BIT -> "adamw-8bit"), ready to key a registry.
+(lib/kconfig_tags); they come back as floats, range-checked. Choices come back
+as the selected member's name, lower-case, without the choice's prefix, "_"
+read as "-" (OPTIMIZER_ADAMW_8BIT -> "adamw-8bit"), ready to key a registry.
+The run hash leaves out the symbols tagged "Not part of the run hash.".
 """
 import hashlib
 import importlib

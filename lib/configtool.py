@@ -64,7 +64,7 @@ def savedefconfig(args, out):
 def setconfig(args, out):
     assignments = list(args.assignments)
     if args.env:
-        assignments += split_assignments(args.env, os.environ.get(args.env, ""))
+        assignments += split_assignments(os.environ.get(args.env, ""))
     if not assignments:
         raise cfglib.ConfigError("nothing to set: make setconfig SET='MAX_ITERS=20 "
                                  "EVAL_INTERVAL=10' (quote a value with spaces: "
@@ -74,7 +74,7 @@ def setconfig(args, out):
     print(f"# {out}: set {' '.join(shlex.quote(a) for a in assignments)}")
 
 
-def split_assignments(variable: str, text: str) -> list:
+def split_assignments(text: str) -> list:
     """NAME=VALUE words of `text` as a POSIX shell splits them (quotes and backslashes
     group, '#' is a character); nothing is expanded or executed."""
     try:
