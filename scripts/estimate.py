@@ -225,12 +225,15 @@ _MEASURE_CACHE = {}
 def measure_here(cfg, device: dict, vocab_size: int, per_iter: int) -> dict:
     """estimate_measure.measure when the estimate is for this machine and its CPU (the
     process's memory) or a device of unknown peak; {} otherwise. Matrix cells that
-    differ only in seed, rates or sparsity share one measurement."""
+    differ only in seed, rates or pruning share one measurement (the masks' bytes are
+    counted apart)."""
     if cfg.ESTIMATE_DEVICE or (device["kind"] != "cpu" and device["peak_flops"]):
         return {}
+    shared = ("SEED", "RUN_NAME", "RESULTS_DIR", "TARGET_SPARSITY")
+    pruning = ("PRUNING", "PRUNE_", "ADAMWPRUNE_", "BITTER2_", "MASK_STORAGE")
     key = (vocab_size, per_iter, tuple(sorted(
-        (k, v) for k, v in cfg.items() if k not in ("SEED", "RUN_NAME", "RESULTS_DIR",
-                                                    "TARGET_SPARSITY") and not k.endswith("_LR"))))
+        (k, v) for k, v in cfg.items()
+        if k not in shared and not k.endswith("_LR") and not k.startswith(pruning))))
     if key not in _MEASURE_CACHE:
         _MEASURE_CACHE[key] = estimate_measure.measure(cfg, vocab_size, per_iter)
     return _MEASURE_CACHE[key]
