@@ -48,21 +48,23 @@ def _gpu_knobs(cfg) -> dict:
 
 def who_set(cfg, knobs: dict) -> str:
     """'recipe R (description) sets A=x' for the knobs the recipe's defconfig sets, and
-    'an edit of <config> sets B=y (recipe R: B=n)' for the others."""
+    'an edit of <config> sets B=y (not recipe R; defconfigs/R has B=n)' for the others."""
     recipe = recipe_values(cfg.RECIPE)
     described = recipe_description(cfg.RECIPE)
-    ours = [k for k in knobs if recipe and recipe.get(k) == cfg[k]]
+    if not recipe:
+        return (f"{cfg.path or '.config'} sets {', '.join(f'{k}={v}' for k, v in knobs.items())}"
+                f" (RECIPE {cfg.RECIPE} has no defconfigs/{cfg.RECIPE} to compare with)")
+    ours = [k for k in knobs if recipe.get(k) == cfg[k]]
     edits = [k for k in knobs if k not in ours]
     parts = []
     if ours:
         parts.append(f"recipe {cfg.RECIPE}" + (f" ({described})" if described else "")
                      + f" sets {', '.join(f'{k}={knobs[k]}' for k in ours)}")
     if edits:
-        was = (f"; defconfigs/{cfg.RECIPE} has "
-               + ", ".join(f"{k}={_shown(recipe.get(k))}" for k in edits)) if recipe else ""
+        was = ", ".join(f"{k}={_shown(recipe.get(k))}" for k in edits)
         parts.append(f"an edit of {cfg.path or '.config'} sets "
                      f"{', '.join(f'{k}={knobs[k]}' for k in edits)} (not recipe "
-                     f"{cfg.RECIPE}{was})")
+                     f"{cfg.RECIPE}; defconfigs/{cfg.RECIPE} has {was})")
     return " and ".join(parts)
 
 

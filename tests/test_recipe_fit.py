@@ -40,3 +40,10 @@ def test_figures_carry_information_or_are_left_out():
                 flops_per_s=100e9)
     assert "per iteration" not in tiny and "compiling takes minutes" in tiny
     assert recipe_fit.duration(5400) == "1.5 h" and recipe_fit.duration(90) == "1.5 min"
+
+
+def test_a_recipe_without_a_defconfig_is_not_guessed_at():
+    text = note("COMPILE=y", "RECIPE=mine", params=1, tokens_per_iter=1, total_iters=1,
+                flops_per_s=1e9)
+    assert "sets COMPILE=y (RECIPE mine has no defconfigs/mine to compare with)" in text
+    assert "an edit of" not in text
