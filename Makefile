@@ -85,6 +85,10 @@ defconfig: defconfig-default
 $(addprefix defconfig-,$(DEFCONFIGS)): defconfig-%: $(INSTALL)
 	$(CONFIGTOOL) defconfig defconfigs/$*
 
+# Any other defconfig-<name>: configtool names the nearest defconfigs and lists them all.
+defconfig-%: $(INSTALL)
+	@$(CONFIGTOOL) defconfig defconfigs/$*
+
 menuconfig: $(INSTALL)
 	$(CONFIGTOOL) menuconfig
 
@@ -97,9 +101,12 @@ savedefconfig: $(INSTALL)
 checkconfig: $(INSTALL)
 	$(CONFIGTOOL) check
 
+# SET reaches configtool through the environment, unexpanded ($(value)), never through
+# a shell command line: configtool splits it as a shell splits words (quotes and
+# backslashes group) and nothing in it is expanded or executed.
+setconfig: export KMATRIX_SET = $(value SET)
 setconfig: $(INSTALL)
-	@test -n "$(SET)" || { echo 'usage: make setconfig SET="MAX_ITERS=20 EVAL_INTERVAL=10"' >&2; exit 2; }
-	$(CONFIGTOOL) setconfig $(SET)
+	$(CONFIGTOOL) setconfig --env KMATRIX_SET
 
 help:
 	@echo 'Training:'
@@ -116,7 +123,8 @@ help:
 	@echo '  olddefconfig      - update .config to the current Kconfig tree, new symbols at defaults'
 	@echo '  savedefconfig     - write the minimal config of .config to ./defconfig'
 	@echo '  listnewconfig     - list symbols .config does not set yet'
-	@echo '  setconfig SET="A=1 B=2" - change symbols in .config (every value must take)'
+	@echo '  setconfig SET="A=1 B=2" - change symbols in .config (every value must take; quote a'
+	@echo '                      value with spaces as a shell would: SET='"'"'L="0.5 0.7"'"'"')'
 	@echo '  checkconfig       - validate .config'
 	@echo 'Development:'
 	@echo '  test              - run the test suite'
