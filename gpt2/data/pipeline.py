@@ -19,11 +19,12 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from gpt2.data import staging
 from gpt2.data.errors import DataError
 from gpt2.data.shards import META_FORMAT, SPLITS, file_intact, read_meta, write_shard
 from gpt2.data.tokenizers import TokenizerSpec, encoder
 from lib import faults
-from lib.fsutil import atomic_write_json, lock_directory
+from lib.fsutil import atomic_write_json
 
 # Segments are the unit of the train/val draw and of parallel work. Documents up to this
 # many characters are one segment; longer ones are cut where tokenization cannot change.
@@ -178,7 +179,7 @@ class ShardWriter:
         fresh = {"key": self.key, "units": [], "finished_streams": 0}
         try:
             progress = json.loads((self.out_dir / PROGRESS).read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
+        except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
             progress = fresh
         if progress.get("key") != self.key:
             progress = fresh
@@ -322,7 +323,7 @@ def _tokenizer_spec(spec, corpus, out_dir: Path, key: str) -> TokenizerSpec:
         saved = json.loads(path.read_text())
         if saved.get("key") == key:
             return TokenizerSpec("char", vocab=saved["vocab"])
-    except (FileNotFoundError, json.JSONDecodeError):
+    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
         pass
     vocab = char_vocab(corpus, spec)
     atomic_write_json(path, {"key": key, "vocab": vocab})
@@ -330,50 +331,51 @@ def _tokenizer_spec(spec, corpus, out_dir: Path, key: str) -> TokenizerSpec:
 
 
 def prepare(spec, corpus, out_dir: Path) -> Path:
-    """Prepare `corpus` into out_dir (resuming what an interrupted run left) unless it
-    is already up to date."""
+    """Prepare `corpus` into out_dir unless it is already up to date: written in its
+    partial directory (resuming what an interrupted run left there), renamed at the end."""
     key = corpus_key(spec, corpus)
     if is_prepared(out_dir, key):
         return out_dir
-    out_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        lock = lock_directory(out_dir)
-    except BlockingIOError:
-        raise DataError(f"{out_dir} is being prepared by another process; wait for it "
-                        f"to finish") from None
-    try:
-        (out_dir / "meta.json").unlink(missing_ok=True)
-        tok = _tokenizer_spec(spec, corpus, out_dir, key)
-        budget = spec.max_tokens * len(corpus.streams) if spec.max_tokens else None
-        with tqdm(total=budget, unit="tok", unit_scale=True, mininterval=1.0, delay=1.0,
-                  desc=f"preparing {out_dir.name}", dynamic_ncols=True) as bar:
-            writer = ShardWriter(out_dir, key, tok, spec, bar)
-            bar.update(writer.tokens_done())
-            written = writer.write(corpus)
-        counts = {s: sum(e["tokens"] for e in written["splits"][s]) for s in SPLITS}
-        empty = [s for s in SPLITS if counts[s] == 0]
-        if empty:
-            raise DataError(
-                f"The {' and '.join(empty)} split of {corpus.label} is empty "
-                f"({counts['train']:,} train and {counts['val']:,} val tokens): "
-                + ("lower TRAIN_SPLIT, set DATA_MAX_TOKENS higher or to 0 (the whole corpus), "
-                   "or name a validation split (HF_VAL_SPLIT, TEXT_FILES_VAL_PATH)"
-                   if any(s.split is None for s in corpus.streams)
-                   else "the named split holds no text"))
-        meta = {
-            "format": META_FORMAT, "key": key, "dataset": spec.dataset,
-            "tokenizer": tok.kind, "vocab_size": tok.vocab_size, "dtype": tok.dtype.name,
-            "train_split": spec.train_split, "train_tokens": counts["train"],
-            "val_tokens": counts["val"], "splits": written["splits"], "files": written["files"],
-            "inputs": corpus.inputs, "spec": spec.identity(),
-        }
-        if tok.kind == "char":
-            meta["vocab"] = tok.vocab
-        else:
-            meta["eot_token"] = tok.eot
-        atomic_write_json(out_dir / "meta.json", meta)
-        (out_dir / PROGRESS).unlink(missing_ok=True)
-        (out_dir / VOCAB).unlink(missing_ok=True)
-    finally:
-        os.close(lock)
+    with staging.locked(out_dir, wait=False):
+        if is_prepared(out_dir, key):  # finished by another process meanwhile
+            return out_dir
+        work = staging.resumable_partial(out_dir)
+        _write_corpus(spec, corpus, work, key, out_dir.name)
+        (work / PROGRESS).unlink(missing_ok=True)
+        (work / VOCAB).unlink(missing_ok=True)
+        (work / ".lock").unlink(missing_ok=True)  # the lock of in-place preparations
+        staging.publish(work, out_dir)
     return out_dir
+
+
+def _write_corpus(spec, corpus, work: Path, key: str, name: str) -> None:
+    """Shards and, last, meta.json into `work`."""
+    tok = _tokenizer_spec(spec, corpus, work, key)
+    budget = spec.max_tokens * len(corpus.streams) if spec.max_tokens else None
+    with tqdm(total=budget, unit="tok", unit_scale=True, mininterval=1.0, delay=1.0,
+              desc=f"preparing {name}", dynamic_ncols=True) as bar:
+        writer = ShardWriter(work, key, tok, spec, bar)
+        bar.update(writer.tokens_done())
+        written = writer.write(corpus)
+    counts = {s: sum(e["tokens"] for e in written["splits"][s]) for s in SPLITS}
+    empty = [s for s in SPLITS if counts[s] == 0]
+    if empty:
+        raise DataError(
+            f"The {' and '.join(empty)} split of {corpus.label} is empty "
+            f"({counts['train']:,} train and {counts['val']:,} val tokens): "
+            + ("lower TRAIN_SPLIT, set DATA_MAX_TOKENS higher or to 0 (the whole corpus), "
+               "or name a validation split (HF_VAL_SPLIT, TEXT_FILES_VAL_PATH)"
+               if any(s.split is None for s in corpus.streams)
+               else "the named split holds no text"))
+    meta = {
+        "format": META_FORMAT, "key": key, "dataset": spec.dataset,
+        "tokenizer": tok.kind, "vocab_size": tok.vocab_size, "dtype": tok.dtype.name,
+        "train_split": spec.train_split, "train_tokens": counts["train"],
+        "val_tokens": counts["val"], "splits": written["splits"], "files": written["files"],
+        "inputs": corpus.inputs, "spec": spec.identity(),
+    }
+    if tok.kind == "char":
+        meta["vocab"] = tok.vocab
+    else:
+        meta["eot_token"] = tok.eot
+    atomic_write_json(work / "meta.json", meta)
