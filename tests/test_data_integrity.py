@@ -307,15 +307,32 @@ def test_unreachable_hub_fails_at_once_after_one_connection(tmp_path, monkeypatc
         assert needle in message, needle
 
 
-def test_offline_hub_fails_without_a_connection(tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(socket.socket, "connect",
-                        lambda self, address: pytest.fail(f"connected to {address}"))
-    with pytest.raises(data.DataError) as info:
-        data.prepare_spec(_hub_spec(), tmp_path / "out")
-    message = str(info.value)
-    assert "\n" not in message and "HF_HUB_OFFLINE" in message
-    assert "DATASET=text-files" in message and str(tmp_path / "hf") in message
+NO_NETWORK = """
+import socket, sys
+attempts = []
+def refuse(*args, **kwargs):
+    attempts.append(args)
+    raise OSError("network disabled in this test")
+socket.getaddrinfo = socket.socket.connect = refuse
+from gpt2.data import main
+status = main([sys.argv[1]])
+print("network attempts:", len(attempts))
+sys.exit(status)
+"""
+
+
+def test_offline_hub_fails_at_once_in_one_line_without_a_network_attempt(tmp_path):
+    config = tmp_path / "config"
+    cfglib.write_config(cfglib.load_kconf(cfglib.ROOT / "defconfigs" / "default", [
+        f"RESULTS_DIR={tmp_path / 'res'}", "DATASET=hf", "HF_NAME=kmatrix-test/no-such-corpus",
+        "DATA_MAX_TOKENS=1000"]), config)
+    result = subprocess.run([sys.executable, "-c", NO_NETWORK, str(config)], cwd=cfglib.ROOT,
+                            capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    message = _one_line_error(result)
+    assert "network attempts: 0" in result.stdout
+    assert "HF_HUB_OFFLINE" in message and "DATASET=text-files" in message
+    assert str(tmp_path / "hf") in message and "load_dataset(" not in message
 
 
 # ------------------------------------------------------------------ 5. paths
