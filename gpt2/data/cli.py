@@ -3,7 +3,7 @@ config selects, or verify its prepared shards."""
 import argparse
 import sys
 
-from gpt2.data import verify
+import gpt2.data.verify as verify
 from gpt2.data.errors import DataError
 from gpt2.data.prepare import data_root, prepare_config, prepared_dir, spec_from_config
 from gpt2.data.shards import read_meta

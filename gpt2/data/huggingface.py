@@ -7,7 +7,8 @@ downloaded.
 import os
 from pathlib import Path
 
-from gpt2.data import hub, paths
+import gpt2.data.hub as hub
+import gpt2.data.paths as paths
 from gpt2.data.corpus import Corpus, Stream, texts_of
 from gpt2.data.errors import DataError
 

@@ -6,7 +6,7 @@ import os
 import urllib.request
 from pathlib import Path
 
-from gpt2.data import paths
+import gpt2.data.paths as paths
 from gpt2.data.errors import DataError, sha256
 from lib.fsutil import atomic_write_bytes
 

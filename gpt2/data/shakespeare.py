@@ -5,7 +5,7 @@ the vocabulary, shakespeare GPT-2's BPE (no end-of-text token: it is one documen
 """
 from pathlib import Path
 
-from gpt2.data import staging
+import gpt2.data.staging as staging
 from gpt2.data.errors import DataError, sha256
 from gpt2.data.inputs import ENCODER_JSON, TEXT_FILE, VOCAB_BPE, find_input
 from gpt2.data.shards import META_FORMAT, SPLITS, file_intact, read_meta, write_shard

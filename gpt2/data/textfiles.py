@@ -6,7 +6,8 @@ is one, its text in TEXT_FIELD. Files are read in sorted path order.
 import glob
 from pathlib import Path
 
-from gpt2.data import decoding, paths
+import gpt2.data.decoding as decoding
+import gpt2.data.paths as paths
 from gpt2.data.corpus import Corpus, Stream, texts_of
 from gpt2.data.errors import DataError
 from gpt2.data.huggingface import ROWS_PER_READ
