@@ -121,6 +121,9 @@ def test_meta_json_not_utf8_is_one_line_naming_file_and_fix(tmp_path):
     (out / "meta.json").write_text("[1, 2]")
     with pytest.raises(data.DataError, match="not a JSON object"):
         data.read_meta(out)
+    (out / "meta.json").write_text('{"vocab_size": 65, "splits": {"train": [{}]}}')
+    with pytest.raises(data.DataError, match="meta.json lacks or garbles the shard list"):
+        data.Batches(out, block_size=8, batch_size=2)
 
 
 # ------------------------------------------------------------------ 2. damaged shards
@@ -255,6 +258,7 @@ def test_unfinished_or_damaged_final_directory_is_never_taken_for_a_corpus(tmp_p
     out = data.prepared_dir(spec, tmp_path / "out")
     out.mkdir(parents=True)  # what an in-place preparation killed half-way left
     (out / "train-00000.bin").write_bytes(b"\1\0" * 300)
+    (out / "progress.json").write_bytes(b'{"key": "\xff"}')  # not UTF-8: started over
     assert data.prepare_spec(spec, tmp_path / "out") == out
     assert _files(out) == reference
     first = sorted(n for n in reference if n != "meta")[0]
