@@ -24,13 +24,13 @@ ROOT = Path(__file__).resolve().parent.parent
 KCONFIG = ROOT / "Kconfig"
 
 # Where a run's files go, what `make estimate` and `make bench` assume, over how many
-# processes it trains (the global batch stays the same) and which tracker watches it do
-# not change what it computes.
+# processes it trains (the global batch stays the same), which tracker watches it and
+# whether its data is verified first do not change what it computes.
 NOT_HASHED = ("RUN_NAME", "RESULTS_DIR", "ESTIMATE_MFU", "ESTIMATE_DEVICE", "BENCH_WARMUP_ITERS",
               "BENCH_TIMED_ITERS", "DDP_NPROC_PER_NODE", "DDP_NNODES", "DDP_BACKEND_AUTO",
               "DDP_BACKEND_NCCL", "DDP_BACKEND_GLOO", "DDP_RDZV_ENDPOINT", "TRACKER_NONE",
               "TRACKER_TRACKIO", "TRACKER_WANDB", "TRACKER_TENSORBOARD", "TRACKER_PROJECT",
-              "TRACKER_RUN_NAME")
+              "TRACKER_RUN_NAME", "DATA_VERIFY")
 # Symbols that are gone, with what took their place (named in the error about them).
 RETIRED = {
     "LEARNING_RATE": "each optimizer's own rate, <OPTIMIZER>_LR (ADAMW_LR, LION_LR, ...)",

@@ -172,6 +172,13 @@ def test_verify_finds_changed_bytes_that_keep_size_and_mtime(tmp_path, monkeypat
         data.prepare_config(cfg)
 
 
+def test_data_verify_leaves_the_run_hash_alone():
+    """A run started without DATA_VERIFY resumes with it: the same run directory."""
+    default = cfglib.ROOT / "defconfigs" / "default"
+    assert cfglib.load(default, ["DATA_VERIFY=y"]).hash == cfglib.load(default).hash
+    assert cfglib.load(default, ["SEED=2"]).hash != cfglib.load(default).hash
+
+
 def test_make_data_verify_entry_point(tmp_path):
     inputs = tmp_path / "inputs" / "tinyshakespeare"
     inputs.mkdir(parents=True)
