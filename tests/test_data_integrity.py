@@ -209,6 +209,7 @@ def test_damaged_shard_mid_run_fails_the_run_with_one_line_and_its_reason(tiny_c
     summary = json.loads(train.RunDir.for_config(cfg).summary.read_text())
     assert summary["status"] == "failed"
     assert f"{out / 'train.bin'} holds token id 65535" in summary["error"]
+    assert "\n" not in summary["error"] and "Traceback" not in capsys.readouterr().err
 
 
 # ------------------------------------------------------------- 3. partial preparations
