@@ -24,8 +24,9 @@ def _scan(path: Path, dtype: np.dtype):
         for block in iter(lambda: f.read(BLOCK_BYTES), b""):
             digest.update(block)
             tokens = np.frombuffer(block, dtype=dtype, count=len(block) // dtype.itemsize)
-            if tokens.size and int(tokens.max()) > largest:
-                largest, where = int(tokens.max()), offset + int(tokens.argmax())
+            top = int(tokens.max()) if tokens.size else -1
+            if top > largest:
+                largest, where = top, offset + int(tokens.argmax())
             offset += tokens.size
     return digest.hexdigest(), largest, where
 
