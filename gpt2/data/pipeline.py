@@ -336,46 +336,42 @@ def prepare(spec, corpus, out_dir: Path) -> Path:
     key = corpus_key(spec, corpus)
     if is_prepared(out_dir, key):
         return out_dir
-    with staging.locked(out_dir, wait=False):
-        if is_prepared(out_dir, key):  # finished by another process meanwhile
-            return out_dir
-        work = staging.resumable_partial(out_dir)
-        _write_corpus(spec, corpus, work, key, out_dir.name)
-        (work / PROGRESS).unlink(missing_ok=True)
-        (work / VOCAB).unlink(missing_ok=True)
-        (work / ".lock").unlink(missing_ok=True)  # the lock of in-place preparations
-        staging.publish(work, out_dir)
-    return out_dir
-
-
-def _write_corpus(spec, corpus, work: Path, key: str, name: str) -> None:
-    """Shards and, last, meta.json into `work`."""
-    tok = _tokenizer_spec(spec, corpus, work, key)
-    budget = spec.max_tokens * len(corpus.streams) if spec.max_tokens else None
-    with tqdm(total=budget, unit="tok", unit_scale=True, mininterval=1.0, delay=1.0,
-              desc=f"preparing {name}", dynamic_ncols=True) as bar:
-        writer = ShardWriter(work, key, tok, spec, bar)
-        bar.update(writer.tokens_done())
-        written = writer.write(corpus)
-    counts = {s: sum(e["tokens"] for e in written["splits"][s]) for s in SPLITS}
-    empty = [s for s in SPLITS if counts[s] == 0]
-    if empty:
-        raise DataError(
-            f"The {' and '.join(empty)} split of {corpus.label} is empty "
-            f"({counts['train']:,} train and {counts['val']:,} val tokens): "
-            + ("lower TRAIN_SPLIT, set DATA_MAX_TOKENS higher or to 0 (the whole corpus), "
-               "or name a validation split (HF_VAL_SPLIT, TEXT_FILES_VAL_PATH)"
-               if any(s.split is None for s in corpus.streams)
-               else "the named split holds no text"))
-    meta = {
-        "format": META_FORMAT, "key": key, "dataset": spec.dataset,
-        "tokenizer": tok.kind, "vocab_size": tok.vocab_size, "dtype": tok.dtype.name,
-        "train_split": spec.train_split, "train_tokens": counts["train"],
-        "val_tokens": counts["val"], "splits": written["splits"], "files": written["files"],
-        "inputs": corpus.inputs, "spec": spec.identity(),
-    }
-    if tok.kind == "char":
-        meta["vocab"] = tok.vocab
-    else:
-        meta["eot_token"] = tok.eot
-    atomic_write_json(work / "meta.json", meta)
+    final = out_dir
+    with staging.locked(final, wait=False):
+        if is_prepared(final, key):  # finished by another process meanwhile
+            return final
+        out_dir = staging.resumable_partial(final)  # where everything below writes
+        tok = _tokenizer_spec(spec, corpus, out_dir, key)
+        budget = spec.max_tokens * len(corpus.streams) if spec.max_tokens else None
+        with tqdm(total=budget, unit="tok", unit_scale=True, mininterval=1.0, delay=1.0,
+                  desc=f"preparing {out_dir.name}", dynamic_ncols=True) as bar:
+            writer = ShardWriter(out_dir, key, tok, spec, bar)
+            bar.update(writer.tokens_done())
+            written = writer.write(corpus)
+        counts = {s: sum(e["tokens"] for e in written["splits"][s]) for s in SPLITS}
+        empty = [s for s in SPLITS if counts[s] == 0]
+        if empty:
+            raise DataError(
+                f"The {' and '.join(empty)} split of {corpus.label} is empty "
+                f"({counts['train']:,} train and {counts['val']:,} val tokens): "
+                + ("lower TRAIN_SPLIT, set DATA_MAX_TOKENS higher or to 0 (the whole corpus), "
+                   "or name a validation split (HF_VAL_SPLIT, TEXT_FILES_VAL_PATH)"
+                   if any(s.split is None for s in corpus.streams)
+                   else "the named split holds no text"))
+        meta = {
+            "format": META_FORMAT, "key": key, "dataset": spec.dataset,
+            "tokenizer": tok.kind, "vocab_size": tok.vocab_size, "dtype": tok.dtype.name,
+            "train_split": spec.train_split, "train_tokens": counts["train"],
+            "val_tokens": counts["val"], "splits": written["splits"], "files": written["files"],
+            "inputs": corpus.inputs, "spec": spec.identity(),
+        }
+        if tok.kind == "char":
+            meta["vocab"] = tok.vocab
+        else:
+            meta["eot_token"] = tok.eot
+        atomic_write_json(out_dir / "meta.json", meta)
+        (out_dir / PROGRESS).unlink(missing_ok=True)
+        (out_dir / VOCAB).unlink(missing_ok=True)
+        (out_dir / ".lock").unlink(missing_ok=True)  # the lock of in-place preparations
+        staging.publish(out_dir, final)
+    return final

@@ -80,18 +80,23 @@ def prepare(spec, out_dir: Path) -> Path:
         if _is_prepared(out_dir, spec.dataset, spec.train_split, input_hashes):
             return out_dir  # prepared by another process while this one waited
         work = staging.fresh_partial(out_dir)
-        files = {f"{s}.bin": write_shard(work / f"{s}.bin", tokens[s]) for s in SPLITS}
-        meta.update(
-            train_tokens=int(tokens["train"].size),
-            val_tokens=int(tokens["val"].size),
-            splits={s: [{"file": f"{s}.bin", "tokens": int(tokens[s].size)}] for s in SPLITS},
-            inputs={name: {"sha256": input_hashes[name],
-                           "path": str(input_paths[name].absolute())} for name in input_paths},
-            files=files,
-        )
-        atomic_write_json(work / "meta.json", meta)
+        _write(work, tokens, meta, input_paths, input_hashes)
         staging.publish(work, out_dir)
     return out_dir
+
+
+def _write(out_dir: Path, tokens: dict, meta: dict, input_paths: dict, input_hashes: dict):
+    """The shards and, last, meta.json (the completion marker) into out_dir."""
+    files = {f"{s}.bin": write_shard(out_dir / f"{s}.bin", tokens[s]) for s in SPLITS}
+    meta.update(
+        train_tokens=int(tokens["train"].size),
+        val_tokens=int(tokens["val"].size),
+        splits={s: [{"file": f"{s}.bin", "tokens": int(tokens[s].size)}] for s in SPLITS},
+        inputs={name: {"sha256": input_hashes[name], "path": str(input_paths[name].absolute())}
+                for name in input_paths},
+        files=files,
+    )
+    atomic_write_json(out_dir / "meta.json", meta)
 
 
 def split_sizes(spec, out_dir: Path) -> dict:
