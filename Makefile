@@ -52,6 +52,11 @@ train: $(INSTALL) $(KCONFIG_CONFIG)
 data: $(INSTALL) $(KCONFIG_CONFIG)
 	$(PY) -m gpt2.data $(KCONFIG_CONFIG)
 
+# Read every prepared shard: size, sha256 and token ids against meta.json.
+.PHONY: data-verify
+data-verify: $(INSTALL) $(KCONFIG_CONFIG)
+	$(PY) -m gpt2.data --verify $(KCONFIG_CONFIG)
+
 sample: $(INSTALL) $(KCONFIG_CONFIG)
 	$(PY) -m gpt2.sample $(KCONFIG_CONFIG)
 
@@ -114,6 +119,7 @@ help:
 	@echo '                      train (or, with MATRIX=y, run the test matrix)'
 	@echo '  train             - train what .config describes (resumes an interrupted run)'
 	@echo '  data              - prepare the dataset .config selects'
+	@echo '  data-verify       - check every prepared shard of .config against its sha256 and size in meta.json'
 	@echo '  sample            - generate text from the run of .config'
 	@echo '  test-matrix       - run every cell of the matrix .config describes, then report (DRY_RUN=1, RETRY_FAILED=1)'
 	@echo '  report            - rewrite the matrix report (MATRIX=<dir or config>, BASELINE_MATRIX=<dir>)'
