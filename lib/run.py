@@ -117,7 +117,7 @@ class RunReader(RunDir):
 # Runner knobs: they change how the matrix runs, not what its cells compute,
 # so they stay out of the matrix directory's hash (a changed MATRIX_JOBS
 # resumes the same matrix).
-RUNNER_ONLY = ("MATRIX_JOBS", "MATRIX_BASELINE", "MATRIX_ON_FAILURE_CONTINUE",
+RUNNER_ONLY = ("MATRIX_JOBS", "MATRIX_BASELINE", "MATRIX_TARGET_VAL_LOSS", "MATRIX_ON_FAILURE_CONTINUE",
                "MATRIX_ON_FAILURE_STOP", "MATRIX_EXECUTOR_LOCAL", "MATRIX_EXECUTOR_SLURM",
                "SLURM_PARTITION", "SLURM_GPUS_PER_JOB", "SLURM_CPUS_PER_JOB",
                "SLURM_TIME_LIMIT_MIN", "SLURM_ARRAY_PARALLELISM", "SLURM_EXTRA_OPTIONS",

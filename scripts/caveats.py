@@ -8,6 +8,10 @@ Each flag is one letter:
   H  hyperparameters (the learning rate among them) that differ from the baseline's
   N  fewer seeds than the most any group of the matrix has
   O  validation loss rose over the last OVERFIT_EVALS evaluations (overfitting)
+  I  every seed of the setting gives exactly the same final loss: the seed did not reach
+     something it should (initialisation or data order)
+
+provenance_section lists the provenance fields (provenance.json) in which cells differ.
 """
 import functools
 
@@ -17,7 +21,7 @@ from lib import config as cfglib
 from lib import optim
 
 FLAGS = {"S": "sparsity", "C": "compute", "H": "hyperparameters", "N": "seeds",
-         "O": "overfitting"}
+         "O": "overfitting", "I": "identical seeds"}
 SPARSITY_TOLERANCE = 0.005  # half a percentage point
 OVERFIT_EVALS = 3
 # What a matrix varies on purpose: never a hyperparameter difference.
@@ -57,6 +61,19 @@ def _baseline_of(cells: pd.DataFrame, baseline: str, seed):
     return None if base.empty else base.iloc[0]
 
 
+def _identical_settings(done: pd.DataFrame, setting: pd.Series) -> dict:
+    """{setting: "val_loss 2.1234"} for the settings of two or more seeds whose final
+    validation (or test) losses are all exactly equal."""
+    out = {}
+    for key, g in done.groupby(setting, sort=False):
+        for metric in ("val_loss", "test_loss"):
+            values = g[metric].dropna() if metric in g.columns else pd.Series(dtype=float)
+            if len(g) > 1 and len(values) == len(g) and values.nunique() == 1:
+                out[key] = f"{metric} {values.iloc[0]:.6g}"
+                break
+    return out
+
+
 def find(cells: pd.DataFrame, curves: pd.DataFrame, baseline: str) -> pd.DataFrame:
     """One row per (cell, flag) of the done cells: cell, group, target_sparsity,
     learning_rate, flag, text. `cells` is report.load_cells' frame, with each cell's
@@ -70,6 +87,7 @@ def find(cells: pd.DataFrame, curves: pd.DataFrame, baseline: str) -> pd.DataFra
     most = int(seeds.max()) if not done.empty else 0
     values = dict(zip(done["cell"], done["config"]))
     summaries = dict(zip(done["cell"], done["summary"]))
+    identical = _identical_settings(done, setting)
     rows = []
 
     def flag(r, letter, text):
@@ -114,6 +132,10 @@ def find(cells: pd.DataFrame, curves: pd.DataFrame, baseline: str) -> pd.DataFra
         n = int(seeds[setting[r.Index]])
         if n < most:
             flag(r, "N", f"{n} seed{'s' if n > 1 else ''}, where other groups have {most}")
+        if n > 1 and setting[r.Index] in identical:
+            flag(r, "I", f"its {n} seeds give exactly the same final loss "
+                         f"({identical[setting[r.Index]]}): the seed does not reach its "
+                         "initialisation or data order")
         losses = curves[curves["cell"] == r.cell].sort_values("iter")["val_loss"].tolist()
         if _rising(losses):
             tail = losses[-OVERFIT_EVALS:]
@@ -146,4 +168,48 @@ def section(found: pd.DataFrame) -> list:
     for cell, rows in found.groupby("cell", sort=False):
         lines.append(f"- `{cell}` {letters(rows)}")
         lines += [f"  - {r.flag}: {r.text}" for r in rows.itertuples()]
+    return lines + [""]
+
+
+def _flat(provenance: dict, prefix="") -> dict:
+    out = {}
+    for key, value in (provenance or {}).items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def provenance_differences(cells: pd.DataFrame) -> dict:
+    """{field: {value: [cell, ...]}} for every provenance.json field (versions.torch ...)
+    whose value is not the same in every cell that has a provenance.json; a cell that has
+    one without the field shows "n/a"."""
+    flat = {c: _flat(p) for c, p in zip(cells["cell"], cells["provenance"]) if p}
+    fields = sorted({k for f in flat.values() for k in f})
+    out = {}
+    for name in fields:
+        values = {}
+        for cell, f in flat.items():
+            values.setdefault(repr(f[name]) if name in f else "n/a", []).append(cell)
+        if len(values) > 1:
+            out[name] = values
+    return out
+
+
+def provenance_section(cells: pd.DataFrame) -> list:
+    """Markdown lines: the provenance fields the cells differ in, with each value's cells."""
+    have = sum(1 for p in cells["provenance"] if p) if "provenance" in cells.columns else 0
+    lines = ["### Provenance", ""]
+    if not have:
+        return lines + ["n/a: no cell has a provenance.json.", ""]
+    missing = len(cells) - have
+    if missing:
+        lines += [f"- {missing} cells have no provenance.json (n/a)."]
+    diffs = provenance_differences(cells)
+    if not diffs and not missing:
+        return lines + [f"Every cell ({have}) has the same provenance.", ""]
+    for name, values in diffs.items():
+        lines.append(f"- `{name}` differs:")
+        lines += [f"  - {v}: {', '.join(f'`{c}`' for c in cs)}" for v, cs in values.items()]
     return lines + [""]
