@@ -23,9 +23,16 @@ def write_matrix_config(tmp_path, *extra):
     return path
 
 
+def test_loss_of(ppl, seed):
+    """The test loss fake_summary gives: not the validation loss, and not by a constant."""
+    return math.log(ppl) + 0.1 + 0.01 * seed
+
+
 def fake_summary(ppl, seed, **extra):
     return {"status": "complete", "error": None, "iters": 100, "tokens_seen": 100 * 256,
             "train_loss": math.log(ppl) - 0.1, "val_loss": math.log(ppl), "val_ppl": ppl,
+            "test_loss": test_loss_of(ppl, seed), "test_ppl": math.exp(test_loss_of(ppl, seed)),
+            "steady_train_time_s": 9.0 + seed, "compile_s": 1.0,
             "best_val_ppl": ppl * 0.99, "train_time_s": 10.0 + seed,
             "tokens_per_s": 25600 / (10.0 + seed), "peak_mem_bytes": (300 + seed) * 2**20,
             "peak_mem_kind": "cpu_peak_rss", "optimizer_state_bytes": 1000 * seed, **extra}
@@ -46,8 +53,10 @@ def add_cell(mdir, optimizer, pruning, seed, ppl=None, *, variant=None, sparsity
         summary = summary or fake_summary(ppl, seed)
         (run / "summary.json").write_text(json.dumps(summary))
         records = [{"kind": "train", "iter": 10, "train_loss": 4.0},
-                   {"kind": "eval", "iter": 50, "val_loss": math.log(ppl) + 0.5},
-                   {"kind": "eval", "iter": 100, "val_loss": math.log(ppl)}]
+                   {"kind": "eval", "iter": 50, "tokens": 50 * 256, "elapsed_s": 6.0,
+                    "val_loss": math.log(ppl) + 0.5},
+                   {"kind": "eval", "iter": 100, "tokens": 100 * 256, "elapsed_s": 11.0,
+                    "val_loss": math.log(ppl)}]
         (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
         (run / "env.json").write_text(json.dumps(
             {"git_sha": "0123abcd", "git_dirty": False, "torch": "2.13.0+cpu", "cuda": None,
@@ -128,48 +137,116 @@ def test_summary_csv_holds_each_cells_summary(built):
     assert pd.isna(pending["val_ppl"])
 
 
-def test_means_stds_and_welch_tests_equal_scipys(built):
+def textbook_paired(x, y):
+    """Paired t by its textbook formula: t = mean(d) / (sd(d) / sqrt(n)), df = n - 1,
+    p = 2 P(T > |t|), interval mean(d) +- t_0.975 sd(d) / sqrt(n)."""
+    d = np.asarray(x) - np.asarray(y)
+    n, mean, sd = len(d), d.mean(), d.std(ddof=1)
+    t = mean / (sd / math.sqrt(n))
+    half = stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n)
+    return {"diff": mean, "t": t, "p": 2 * stats.t.sf(abs(t), n - 1), "ci": (mean - half,
+                                                                         mean + half),
+            "d_z": mean / sd}
+
+
+def test_groups_and_the_paired_verdict_on_the_test_split(built):
     _, mdir, _ = built
     out = report.write_report(mdir)
     groups = out["groups"].set_index(["group", "target_sparsity"])
     for (opt, pruning), values in PPL.items():
+        tests = [test_loss_of(v, seed) for seed, v in enumerate(values, start=1)]
         g = groups.loc[(f"{opt}-{pruning}", 0.0 if pruning == "none" else 0.5)]
         assert g["n"] == len(values)
-        assert g["mean"] == pytest.approx(statistics.mean(values), rel=1e-12)
-        assert g["std"] == pytest.approx(statistics.stdev(values), rel=1e-12)
+        assert g["mean"] == pytest.approx(statistics.mean(tests), rel=1e-12)
+        assert g["std"] == pytest.approx(statistics.stdev(tests), rel=1e-12)
     assert math.isnan(groups.loc[("adamw-state-bitter2", 0.5), "std"])
     assert ("lion-magnitude", 0.5) not in groups.index  # failed cells are not averaged
 
-    deltas = out["deltas"].set_index(["group", "target_sparsity"])
-    base = PPL["adamw", "none"]
-    for (opt, pruning), values in PPL.items():
-        row = deltas.loc[(f"{opt}-{pruning}", 0.0 if pruning == "none" else 0.5)]
-        if (opt, pruning) == ("adamw", "none"):
-            assert row["mark"] == "baseline" and row["delta"] == 0
-            continue
-        expected = stats.ttest_ind(values, base, equal_var=False)
-        assert row["delta"] == pytest.approx(statistics.mean(values) - statistics.mean(base))
-        assert row["delta_pct"] == pytest.approx(100 * row["delta"] / statistics.mean(base))
-        assert row["t"] == pytest.approx(expected.statistic, rel=1e-12)
-        assert row["p"] == pytest.approx(expected.pvalue, rel=1e-12)
-        p = expected.pvalue
-        assert row["mark"] == ("**" if p < 0.01 else "*" if p < 0.05 else "ns")
-    one_seed = deltas.loc[("adamw-state-bitter2", 0.5)]
-    assert math.isnan(one_seed["p"]) and one_seed["mark"].startswith("n/a")
-    assert one_seed["delta"] == pytest.approx(10.8 - statistics.mean(base))
-    lion = deltas.loc[("lion-none", 0.0)]
+    verdict = out["verdict"].set_index(["group", "target_sparsity"])
+    base = [test_loss_of(v, s) for s, v in enumerate(PPL["adamw", "none"], start=1)]
+    expected = {}
+    for key in (("lion", "none"), ("adamw", "magnitude")):
+        mine = [test_loss_of(v, s) for s, v in enumerate(PPL[key], start=1)]
+        expected[key] = textbook_paired(mine, base[:len(mine)])  # seed with seed
+        row = verdict.loc[(f"{key[0]}-{key[1]}", 0.0 if key[1] == "none" else 0.5)]
+        e = expected[key]
+        assert row["n_pairs"] == len(mine) and row["test"] == "paired t"
+        assert row["diff"] == pytest.approx(e["diff"], rel=1e-9)
+        assert row["t"] == pytest.approx(e["t"], rel=1e-9)
+        assert row["p"] == pytest.approx(e["p"], rel=1e-9)
+        assert (row["ci_low"], row["ci_high"]) == pytest.approx(e["ci"], rel=1e-9)
+        assert row["d_z"] == pytest.approx(e["d_z"], rel=1e-9)
+        assert math.isnan(row["p_wilcoxon"])  # fewer than 6 pairs
+    # Holm over the table's two tests, by hand
+    low, high = sorted(expected.values(), key=lambda e: e["p"])
+    holm = {id(low): min(1, 2 * low["p"]), id(high): max(min(1, 2 * low["p"]), high["p"])}
+    for key, e in expected.items():
+        row = verdict.loc[(f"{key[0]}-{key[1]}", 0.0 if key[1] == "none" else 0.5)]
+        assert row["p_holm"] == pytest.approx(holm[id(e)], rel=1e-9)
+        assert row["mark"] == ("**" if holm[id(e)] < 0.01 else "*" if holm[id(e)] < 0.05
+                               else "ns")
+    assert verdict.loc[("adamw-none", 0.0), "mark"] == "baseline"
+    one_seed = verdict.loc[("adamw-state-bitter2", 0.5)]
+    assert math.isnan(one_seed["p"]) and one_seed["mark"] == "n=1: no test"
+    assert one_seed["diff"] == pytest.approx(test_loss_of(10.8, 1) - base[0])
     md = out["report"].read_text()
-    assert (f"| lion-none | 0 | 3 | {lion['mean']:.3f} | {statistics.mean(base):.3f} | "
-            f"{lion['delta']:+.3f} | {lion['delta_pct']:+.2f}% | {lion['p']:.4f} | "
-            f"{lion['mark']} |") in md
+    section = md[md.index("## Against the baseline"):md.index("## Speed")]
+    assert "Split: **test**" in section and "Welch" not in md
+    lion = verdict.loc[("lion-none", 0.0)]
+    e = expected["lion", "none"]
+    assert (f"| lion-none | 0 | {lion['mean']:.4f} ± {lion['std']:.4f} (n=3) | 3 | "
+            f"{e['diff']:+.4f} | [{e['ci'][0]:+.4f}, {e['ci'][1]:+.4f}] | {e['p']:.4f} | - | "
+            f"{holm[id(e)]:.4f} | {e['d_z']:+.2f} | {lion['mark']} |") in section
+    assert "| adamw-state-bitter2 | 0.5 |" in section and "n=1: no test" in section
+
+
+def test_paired_verdict_sees_a_difference_of_the_same_sign_at_every_seed(tmp_path):
+    """AdamW + SPAM behind AdamW by +0.020 and +0.018 at seeds 1337 and 1338: the same
+    sign twice, which Welch's test over the seeds' spread called "ns" (p 0.9)."""
+    config = write_matrix_config(tmp_path, "MATRIX_OPTIMIZER_ADAMWSPAM=y", "MATRIX_SEEDS=2")
+    mdir = dir_of_config(config)
+    mdir.mkdir(parents=True)
+    (mdir / "matrix.config").write_text(config.read_text())
+    for seed, base in ((1337, 3.000), (1338, 3.500)):  # the seeds differ far more
+        for opt, loss in (("adamw", base), ("adamwspam", base + (0.020 if seed == 1337
+                                                                 else 0.018))):
+            add_cell(mdir, opt, "none", seed, 20.0,
+                     summary=fake_summary(20.0, seed, test_loss=loss))
+    row = report.write_report(mdir)["verdict"].set_index("group").loc["adamwspam-none"]
+    welch = stats.ttest_ind([3.020, 3.518], [3.0, 3.5], equal_var=False).pvalue
+    assert welch > 0.9
+    t = 0.019 / (0.001 * math.sqrt(2) / math.sqrt(2))  # mean / (sd / sqrt(n)) = 19
+    p = 2 * (0.5 - math.atan(t) / math.pi)  # t with one degree of freedom is Cauchy
+    assert row["diff"] == pytest.approx(0.019) and row["p"] == pytest.approx(p)
+    assert row["p_holm"] == pytest.approx(p) and row["mark"] == "*"
+
+
+def test_identical_differences_make_no_test_and_no_star(tmp_path):
+    config = write_matrix_config(tmp_path, "MATRIX_OPTIMIZER_LION=y")
+    mdir = dir_of_config(config)
+    mdir.mkdir(parents=True)
+    (mdir / "matrix.config").write_text(config.read_text())
+    for seed in (1, 2, 3):
+        add_cell(mdir, "adamw", "none", seed, 10.0,
+                 summary=fake_summary(10.0, seed, test_loss=2.0 + seed))
+        add_cell(mdir, "lion", "none", seed, 11.0,
+                 summary=fake_summary(11.0, seed, test_loss=2.5 + seed))
+    out = report.write_report(mdir)
+    row = out["verdict"].set_index("group").loc["lion-none"]
+    assert row["diff"] == pytest.approx(0.5) and math.isnan(row["p"])
+    assert row["mark"] == "identical differences: no test"
+    line = next(x for x in out["report"].read_text().splitlines()
+                if x.startswith("| lion-none |") and "no test" in x)
+    assert " * " not in line and " ns " not in line
 
 
 def test_another_baseline_can_be_named(built):
     _, mdir, _ = built
-    deltas = report.write_report(mdir, baseline="lion-none")["deltas"].set_index("group")
-    assert deltas.loc["lion-none", "mark"] == "baseline"
-    assert deltas.loc["adamw-none", "delta"] == pytest.approx(
-        statistics.mean(PPL["adamw", "none"]) - statistics.mean(PPL["lion", "none"]))
+    verdict = report.write_report(mdir, baseline="lion-none")["verdict"].set_index("group")
+    assert verdict.loc["lion-none", "mark"] == "baseline"
+    pairs = [test_loss_of(a, s) - test_loss_of(b, s) for s, (a, b) in
+             enumerate(zip(PPL["adamw", "none"], PPL["lion", "none"]), start=1)]
+    assert verdict.loc["adamw-none", "diff"] == pytest.approx(statistics.mean(pairs))
     assert "## Against the baseline `lion-none`" in (mdir / "report.md").read_text()
 
 
