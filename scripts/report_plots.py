@@ -17,7 +17,9 @@ from lib.fsutil import atomic_write_bytes  # noqa: E402
 MEM_LABELS = {"cuda_max_allocated": "GPU memory (CUDA max allocated)",
               "cpu_peak_rss": "CPU peak RSS"}
 OUTSIDE = {"loc": "upper left", "bbox_to_anchor": (1.01, 1.0)}  # legends beside the axes
-FAR_OUT = 3.0  # Tukey's far-out fence: above Q3 + 3 IQR of the settings' means
+# Far above the others: more than FAR_MADS median absolute deviations and FAR_RATIO times
+# the median of the settings' means (a diverged run sits near ln(vocabulary), not 1% off).
+FAR_MADS, FAR_RATIO = 10.0, 1.2
 
 
 def plain_numbers(fig) -> None:
@@ -45,13 +47,15 @@ def label(group: str, sparsity: float) -> str:
 
 
 def diverging(means: pd.Series) -> list:
-    """Labels whose mean is not finite, or far above the others (beyond Tukey's far-out
-    fence, with at least four settings to measure the others' spread by)."""
+    """Labels whose mean is not finite, or far above the others (FAR_MADS and FAR_RATIO;
+    with at least three settings to measure the others by)."""
     finite = means[np.isfinite(means.astype(float))]
     out = [k for k, v in means.items() if not math.isfinite(v)]
-    if len(finite) >= 4:
-        q1, q3 = np.percentile(finite, [25, 75])
-        out += [k for k, v in finite.items() if v > q3 + FAR_OUT * max(q3 - q1, 1e-12)]
+    if len(finite) >= 3:
+        median = float(np.median(finite))
+        mad = float(np.median(np.abs(finite - median)))
+        out += [k for k, v in finite.items()
+                if v - median > FAR_MADS * mad and v > FAR_RATIO * median]
     return out
 
 

@@ -10,7 +10,7 @@ from scipy import stats
 
 from lib import config as cfglib
 from lib.run import dir_of_config
-from scripts import matrix, report
+from scripts import matrix, report, report_plots
 
 DEFAULT = cfglib.ROOT / "defconfigs" / "default"
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -250,20 +250,25 @@ def test_another_baseline_can_be_named(built):
     assert "## Against the baseline `lion-none`" in (mdir / "report.md").read_text()
 
 
+def tests_of(values):
+    return [test_loss_of(v, seed) for seed, v in enumerate(values, start=1)]
+
+
 def test_report_tables_failures_environment_and_plots(built):
     _, mdir, ids = built
     md = report.write_report(mdir)["report"].read_text()
-    adamw, lion = PPL["adamw", "none"], PPL["lion", "none"]
-    mag = PPL["adamw", "magnitude"]
+    adamw, lion = tests_of(PPL["adamw", "none"]), tests_of(PPL["lion", "none"])
+    mag = tests_of(PPL["adamw", "magnitude"])
+    assert "## Final test loss\n\nSplit: **test**" in md
     table = md[md.index("### Target sparsity 0.5"):md.index("### Target sparsity 0.9")]
     assert "| optimizer \\ pruning | none | magnitude | state-bitter2 |" in table
     assert (f"| adamw | {statistics.mean(adamw):.3f} ± {statistics.stdev(adamw):.3f} (n=3) | "
-            f"{statistics.mean(mag):.3f} ± {statistics.stdev(mag):.3f} (n=2) [N] | 10.800 [C,N] |"
-            ) in table  # fewer seeds than the dense groups; bitter2's extra budget
+            f"{statistics.mean(mag):.3f} ± {statistics.stdev(mag):.3f} (n=2) [N] | "
+            f"{test_loss_of(10.8, 1):.3f} [C,N] |") in table  # fewer seeds; extra budget
     # [H]: Lion runs at its own LION_LR, not the baseline's ADAMW_LR
     assert (f"| lion | {statistics.mean(lion):.3f} ± {statistics.stdev(lion):.3f} (n=3) [H] "
             f"| - | - |" in table)
-    assert "| adamw | 10.567 ± 0.551 (n=3) | 15.000 [N] |" in md  # the 0.9 table
+    assert f"| {test_loss_of(15.0, 1):.3f} [N] |" in md  # the 0.9 table
     failures = md[md.index("## Failures"):]
     assert ids["failed"] in failures and "exit 3 (training failed)" in failures
     assert "non-finite training loss (nan) at iteration 7" in failures
@@ -272,9 +277,27 @@ def test_report_tables_failures_environment_and_plots(built):
     assert "+21% iterations" in md
     env = md[md.index("## Environment"):]
     assert "0123abcd" in env and "2.13.0+cpu" in env and "different environments" not in env
-    for name in ("val_ppl", "sparsity", "wall_time", "peak_memory", "val_loss_none",
-                 "val_loss_magnitude", "val_loss_state-bitter2", "ppl_vs_sparsity"):
+    for name in ("test_loss", "sparsity", "wall_time", "peak_memory", "val_loss_none",
+                 "val_loss_magnitude", "val_loss_state-bitter2", "loss_vs_sparsity"):
         assert f"![{name}](plots/{name}.png)" in md
+
+
+def test_old_run_directories_without_the_new_fields_show_n_a(tmp_path):
+    config = write_matrix_config(tmp_path)
+    mdir = dir_of_config(config)
+    mdir.mkdir(parents=True)
+    for seed in (1, 2):
+        summary = fake_summary(10.0 + seed, seed)
+        for key in ("test_loss", "test_ppl", "steady_train_time_s", "compile_s"):
+            del summary[key]
+        add_cell(mdir, "adamw", "none", seed, 10.0 + seed, summary=summary)
+    out = report.write_report(mdir)
+    md = out["report"].read_text()
+    assert "| adamw | n/a |" in md
+    assert out["verdict"].set_index("group").loc["adamw-none", "n"] == 0
+    row = next(x for x in md.splitlines() if x.startswith("| adamw-none-seed1-"))
+    assert row.count("n/a") == 4  # test loss, steady s, compile s, parameters
+    assert "test_loss" not in out["plots"]  # nothing to draw, nothing invented
 
 
 def test_plots_are_pngs_of_the_expected_data(built):
@@ -284,14 +307,13 @@ def test_plots_are_pngs_of_the_expected_data(built):
         data = path.read_bytes()
         assert data.startswith(PNG) and len(data) > 2000, path
     mean = statistics.mean
-    means = plots["val_ppl"][1]
-    assert list(means.index) == ["adamw", "lion"]
-    assert list(means.columns) == ["none", "magnitude s=0.5", "magnitude s=0.9",
-                                   "state-bitter2 s=0.5"]
-    assert means.loc["adamw", "none"] == pytest.approx(mean(PPL["adamw", "none"]))
-    assert means.loc["lion", "none"] == pytest.approx(mean(PPL["lion", "none"]))
-    assert means.loc["adamw", "magnitude s=0.9"] == 15.0
-    assert math.isnan(means.loc["lion", "magnitude s=0.5"])  # failed: nothing drawn
+    final = plots["test_loss"][1]
+    assert list(final.index) == ["adamw-none", "adamw-magnitude s=0.5", "adamw-magnitude s=0.9",
+                                 "adamw-state-bitter2 s=0.5", "lion-none"]
+    assert final.loc["adamw-none", "mean"] == pytest.approx(mean(tests_of(PPL["adamw", "none"])))
+    assert final.loc["lion-none", "count"] == 3
+    assert final.loc["adamw-magnitude s=0.9", "mean"] == pytest.approx(test_loss_of(15.0, 1))
+    assert not final["diverging"].any()
 
     sparsity = plots["sparsity"][1]
     assert sparsity.loc["adamw-magnitude-s0.5-seed2", "achieved_sparsity"] == 0.498
@@ -314,22 +336,24 @@ def test_plots_are_pngs_of_the_expected_data(built):
     assert list(magnitude.columns) == ["adamw s=0.5", "adamw s=0.9"]
     assert magnitude.loc[100, "adamw s=0.9"] == pytest.approx(math.log(15.0))
 
-    curve = plots["ppl_vs_sparsity"][1]
+    curve = plots["loss_vs_sparsity"][1]
     assert list(curve.index) == [0.5, 0.9]
-    assert curve.loc[0.5, "adamw-magnitude"] == pytest.approx(mean(PPL["adamw", "magnitude"]))
-    assert curve.loc[0.9, "adamw-magnitude"] == 15.0
+    assert curve.loc[0.5, "adamw-magnitude"] == pytest.approx(mean(tests_of(PPL["adamw",
+                                                                                "magnitude"])))
+    assert curve.loc[0.9, "adamw-magnitude"] == pytest.approx(test_loss_of(15.0, 1))
     assert math.isnan(curve.loc[0.9, "adamw-state-bitter2"])
-    assert curve["adamw-none"].tolist() == pytest.approx([mean(PPL["adamw", "none"])] * 2)
+    assert curve["adamw-none"].tolist() == pytest.approx([mean(tests_of(PPL["adamw",
+                                                                            "none"]))] * 2)
 
 
 def test_memory_axis_names_what_was_measured(tmp_path):
     df = pd.DataFrame({"name": ["a", "b"], "status": ["done", "done"],
                        "peak_mem_bytes": [2**30, 2**29], "peak_mem_kind": ["cuda_max_allocated"] * 2})
-    data = report.plot_peak_memory(df, tmp_path / "m.png")
+    data = report_plots.plot_peak_memory(df, tmp_path / "m.png")
     assert data.name == "GPU memory (CUDA max allocated) (MiB)"
     assert data.tolist() == [1024.0, 512.0]
     df["peak_mem_kind"] = ["cuda_max_allocated", "cpu_peak_rss"]
-    assert report.plot_peak_memory(df, tmp_path / "m.png").name.startswith("mixed")
+    assert report_plots.plot_peak_memory(df, tmp_path / "m.png").name.startswith("mixed")
 
 
 def test_comparison_with_a_baseline_matrix(built, tmp_path):
@@ -406,18 +430,18 @@ def test_learning_rate_sweep_compares_each_optimizer_at_its_best_rate(tmp_path):
     best = out["groups"].set_index("optimizer")
     assert best.loc["adamw", "learning_rate"] == pytest.approx(2e-3)
     assert best.loc["lion", "learning_rate"] == pytest.approx(5e-5)
-    assert best.loc["lion", "mean"] == 9.0
-    deltas = out["deltas"].set_index("group")
-    assert deltas.loc["lion-none", "delta"] == pytest.approx(-1.0)  # 9.0 against 10.0
+    assert best.loc["lion", "mean"] == pytest.approx(test_loss_of(9.0, 1))  # on test
+    verdict = out["verdict"].set_index("group")
+    assert verdict.loc["lion-none", "diff"] == pytest.approx(math.log(0.9))  # 9 against 10
     md = (mdir / "report.md").read_text()
     assert "chosen on the validation split" in md
     assert ("| lion-none | 0 | 5e-05 | x0.5 | 9.000 | **best** (edge of the sweep: the optimum "
             "may lie beyond) |") in md
-    section = md[md.index("## Learning rates"):]
+    section = md[md.index("## Learning rates"):md.index("## Against the baseline")]
     rows = [line for line in section.splitlines() if line.startswith("| adamw-none |")]
     assert [row.split(" | ")[2] for row in rows] == ["0.0005", "0.001", "0.002"]  # by rate
     assert "| adamw-none | 0 | 0.001 | x1 | 11.000 |  |" in md
-    assert "10.000 @ lr 0.002" in md
+    assert f"{test_loss_of(10.0, 1):.3f} @ lr 0.002" in md
     # the caveat names the other rate once, not again as the ADAMW_LR symbol
     assert "differs from the baseline in learning rate 0.002 (baseline 0.001)\n" in md
     assert "ADAMW_LR" not in md[md.index("## Caveats"):]
@@ -434,43 +458,77 @@ def test_single_rate_report_lists_each_optimizers_rate(built):
 
 
 def _drawn(monkeypatch):
-    """Keep the figures report._save is given, drawn, instead of closing them."""
+    """Keep the figures report_plots.save is given, drawn, instead of closing them."""
     figures = []
-    real_save = report._save
+    real_save = report_plots.save
 
     def keep(fig, path):
-        report._plain_numbers(fig)
+        report_plots.plain_numbers(fig)
         fig.canvas.draw()
         figures.append(fig)
         real_save(fig, path)
 
-    monkeypatch.setattr(report, "_save", keep)
+    monkeypatch.setattr(report_plots, "save", keep)
     return figures
 
 
-def test_ppl_plot_is_dot_and_whisker_on_a_zoomed_axis_without_offset(tmp_path, monkeypatch):
+def plot_cells(losses: dict) -> pd.DataFrame:
+    """Cells for plot_final_loss: {(optimizer, method, sparsity): [test loss per seed]}."""
+    rows = [{"status": "done", "optimizer": o, "method": m, "target_sparsity": sp,
+             "test_loss": v} for (o, m, sp), values in losses.items() for v in values]
+    return pd.DataFrame(rows)
+
+
+def test_final_loss_plot_is_seeds_and_mean_on_a_zoomed_axis_with_the_baseline(tmp_path,
+                                                                              monkeypatch):
     figures = _drawn(monkeypatch)
-    agg = pd.DataFrame({"optimizer": ["adamw", "adamw", "lion"],
-                        "method": ["none", "magnitude", "none"],
-                        "target_sparsity": [None, 0.5, None],
-                        "group": ["adamw-none", "adamw-magnitude", "lion-none"],
-                        "mean": [18.2251, 18.2262, 18.2270], "std": [0.0004, 0.0003, 0.0002]})
-    report.plot_val_ppl(agg, tmp_path / "ppl.png")
+    cells = plot_cells({("adamw", "none", 0.0): [2.9025, 2.9029],
+                        ("adamw", "magnitude", 0.5): [2.9031, 2.9035],
+                        ("lion", "none", 0.0): [2.9040, 2.9042]})
+    data = report_plots.plot_final_loss(cells, 2.9027, tmp_path / "loss.png")
+    assert data.loc["adamw-magnitude s=0.5", "mean"] == pytest.approx(2.9033)
     ax = figures[-1].axes[0]
     assert not ax.patches  # no bars
     low, high = ax.get_ylim()
-    assert 18.2 < low and high < 18.25  # zoomed: a 0.01% difference is visible
-    labels = [t.get_text() for t in ax.get_yticklabels()]
+    assert 2.90 < low and high < 2.91  # zoomed: a 0.01% difference is visible
     assert ax.yaxis.get_offset_text().get_text() == ""
-    assert all(t.startswith("18.22") for t in labels if t)
+    seeds = [line for line in ax.get_lines() if line.get_label() == "one seed"]
+    assert len(seeds[0].get_ydata()) == 6  # every seed a point
+    base = [line for line in ax.get_lines() if line.get_label() == "baseline (mean)"]
+    assert tuple(base[0].get_ydata()) == (2.9027, 2.9027)
 
-    report.plot_ppl_vs_sparsity(agg, tmp_path / "curve.png")  # one sparsity level
+
+def test_a_diverging_setting_is_annotated_not_allowed_to_set_the_axis(tmp_path, monkeypatch):
+    figures = _drawn(monkeypatch)
+    cells = plot_cells({("adamw", "none", 0.0): [2.90, 2.91],
+                        ("adam", "none", 0.0): [2.92, 2.93],
+                        ("lion", "none", 0.0): [2.95, 2.96],
+                        ("sgd", "none", 0.0): [7.5, 7.6],  # far above the others
+                        ("adafactor", "none", 0.0): [float("inf"), float("inf")]})
+    data = report_plots.plot_final_loss(cells, 2.905, tmp_path / "loss.png")
+    assert set(data.index[data["diverging"]]) == {"sgd-none", "adafactor-none"}
     ax = figures[-1].axes[0]
-    dense = [line for line in ax.get_lines() if line.get_label() == "adamw-none (dense)"]
-    assert len(dense) == 1
-    x0, x1 = dense[0].get_xdata()
-    assert tuple(dense[0].get_ydata()) == (18.2251, 18.2251) and x1 - x0 == 1  # axis-wide
-    assert ax.yaxis.get_offset_text().get_text() == ""
+    assert ax.get_ylim()[1] < 3.0  # the axis is the others'
+    notes = [t.get_text() for t in ax.texts]
+    assert any(t.startswith("sgd-none: 7.55") for t in notes)
+    assert any(t.startswith("adafactor-none: inf") for t in notes)
+
+
+def test_a_sparsity_axis_that_spans_nothing_is_not_drawn(built):
+    _, mdir, ids = built
+    import shutil
+    shutil.rmtree(mdir / ids["mag09"])
+    (mdir / "state" / f"{ids['mag09']}.json").unlink()
+    plots = report.write_report(mdir)["plots"]
+    assert "loss_vs_sparsity" not in plots and "test_loss" in plots
+
+
+def test_loss_curves_start_at_the_first_evaluation(tmp_path, monkeypatch):
+    figures = _drawn(monkeypatch)
+    curves = pd.DataFrame({"method": "none", "optimizer": "adamw", "target_sparsity": 0.0,
+                           "iter": [250, 500, 750], "val_loss": [5.0, 4.0, 3.5]})
+    report_plots.plot_val_curves(curves, tmp_path)
+    assert figures[-1].axes[0].get_xlim()[0] == 250
 
 
 def test_extra_dimension_groups_apart_and_shows_its_value(tmp_path):
@@ -486,9 +544,10 @@ def test_extra_dimension_groups_apart_and_shows_its_value(tmp_path):
                      state={"status": "done", "exit_code": 0, "wall_s": 13.0,
                             "extra": f"NORM={norm}"})
     out = report.write_report(mdir)
-    agg = out["agg"] if "agg" in out else report.aggregate(report.load_cells(mdir))
-    by_method = {r.method: r.mean for r in agg.itertuples()}
-    assert by_method == pytest.approx({"none[NORM=layernorm]": 10.2, "none[NORM=rmsnorm]": 12.3})
+    by_method = {r.method: r.mean for r in out["groups"].itertuples()}
+    assert by_method == pytest.approx({
+        "none[NORM=layernorm]": statistics.mean(tests_of([10.0, 10.4])),
+        "none[NORM=rmsnorm]": statistics.mean(tests_of([12.0, 12.6]))})
     text = (mdir / "report.md").read_text()
     assert "none[NORM=rmsnorm]" in text and "none[NORM=layernorm]" in text
     csv = pd.read_csv(mdir / "summary.csv")
