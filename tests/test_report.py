@@ -23,7 +23,7 @@ def write_matrix_config(tmp_path, *extra):
     return path
 
 
-def test_loss_of(ppl, seed):
+def held_out_loss(ppl, seed):
     """The test loss fake_summary gives: not the validation loss, and not by a constant."""
     return math.log(ppl) + 0.1 + 0.01 * seed
 
@@ -31,7 +31,7 @@ def test_loss_of(ppl, seed):
 def fake_summary(ppl, seed, **extra):
     return {"status": "complete", "error": None, "iters": 100, "tokens_seen": 100 * 256,
             "train_loss": math.log(ppl) - 0.1, "val_loss": math.log(ppl), "val_ppl": ppl,
-            "test_loss": test_loss_of(ppl, seed), "test_ppl": math.exp(test_loss_of(ppl, seed)),
+            "test_loss": held_out_loss(ppl, seed), "test_ppl": math.exp(held_out_loss(ppl, seed)),
             "steady_train_time_s": 9.0 + seed, "compile_s": 1.0,
             "best_val_ppl": ppl * 0.99, "train_time_s": 10.0 + seed,
             "tokens_per_s": 25600 / (10.0 + seed), "peak_mem_bytes": (300 + seed) * 2**20,
@@ -154,7 +154,7 @@ def test_groups_and_the_paired_verdict_on_the_test_split(built):
     out = report.write_report(mdir)
     groups = out["groups"].set_index(["group", "target_sparsity"])
     for (opt, pruning), values in PPL.items():
-        tests = [test_loss_of(v, seed) for seed, v in enumerate(values, start=1)]
+        tests = [held_out_loss(v, seed) for seed, v in enumerate(values, start=1)]
         g = groups.loc[(f"{opt}-{pruning}", 0.0 if pruning == "none" else 0.5)]
         assert g["n"] == len(values)
         assert g["mean"] == pytest.approx(statistics.mean(tests), rel=1e-12)
@@ -163,10 +163,10 @@ def test_groups_and_the_paired_verdict_on_the_test_split(built):
     assert ("lion-magnitude", 0.5) not in groups.index  # failed cells are not averaged
 
     verdict = out["verdict"].set_index(["group", "target_sparsity"])
-    base = [test_loss_of(v, s) for s, v in enumerate(PPL["adamw", "none"], start=1)]
+    base = [held_out_loss(v, s) for s, v in enumerate(PPL["adamw", "none"], start=1)]
     expected = {}
     for key in (("lion", "none"), ("adamw", "magnitude")):
-        mine = [test_loss_of(v, s) for s, v in enumerate(PPL[key], start=1)]
+        mine = [held_out_loss(v, s) for s, v in enumerate(PPL[key], start=1)]
         expected[key] = textbook_paired(mine, base[:len(mine)])  # seed with seed
         row = verdict.loc[(f"{key[0]}-{key[1]}", 0.0 if key[1] == "none" else 0.5)]
         e = expected[key]
@@ -188,7 +188,7 @@ def test_groups_and_the_paired_verdict_on_the_test_split(built):
     assert verdict.loc[("adamw-none", 0.0), "mark"] == "baseline"
     one_seed = verdict.loc[("adamw-state-bitter2", 0.5)]
     assert math.isnan(one_seed["p"]) and one_seed["mark"] == "n=1: no test"
-    assert one_seed["diff"] == pytest.approx(test_loss_of(10.8, 1) - base[0])
+    assert one_seed["diff"] == pytest.approx(held_out_loss(10.8, 1) - base[0])
     md = out["report"].read_text()
     section = md[md.index("## Against the baseline"):md.index("## Speed")]
     assert "Split: **test**" in section and "Welch" not in md
@@ -244,31 +244,31 @@ def test_another_baseline_can_be_named(built):
     _, mdir, _ = built
     verdict = report.write_report(mdir, baseline="lion-none")["verdict"].set_index("group")
     assert verdict.loc["lion-none", "mark"] == "baseline"
-    pairs = [test_loss_of(a, s) - test_loss_of(b, s) for s, (a, b) in
+    pairs = [held_out_loss(a, s) - held_out_loss(b, s) for s, (a, b) in
              enumerate(zip(PPL["adamw", "none"], PPL["lion", "none"]), start=1)]
     assert verdict.loc["adamw-none", "diff"] == pytest.approx(statistics.mean(pairs))
     assert "## Against the baseline `lion-none`" in (mdir / "report.md").read_text()
 
 
-def tests_of(values):
-    return [test_loss_of(v, seed) for seed, v in enumerate(values, start=1)]
+def held_out_losses(values):
+    return [held_out_loss(v, seed) for seed, v in enumerate(values, start=1)]
 
 
 def test_report_tables_failures_environment_and_plots(built):
     _, mdir, ids = built
     md = report.write_report(mdir)["report"].read_text()
-    adamw, lion = tests_of(PPL["adamw", "none"]), tests_of(PPL["lion", "none"])
-    mag = tests_of(PPL["adamw", "magnitude"])
+    adamw, lion = held_out_losses(PPL["adamw", "none"]), held_out_losses(PPL["lion", "none"])
+    mag = held_out_losses(PPL["adamw", "magnitude"])
     assert "## Final test loss\n\nSplit: **test**" in md
     table = md[md.index("### Target sparsity 0.5"):md.index("### Target sparsity 0.9")]
     assert "| optimizer \\ pruning | none | magnitude | state-bitter2 |" in table
     assert (f"| adamw | {statistics.mean(adamw):.3f} ± {statistics.stdev(adamw):.3f} (n=3) | "
             f"{statistics.mean(mag):.3f} ± {statistics.stdev(mag):.3f} (n=2) [N] | "
-            f"{test_loss_of(10.8, 1):.3f} [C,N] |") in table  # fewer seeds; extra budget
+            f"{held_out_loss(10.8, 1):.3f} [C,N] |") in table  # fewer seeds; extra budget
     # [H]: Lion runs at its own LION_LR, not the baseline's ADAMW_LR
     assert (f"| lion | {statistics.mean(lion):.3f} ± {statistics.stdev(lion):.3f} (n=3) [H] "
             f"| - | - |" in table)
-    assert f"| {test_loss_of(15.0, 1):.3f} [N] |" in md  # the 0.9 table
+    assert f"| {held_out_loss(15.0, 1):.3f} [N] |" in md  # the 0.9 table
     failures = md[md.index("## Failures"):]
     assert ids["failed"] in failures and "exit 3 (training failed)" in failures
     assert "non-finite training loss (nan) at iteration 7" in failures
@@ -310,9 +310,9 @@ def test_plots_are_pngs_of_the_expected_data(built):
     final = plots["test_loss"][1]
     assert list(final.index) == ["adamw-none", "adamw-magnitude s=0.5", "adamw-magnitude s=0.9",
                                  "adamw-state-bitter2 s=0.5", "lion-none"]
-    assert final.loc["adamw-none", "mean"] == pytest.approx(mean(tests_of(PPL["adamw", "none"])))
+    assert final.loc["adamw-none", "mean"] == pytest.approx(mean(held_out_losses(PPL["adamw", "none"])))
     assert final.loc["lion-none", "count"] == 3
-    assert final.loc["adamw-magnitude s=0.9", "mean"] == pytest.approx(test_loss_of(15.0, 1))
+    assert final.loc["adamw-magnitude s=0.9", "mean"] == pytest.approx(held_out_loss(15.0, 1))
     assert not final["diverging"].any()
 
     sparsity = plots["sparsity"][1]
@@ -338,11 +338,11 @@ def test_plots_are_pngs_of_the_expected_data(built):
 
     curve = plots["loss_vs_sparsity"][1]
     assert list(curve.index) == [0.5, 0.9]
-    assert curve.loc[0.5, "adamw-magnitude"] == pytest.approx(mean(tests_of(PPL["adamw",
+    assert curve.loc[0.5, "adamw-magnitude"] == pytest.approx(mean(held_out_losses(PPL["adamw",
                                                                                 "magnitude"])))
-    assert curve.loc[0.9, "adamw-magnitude"] == pytest.approx(test_loss_of(15.0, 1))
+    assert curve.loc[0.9, "adamw-magnitude"] == pytest.approx(held_out_loss(15.0, 1))
     assert math.isnan(curve.loc[0.9, "adamw-state-bitter2"])
-    assert curve["adamw-none"].tolist() == pytest.approx([mean(tests_of(PPL["adamw",
+    assert curve["adamw-none"].tolist() == pytest.approx([mean(held_out_losses(PPL["adamw",
                                                                             "none"]))] * 2)
 
 
@@ -430,7 +430,7 @@ def test_learning_rate_sweep_compares_each_optimizer_at_its_best_rate(tmp_path):
     best = out["groups"].set_index("optimizer")
     assert best.loc["adamw", "learning_rate"] == pytest.approx(2e-3)
     assert best.loc["lion", "learning_rate"] == pytest.approx(5e-5)
-    assert best.loc["lion", "mean"] == pytest.approx(test_loss_of(9.0, 1))  # on test
+    assert best.loc["lion", "mean"] == pytest.approx(held_out_loss(9.0, 1))  # on test
     verdict = out["verdict"].set_index("group")
     assert verdict.loc["lion-none", "diff"] == pytest.approx(math.log(0.9))  # 9 against 10
     md = (mdir / "report.md").read_text()
@@ -441,7 +441,7 @@ def test_learning_rate_sweep_compares_each_optimizer_at_its_best_rate(tmp_path):
     rows = [line for line in section.splitlines() if line.startswith("| adamw-none |")]
     assert [row.split(" | ")[2] for row in rows] == ["0.0005", "0.001", "0.002"]  # by rate
     assert "| adamw-none | 0 | 0.001 | x1 | 11.000 |  |" in md
-    assert f"{test_loss_of(10.0, 1):.3f} @ lr 0.002" in md
+    assert f"{held_out_loss(10.0, 1):.3f} @ lr 0.002" in md
     # the caveat names the other rate once, not again as the ADAMW_LR symbol
     assert "differs from the baseline in learning rate 0.002 (baseline 0.001)\n" in md
     assert "ADAMW_LR" not in md[md.index("## Caveats"):]
@@ -546,8 +546,8 @@ def test_extra_dimension_groups_apart_and_shows_its_value(tmp_path):
     out = report.write_report(mdir)
     by_method = {r.method: r.mean for r in out["groups"].itertuples()}
     assert by_method == pytest.approx({
-        "none[NORM=layernorm]": statistics.mean(tests_of([10.0, 10.4])),
-        "none[NORM=rmsnorm]": statistics.mean(tests_of([12.0, 12.6]))})
+        "none[NORM=layernorm]": statistics.mean(held_out_losses([10.0, 10.4])),
+        "none[NORM=rmsnorm]": statistics.mean(held_out_losses([12.0, 12.6]))})
     text = (mdir / "report.md").read_text()
     assert "none[NORM=rmsnorm]" in text and "none[NORM=layernorm]" in text
     csv = pd.read_csv(mdir / "summary.csv")
