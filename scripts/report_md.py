@@ -62,14 +62,15 @@ def spread(m: dict, digits=1) -> str:
     return f"{m['median']:,.{digits}f} [{m['low']:,.{digits}f}–{m['high']:,.{digits}f}]"
 
 
-def ratio(r: dict) -> str:
-    """A stats.ratio: "x1.23 [1.10, 1.37] faster-or-not decision" in words."""
+def ratio(r: dict, above="higher", below="lower") -> str:
+    """A stats.ratio: "x1.23 [1.10, 1.37] (higher)", the decision in the caller's words."""
     if not r["n"]:
         return NA
     text = f"x{r['ratio']:.3f}"
     if r["n"] >= 2:
         text += f" [{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
-    return f"{text} ({r['decision']})"
+    words = {"above 1": above, "below 1": below}
+    return f"{text} ({words.get(r['decision'], r['decision'])})"
 
 
 def params(summary: dict) -> str:

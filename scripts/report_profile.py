@@ -17,31 +17,37 @@ from scripts.report_plots import label
 TAUS = np.round(np.exp(np.linspace(0.0, math.log(4.0), 41)), 6).tolist()  # 1 to 4
 
 
+def workload_names(dirs: list) -> list:
+    """Each matrix's directory name, or its whole path where two names are the same."""
+    names = [Path(d).name for d in dirs]
+    return names if len(set(names)) == len(names) else [str(d) for d in dirs]
+
+
 def workload_times(outs: list, dirs: list) -> dict:
     """{workload: {setting: median seconds to target (inf: not reached by most seeds)}}."""
     times = {}
-    for d, out in zip(dirs, outs):
+    for name, out in zip(workload_names(dirs), outs):
         table = out["target"]["table"]
-        times[Path(d).name] = {label(g.group, g.target_sparsity):
+        times[name] = {label(g.group, g.target_sparsity):
                                g.median_seconds_all for g in table.itertuples()}
     return times
 
 
 def profile_dir(dirs: list) -> Path:
-    names = "\n".join(sorted(Path(d).resolve().name for d in dirs))
+    names = "\n".join(sorted(str(Path(d).resolve()) for d in dirs))
     return Path(dirs[0]).parent / f"profile-{hashlib.sha256(names.encode()).hexdigest()[:8]}"
 
 
 def _markdown(dirs, times, profile) -> list:
     lines = ["# Performance profiles", "",
-             "Workloads: " + ", ".join(f"`{Path(d).name}`" for d in dirs) + ". Each workload's "
+             "Workloads: " + ", ".join(f"`{w}`" for w in times) + ". Each workload's "
              "target is its own MATRIX_TARGET_VAL_LOSS (see its report). Time: median seconds "
              "to target over seeds, compilation excluded; \"not reached\" when most seeds did "
              "not reach it. A setting's profile at tau is the fraction of workloads on which "
              "its time is within tau times the fastest setting's.", ""]
     settings = sorted({s for per in times.values() for s in per})
-    lines += md.md_table(["setting"] + [Path(d).name for d in dirs],
-                         [[s] + [_seconds(times[Path(d).name].get(s)) for d in dirs]
+    lines += md.md_table(["setting"] + list(times),
+                         [[s] + [_seconds(per.get(s)) for per in times.values()]
                           for s in settings])
     marks = [1.0, 1.25, 1.5, 2.0, 4.0]
     idx = [min(range(len(TAUS)), key=lambda i: abs(TAUS[i] - t)) for t in marks]

@@ -157,12 +157,13 @@ def speed(r: Report) -> list:
              "median [range] over seeds; ratio to the baseline paired by seed, geometric mean "
              "[95% interval]; \"no difference measured\" where the interval includes 1.", ""]
     header, rows = ["setting", "sparsity"], []
-    for _, title in SPEED_METRICS:
+    for _, title, _, _ in SPEED_METRICS:
         header += [title, "ratio to baseline"]
     for s in r.speed.itertuples(index=False):
         row = [s.group, f"{s.target_sparsity:g}"]
-        for metric, _ in SPEED_METRICS:
-            row += [md.spread(getattr(s, metric)), md.ratio(getattr(s, f"{metric}_ratio"))]
+        for metric, _, digits, words in SPEED_METRICS:
+            row += [md.spread(getattr(s, metric), digits),
+                    md.ratio(getattr(s, f"{metric}_ratio"), *words)]
         rows.append(row)
     return lines + md.md_table(header, rows)
 
@@ -180,7 +181,8 @@ def time_to_target(r: Report) -> list:
     rows = [[g.group, f"{g.target_sparsity:g}", f"{g.reached}/{g.runs}",
              md.spread(g.iter, 0) if g.reached else "not reached",
              md.spread(g.tokens, 0) if g.reached else "not reached",
-             md.spread(g.seconds, 1) if g.reached else "not reached", md.ratio(g.speedup)]
+             md.spread(g.seconds, 1) if g.reached else "not reached",
+             md.ratio(g.speedup, "faster", "slower")]
             for g in t["table"].itertuples()]
     return lines + md.md_table(["setting", "sparsity", "reached", "iterations", "tokens",
                                 "seconds", "speed-up"], rows)

@@ -14,8 +14,10 @@ import pandas as pd
 from scripts import stats
 from scripts.report_verdict import SETTING, baseline_rows
 
-SPEED_METRICS = (("steady_train_time_s", "steady-state training time (s)"),
-                 ("tokens_per_s", "steady-state tokens/s"))
+# (summary field, column title, digits, words for a ratio above / below 1)
+SPEED_METRICS = (("steady_train_time_s", "steady-state training time (s)", 1,
+                  ("longer", "shorter")),
+                 ("tokens_per_s", "steady-state tokens/s", 0, ("faster", "slower")))
 TARGET_COLUMNS = ["seed", "reached", "iter", "tokens", "seconds"]
 
 
@@ -44,7 +46,7 @@ def speed_table(cells: pd.DataFrame, baseline: str) -> pd.DataFrame:
     for (opt, method, sp), g in _by_setting(cells):
         base = _base_group(cells, baseline, sp)
         row = {"group": f"{opt}-{method}", "target_sparsity": sp}
-        for metric, _ in SPEED_METRICS:
+        for metric, *_ in SPEED_METRICS:
             row[metric] = stats.median_spread(g[metric].tolist())
             row[f"{metric}_ratio"] = stats.ratio(_seed_map(g, metric), _seed_map(base, metric))
         rows.append(row)

@@ -11,6 +11,7 @@ from scipy import stats as sps
 
 CONFIDENCE = 0.95
 WILCOXON_MIN_PAIRS = 6  # below this the signed-rank test cannot reach p < 0.05 two-sided
+RELATIVE_ZERO = 1e-12  # differences whose sd is this small next to the values are all equal
 NO_TEST_N1 = "n=1: no test"
 NO_TEST_ZERO_VAR = "identical differences: no test"
 NO_INTERVAL_N1 = "n=1: no interval"
@@ -42,7 +43,7 @@ def paired(a: dict, b: dict, confidence: float = CONFIDENCE) -> dict:
         return out
     sd = float(d.std(ddof=1))
     out["sd_diff"] = sd
-    if sd == 0.0 or np.all(d == d[0]):
+    if sd <= RELATIVE_ZERO * max(np.abs(x).max(), np.abs(y).max()):  # rounding, not spread
         out.update(sd_diff=0.0, test=NO_TEST_ZERO_VAR)
         return out
     n = len(d)
@@ -105,7 +106,7 @@ def median_spread(values) -> dict:
 def ratio(a: dict, b: dict, confidence: float = CONFIDENCE) -> dict:
     """a / b paired by seed ({seed: positive value} each): the geometric mean of the
     per-seed ratios with a t interval on their logarithms, the range of the ratios, and
-    a decision: NO_DIFFERENCE when the interval includes 1."""
+    a decision: NO_DIFFERENCE when the interval includes 1, else "above 1" or "below 1"."""
     seeds, x, y = pair_by_seed(a, b)
     keep = (x > 0) & (y > 0)
     r = x[keep] / y[keep]
@@ -123,7 +124,7 @@ def ratio(a: dict, b: dict, confidence: float = CONFIDENCE) -> dict:
     low, high = math.exp(logs.mean() - half), math.exp(logs.mean() + half)
     out.update(ci_low=low, ci_high=high,
                decision=NO_DIFFERENCE if low <= 1.0 <= high else
-               ("higher" if low > 1.0 else "lower"))
+               ("above 1" if low > 1.0 else "below 1"))
     return out
 
 

@@ -2,6 +2,7 @@
 import json
 import math
 import statistics
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -552,3 +553,119 @@ def test_extra_dimension_groups_apart_and_shows_its_value(tmp_path):
     assert "none[NORM=rmsnorm]" in text and "none[NORM=layernorm]" in text
     csv = pd.read_csv(mdir / "summary.csv")
     assert sorted(csv["extra"]) == ["NORM=layernorm"] * 2 + ["NORM=rmsnorm"] * 2
+
+
+def write_curve(mdir, cell_id, losses, seconds, compile_s):
+    """Eval records every 10 iterations (256 tokens each) at the given elapsed seconds."""
+    records = [{"kind": "eval", "iter": 10 * (i + 1), "tokens": 2560 * (i + 1),
+                "elapsed_s": compile_s + s, "val_loss": v}
+               for i, (v, s) in enumerate(zip(losses, seconds))]
+    (mdir / cell_id / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+# per optimizer: val losses at iterations 10, 20, 30, 40; seconds after compile per seed;
+# steady-state tokens/s per seed
+RACE = {"adamw": ([3.0, 2.5, 2.0, 1.8], {1: [1, 3, 5, 7], 2: [1, 3, 5, 7]}, {1: 1000, 2: 1100}),
+        "lion": ([3.0, 2.0, 1.9, 1.8], {1: [1, 2, 3, 4], 2: [1, 2, 3, 4]}, {1: 1500, 2: 1650}),
+        "sgd": ([3.0, 2.9, 2.8, 2.7], {1: [1, 2, 3, 4], 2: [1, 2, 3, 4]}, {1: 1010, 2: 1090})}
+
+
+def race_matrix(tmp_path, name, *extra):
+    (tmp_path / name).mkdir()
+    config = write_matrix_config(tmp_path / name, "MATRIX_OPTIMIZER_LION=y",
+                                 "MATRIX_OPTIMIZER_SGD=y", *extra)
+    mdir = dir_of_config(config)
+    mdir.mkdir(parents=True)
+    (mdir / "matrix.config").write_text(config.read_text())
+    for opt, (losses, seconds, rates) in RACE.items():
+        for seed in (1, 2):
+            compile_s = 0.5 * seed
+            cell = add_cell(mdir, opt, "none", seed, math.exp(losses[-1]),
+                            summary=fake_summary(math.exp(losses[-1]), seed, compile_s=compile_s,
+                                                 tokens_per_s=rates[seed]))
+            write_curve(mdir, cell, losses, seconds[seed], compile_s)
+    return mdir
+
+
+def test_time_to_target_from_the_eval_records(tmp_path):
+    mdir = race_matrix(tmp_path, "a", "MATRIX_TARGET_VAL_LOSS=2.0")
+    out = report.write_report(mdir)
+    table = out["target"]["table"].set_index("group")
+    assert out["target"]["value"] == 2.0
+    lion = table.loc["lion-none"]
+    assert (lion["reached"], lion["runs"]) == (2, 2)
+    assert lion["iter"]["median"] == 20 and lion["tokens"]["median"] == 5120
+    assert lion["seconds"]["median"] == pytest.approx(2.0)  # compile taken off
+    assert table.loc["adamw-none", "seconds"]["median"] == pytest.approx(5.0)
+    assert lion["speedup"]["ratio"] == pytest.approx(2.5)  # 5 s against 2 s, each seed
+    assert table.loc["sgd-none", "reached"] == 0
+    md = out["report"].read_text()
+    section = md[md.index("## Time to target"):]
+    interval = cfglib.load(DEFAULT).EVAL_INTERVAL
+    assert f"Target validation loss 2.0000 (MATRIX_TARGET_VAL_LOSS)" in section
+    assert f"one evaluation every {interval} iterations" in section
+    assert "| sgd-none | 0 | 0/2 | not reached | not reached | not reached |" in section
+    assert ("| lion-none | 0 | 2/2 | 20 [20–20] | 5,120 [5,120–5,120] | 2.0 [2.0–2.0] | "
+            "x2.500 [2.500, 2.500] (faster) |") in section
+
+
+def test_target_zero_is_the_baselines_median_final_val_loss(tmp_path):
+    mdir = race_matrix(tmp_path, "a")
+    target = report.write_report(mdir)["target"]
+    assert target["value"] == pytest.approx(1.8)  # adamw's final val loss at both seeds
+    assert "baseline `adamw-none`'s median final validation loss" in target["source"]
+    assert target["table"].set_index("group").loc["lion-none", "iter"]["median"] == 40
+
+
+def test_speed_is_steady_state_median_over_seeds_with_a_paired_ratio(tmp_path):
+    mdir = race_matrix(tmp_path, "a")
+    out = report.write_report(mdir)
+    speed = out["speed"].set_index("group")
+    lion = speed.loc["lion-none"]
+    assert lion["tokens_per_s"]["median"] == 1575 and lion["tokens_per_s"]["spread"] == "range"
+    assert lion["tokens_per_s_ratio"]["ratio"] == pytest.approx(1.5)
+    assert lion["tokens_per_s_ratio"]["decision"] == "above 1"
+    sgd = speed.loc["sgd-none", "tokens_per_s_ratio"]  # 1.01 and 0.99: within noise
+    assert sgd["ci_low"] < 1 < sgd["ci_high"] and sgd["decision"] == "no difference measured"
+    md = out["report"].read_text()
+    assert "| sgd-none | 0 |" in md and "(no difference measured)" in md
+    assert "| 1,575 [1,500–1,650] | x1.500 [1.500, 1.500] (faster) |" in md
+
+
+def test_trials_are_left_out_of_the_verdict_and_stopped_never_complete(tmp_path):
+    mdir = race_matrix(tmp_path, "a")
+    add_cell(mdir, "adamw", "none", 7, 5.0, state={"status": "done", "exit_code": 0,
+                                                  "wall_s": 1.0, "role": "trial"})
+    add_cell(mdir, "adamw", "none", 8, 5.0, state={"status": "done", "exit_code": 0,
+                                                  "wall_s": 1.0, "role": "confirm"})
+    add_cell(mdir, "lion", "none", 9, 5.0,
+             summary={**fake_summary(5.0, 9), "status": "stopped",
+                      "early_stop": {"iter": 20, "rung": 1}},
+             state={"status": "done", "exit_code": 0})
+    out = report.write_report(mdir)
+    groups = out["groups"].set_index("group")
+    assert groups.loc["adamw-none", "n"] == 3  # seeds 1, 2 and the confirmation run
+    assert groups.loc["lion-none", "n"] == 2  # the stopped trial is not complete
+    cells = out["cells"].set_index("name")
+    assert cells.loc["lion-none-seed9", "status"] == "stopped"
+    md = out["report"].read_text()
+    assert "1 tuning trials are left out of the verdict tables" in md
+    assert "lion-none-seed9" in md[md.index("## Not finished"):]
+
+
+def test_several_matrices_give_performance_profiles(tmp_path, capsys):
+    dirs = [race_matrix(tmp_path, name, "MATRIX_TARGET_VAL_LOSS=2.0") for name in ("a", "b")]
+    assert report.main([str(d) for d in dirs]) == 0
+    printed = capsys.readouterr().out
+    profile = next(Path(line).parent for line in printed.splitlines()
+                   if line.endswith("profile.md"))
+    for d in dirs:
+        assert (d / "report.md").is_file()
+    curve = pd.read_csv(profile / "profile.csv").set_index("tau")
+    # lion is fastest on both workloads; adamw takes 2.5 times as long; sgd never arrives
+    assert (curve["lion-none"] == 1.0).all()
+    assert curve.loc[curve.index < 2.5, "adamw-none"].eq(0.0).all()
+    assert curve.loc[curve.index >= 2.5, "adamw-none"].eq(1.0).all()
+    assert (curve["sgd-none"] == 0.0).all()
+    assert (profile / "performance_profile.png").read_bytes().startswith(PNG)
+    assert "| sgd-none | not reached | not reached |" in (profile / "profile.md").read_text()
