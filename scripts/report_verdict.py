@@ -57,9 +57,9 @@ def select_rates(val_agg: pd.DataFrame) -> pd.DataFrame:
 
 def at_best_rate(cells: pd.DataFrame, selection: pd.DataFrame) -> pd.DataFrame:
     """The cells of each setting at its selected learning rate (all of them without a sweep)."""
-    chosen = selection[selection["best_rate"]][[*SETTING, "learning_rate"]]
-    if chosen.empty or (selection["rates_tried"] <= 1).all():
+    if selection.empty or (selection["rates_tried"] <= 1).all():
         return cells
+    chosen = selection[selection["best_rate"].astype(bool)][[*SETTING, "learning_rate"]]
     return cells.merge(chosen, on=[*SETTING, "learning_rate"], how="inner")
 
 
