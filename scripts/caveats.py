@@ -189,8 +189,8 @@ def section(found: pd.DataFrame) -> list:
     if found.empty:
         return lines + ["None: every finished cell reached its target sparsity, trained on the "
                         "baseline's budget and hyperparameters, has as many seeds as the "
-                        "others, its validation loss did not rise at the end, and its seeds did not all "
-                        "give the same final loss.", ""]
+                        "others, its validation loss did not rise at the end, and its seeds "
+                        "did not all give the same final loss.", ""]
     lines += ["Flags in the tables: " + ", ".join(f"{k} {v}" for k, v in FLAGS.items()) + ".",
               ""]
     for cell, rows in found.groupby("cell", sort=False):
