@@ -150,6 +150,13 @@ def against_baseline(r: Report) -> list:
         [_verdict_row(r, v) for v in r.verdict.itertuples()])
 
 
+def _is_baseline(r: Report, row) -> bool:
+    """Whether a table row (group, target_sparsity) is the baseline's own."""
+    base = r.verdict[r.verdict["mark"] == "baseline"]
+    return bool(((base["group"] == row.group)
+                 & np.isclose(base["target_sparsity"].astype(float), row.target_sparsity)).any())
+
+
 def speed(r: Report) -> list:
     if r.speed.empty:
         return []
@@ -163,6 +170,7 @@ def speed(r: Report) -> list:
         row = [s.group, f"{s.target_sparsity:g}"]
         for metric, _, digits, words in SPEED_METRICS:
             row += [md.spread(getattr(s, metric), digits),
+                    "baseline" if _is_baseline(r, s) else
                     md.ratio(getattr(s, f"{metric}_ratio"), *words)]
         rows.append(row)
     return lines + md.md_table(header, rows)
@@ -182,7 +190,7 @@ def time_to_target(r: Report) -> list:
              md.spread(g.iter, 0) if g.reached else "not reached",
              md.spread(g.tokens, 0) if g.reached else "not reached",
              md.spread(g.seconds, 1) if g.reached else "not reached",
-             md.ratio(g.speedup, "faster", "slower")]
+             "baseline" if _is_baseline(r, g) else md.ratio(g.speedup, "faster", "slower")]
             for g in t["table"].itertuples()]
     return lines + md.md_table(["setting", "sparsity", "reached", "iterations", "tokens",
                                 "seconds", "speed-up"], rows)

@@ -630,6 +630,7 @@ def test_speed_is_steady_state_median_over_seeds_with_a_paired_ratio(tmp_path):
     md = out["report"].read_text()
     assert "| sgd-none | 0 |" in md and "(no difference measured)" in md
     assert "| 1,575 [1,500–1,650] | x1.500 [1.500, 1.500] (faster) |" in md
+    assert "| adamw-none | 0 | 10.5 [10.0–11.0] | baseline | 1,050 [1,000–1,100] | baseline |" in md
 
 
 def test_trials_are_left_out_of_the_verdict_and_stopped_never_complete(tmp_path):
