@@ -84,12 +84,13 @@ def _numbers(matrix_dir, df, baseline) -> dict:
     tried = selection.groupby(verdict.SETTING, sort=False, dropna=False)["rates_tried"].first()
     groups["rates_tried"] = [tried.get(tuple(k), 1) for k in
                              groups[verdict.SETTING].itertuples(index=False)]
-    curves = load.load_curves(matrix_dir, chosen)
+    every_curve = load.load_curves(matrix_dir, cells)
+    curves = every_curve[every_curve["cell"].isin(chosen["cell"])]
     return {"chosen": chosen, "selection": selection, "groups": groups, "curves": curves,
             "verdict": verdict.verdict(groups, baseline),
             "speed": speed.speed_table(chosen, baseline),
             "target": _target(matrix_dir, chosen, curves, baseline),
-            "flags": caveats.find(cells, load.load_curves(matrix_dir, cells), baseline)}
+            "flags": caveats.find(cells, every_curve, baseline)}
 
 
 def make_plots(n: dict, df, plots_dir: Path) -> dict:
