@@ -670,3 +670,9 @@ def test_several_matrices_give_performance_profiles(tmp_path, capsys):
     assert (curve["sgd-none"] == 0.0).all()
     assert (profile / "performance_profile.png").read_bytes().startswith(PNG)
     assert "| sgd-none | not reached | not reached |" in (profile / "profile.md").read_text()
+
+
+def test_a_bad_target_is_an_error_naming_the_knob(tmp_path):
+    for bad in ("fast", "-1"):
+        with pytest.raises(cfglib.ConfigError, match="MATRIX_TARGET_VAL_LOSS"):
+            write_matrix_config(tmp_path, f"MATRIX_TARGET_VAL_LOSS={bad}")
