@@ -1,6 +1,5 @@
-"""Markdown pieces of the report: number formats, tables, and the one set of labels for
-parameter counts. (DataFrame.to_markdown needs `tabulate`, which the project does not
-depend on; md_table is the table writer.)"""
+"""Markdown pieces of the report: number formats, tables (DataFrame.to_markdown, through
+tabulate) and the one set of labels for parameter counts."""
 import math
 
 import pandas as pd
@@ -37,9 +36,10 @@ def fmt_p(p) -> str:
 
 
 def md_table(header, rows) -> list:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows]
-    return lines + [""]
+    """A markdown table of already formatted cells (tabulate parses no numbers)."""
+    cells = [[str(c).replace("|", "\\|") for c in row] for row in rows]
+    table = pd.DataFrame(cells, columns=list(header), dtype=object)
+    return table.to_markdown(index=False, tablefmt="pipe", disable_numparse=True).split("\n") + [""]
 
 
 def mean_sd(g, digits=3) -> str:

@@ -7,7 +7,8 @@ import pytest
 
 from lib.run import dir_of_config
 from scripts import report
-from tests.test_report import add_cell, fake_summary, held_out_loss, write_matrix_config
+from tests.test_report import (add_cell, fake_summary, held_out_loss, squash,
+                               write_matrix_config)
 
 
 def write_evals(mdir, cell_id, losses):
@@ -63,7 +64,7 @@ def test_every_caveat_is_flagged_in_tables_and_listed(flagged):
     assert "learning rate 0.0001 (baseline 0.001)" in text[ids["lr"] + "H"]  # LION_LR, ADAMW_LR
     assert "DROPOUT 0.2 (baseline 0.0)" in text[ids["lr"] + "H"]
     assert "2.500 -> 2.600 -> 2.700" in text[ids["lr"] + "O"]
-    md = out["report"].read_text()
+    md = squash(out["report"].read_text())
     assert "## Caveats" in md and f"- `{ids['short']}` [S,N]" in md
     base = [held_out_loss(10.0 + seed, seed) for seed in (1, 2)]
     assert (f"| adamw | {statistics.mean(base):.3f} ± {statistics.stdev(base):.3f} (n=2) | "
@@ -110,14 +111,14 @@ def test_provenance_differences_are_listed(tmp_path):
     other = {**base, "versions": {**base["versions"], "torch": "2.6.0"}}
     for cell, prov in zip(ids, (base, base, other)):
         (mdir / cell / "provenance.json").write_text(json.dumps(prov))
-    md = report.write_report(mdir)["report"].read_text()
+    md = squash(report.write_report(mdir)["report"].read_text())
     section = md[md.index("### Provenance"):]
     assert "- `versions.torch` differs:" in section
     assert f"  - '2.5.1': `{ids[0]}`, `{ids[1]}`" in section
     assert f"  - '2.6.0': `{ids[2]}`" in section
     assert "git_commit" not in section and "versions.numpy" not in section
     (mdir / ids[2] / "provenance.json").write_text(json.dumps(base))
-    md = report.write_report(mdir)["report"].read_text()
+    md = squash(report.write_report(mdir)["report"].read_text())
     assert "Every cell (3) has the same provenance." in md
 
 
@@ -127,5 +128,5 @@ def test_a_clean_matrix_says_so(tmp_path):
     mdir.mkdir(parents=True)
     for seed in (1, 2):
         add_cell(mdir, "adamw", "none", seed, 10.0 + seed)
-    md = report.write_report(mdir)["report"].read_text()
+    md = squash(report.write_report(mdir)["report"].read_text())
     assert "## Caveats\n\nNone:" in md

@@ -1,6 +1,7 @@
 """The matrix report on results directories built by hand: CSV, statistics, plots, comparison."""
 import json
 import math
+import re
 import statistics
 from pathlib import Path
 
@@ -37,6 +38,13 @@ def fake_summary(ppl, seed, **extra):
             "best_val_ppl": ppl * 0.99, "train_time_s": 10.0 + seed,
             "tokens_per_s": 25600 / (10.0 + seed), "peak_mem_bytes": (300 + seed) * 2**20,
             "peak_mem_kind": "cpu_peak_rss", "optimizer_state_bytes": 1000 * seed, **extra}
+
+
+def squash(text: str) -> str:
+    """A report's markdown with the padding tabulate puts in table cells taken out, so a
+    row reads "| adamw | 0.001 |" whatever the widths of its columns."""
+    return "\n".join(re.sub(r" {2,}", " ", line) if line.startswith("|") else line
+                     for line in text.splitlines()) + "\n"
 
 
 def add_cell(mdir, optimizer, pruning, seed, ppl=None, *, variant=None, sparsity=None,
@@ -190,7 +198,7 @@ def test_groups_and_the_paired_verdict_on_the_test_split(built):
     one_seed = verdict.loc[("adamw-state-bitter2", 0.5)]
     assert math.isnan(one_seed["p"]) and one_seed["mark"] == "n=1: no test"
     assert one_seed["diff"] == pytest.approx(held_out_loss(10.8, 1) - base[0])
-    md = out["report"].read_text()
+    md = squash(out["report"].read_text())
     section = md[md.index("## Against the baseline"):md.index("## Speed")]
     assert "Split: **test**" in section and "Welch" not in md
     lion = verdict.loc[("lion-none", 0.0)]
@@ -236,7 +244,7 @@ def test_identical_differences_make_no_test_and_no_star(tmp_path):
     row = out["verdict"].set_index("group").loc["lion-none"]
     assert row["diff"] == pytest.approx(0.5) and math.isnan(row["p"])
     assert row["mark"] == "identical differences: no test"
-    line = next(x for x in out["report"].read_text().splitlines()
+    line = next(x for x in squash(out["report"].read_text()).splitlines()
                 if x.startswith("| lion-none |") and "no test" in x)
     assert " * " not in line and " ns " not in line
 
@@ -248,7 +256,7 @@ def test_another_baseline_can_be_named(built):
     pairs = [held_out_loss(a, s) - held_out_loss(b, s) for s, (a, b) in
              enumerate(zip(PPL["adamw", "none"], PPL["lion", "none"]), start=1)]
     assert verdict.loc["adamw-none", "diff"] == pytest.approx(statistics.mean(pairs))
-    assert "## Against the baseline `lion-none`" in (mdir / "report.md").read_text()
+    assert "## Against the baseline `lion-none`" in squash((mdir / "report.md").read_text())
 
 
 def held_out_losses(values):
@@ -257,7 +265,7 @@ def held_out_losses(values):
 
 def test_report_tables_failures_environment_and_plots(built):
     _, mdir, ids = built
-    md = report.write_report(mdir)["report"].read_text()
+    md = squash(report.write_report(mdir)["report"].read_text())
     adamw, lion = held_out_losses(PPL["adamw", "none"]), held_out_losses(PPL["lion", "none"])
     mag = held_out_losses(PPL["adamw", "magnitude"])
     assert "## Final test loss\n\nSplit: **test**" in md
@@ -293,7 +301,7 @@ def test_old_run_directories_without_the_new_fields_show_n_a(tmp_path):
             del summary[key]
         add_cell(mdir, "adamw", "none", seed, 10.0 + seed, summary=summary)
     out = report.write_report(mdir)
-    md = out["report"].read_text()
+    md = squash(out["report"].read_text())
     assert "| adamw | n/a |" in md
     assert out["verdict"].set_index("group").loc["adamw-none", "n"] == 0
     row = next(x for x in md.splitlines() if x.startswith("| adamw-none-seed1-"))
@@ -374,7 +382,7 @@ def test_comparison_with_a_baseline_matrix(built, tmp_path):
         assert row["delta_pct"] == pytest.approx(100 * delta / row["val_ppl_there"])
     assert math.isnan(comparison.loc["adamw-none-seed3", "val_ppl_there"])
     assert math.isnan(comparison.loc["sgd-none-seed1", "val_ppl_here"])
-    md = (mdir / "report.md").read_text()
+    md = squash((mdir / "report.md").read_text())
     section = md[md.index("## Compared with"):]
     assert "| adamw-none-seed1 | 10.000 | 9.500 | 0.500 | 5.26 |" in section
 
@@ -434,14 +442,14 @@ def test_learning_rate_sweep_compares_each_optimizer_at_its_best_rate(tmp_path):
     assert best.loc["lion", "mean"] == pytest.approx(held_out_loss(9.0, 1))  # on test
     verdict = out["verdict"].set_index("group")
     assert verdict.loc["lion-none", "diff"] == pytest.approx(math.log(0.9))  # 9 against 10
-    md = (mdir / "report.md").read_text()
+    md = squash((mdir / "report.md").read_text())
     assert "chosen on the validation split" in md
     assert ("| lion-none | 0 | 5e-05 | x0.5 | 9.000 | **best** (edge of the sweep: the optimum "
             "may lie beyond) |") in md
     section = md[md.index("## Learning rates"):md.index("## Against the baseline")]
     rows = [line for line in section.splitlines() if line.startswith("| adamw-none |")]
     assert [row.split(" | ")[2] for row in rows] == ["0.0005", "0.001", "0.002"]  # by rate
-    assert "| adamw-none | 0 | 0.001 | x1 | 11.000 |  |" in md
+    assert "| adamw-none | 0 | 0.001 | x1 | 11.000 | |" in md
     assert f"{held_out_loss(10.0, 1):.3f} @ lr 0.002" in md
     # the caveat names the other rate once, not again as the ADAMW_LR symbol
     assert "differs from the baseline in learning rate 0.002 (baseline 0.001)\n" in md
@@ -452,7 +460,7 @@ def test_learning_rate_sweep_compares_each_optimizer_at_its_best_rate(tmp_path):
 
 def test_single_rate_report_lists_each_optimizers_rate(built):
     _, mdir, _ = built
-    md = report.write_report(mdir)["report"].read_text()
+    md = squash(report.write_report(mdir)["report"].read_text())
     section = md[md.index("## Learning rates"):md.index("## Against the baseline")]
     assert "| adamw | 0.001 |" in section and "| lion | 0.0001 |" in section
     assert "chosen on the validation split" not in md
@@ -549,7 +557,7 @@ def test_extra_dimension_groups_apart_and_shows_its_value(tmp_path):
     assert by_method == pytest.approx({
         "none[NORM=layernorm]": statistics.mean(held_out_losses([10.0, 10.4])),
         "none[NORM=rmsnorm]": statistics.mean(held_out_losses([12.0, 12.6]))})
-    text = (mdir / "report.md").read_text()
+    text = squash((mdir / "report.md").read_text())
     assert "none[NORM=rmsnorm]" in text and "none[NORM=layernorm]" in text
     csv = pd.read_csv(mdir / "summary.csv")
     assert sorted(csv["extra"]) == ["NORM=layernorm"] * 2 + ["NORM=rmsnorm"] * 2
@@ -599,7 +607,7 @@ def test_time_to_target_from_the_eval_records(tmp_path):
     assert table.loc["adamw-none", "seconds"]["median"] == pytest.approx(5.0)
     assert lion["speedup"]["ratio"] == pytest.approx(2.5)  # 5 s against 2 s, each seed
     assert table.loc["sgd-none", "reached"] == 0
-    md = out["report"].read_text()
+    md = squash(out["report"].read_text())
     section = md[md.index("## Time to target"):]
     interval = cfglib.load(DEFAULT).EVAL_INTERVAL
     assert f"Target validation loss 2.0000 (MATRIX_TARGET_VAL_LOSS)" in section
@@ -627,7 +635,7 @@ def test_speed_is_steady_state_median_over_seeds_with_a_paired_ratio(tmp_path):
     assert lion["tokens_per_s_ratio"]["decision"] == "above 1"
     sgd = speed.loc["sgd-none", "tokens_per_s_ratio"]  # 1.01 and 0.99: within noise
     assert sgd["ci_low"] < 1 < sgd["ci_high"] and sgd["decision"] == "no difference measured"
-    md = out["report"].read_text()
+    md = squash(out["report"].read_text())
     assert "| sgd-none | 0 |" in md and "(no difference measured)" in md
     assert "| 1,575 [1,500–1,650] | x1.500 [1.500, 1.500] (faster) |" in md
     assert "| adamw-none | 0 | 10.5 [10.0–11.0] | baseline | 1,050 [1,000–1,100] | baseline |" in md
@@ -649,7 +657,7 @@ def test_trials_are_left_out_of_the_verdict_and_stopped_never_complete(tmp_path)
     assert groups.loc["lion-none", "n"] == 2  # the stopped trial is not complete
     cells = out["cells"].set_index("name")
     assert cells.loc["lion-none-seed9", "status"] == "stopped"
-    md = out["report"].read_text()
+    md = squash(out["report"].read_text())
     assert "1 tuning trials are left out of the verdict tables" in md
     assert "lion-none-seed9" in md[md.index("## Not finished"):]
 
@@ -669,7 +677,7 @@ def test_several_matrices_give_performance_profiles(tmp_path, capsys):
     assert curve.loc[curve.index >= 2.5, "adamw-none"].eq(1.0).all()
     assert (curve["sgd-none"] == 0.0).all()
     assert (profile / "performance_profile.png").read_bytes().startswith(PNG)
-    assert "| sgd-none | not reached | not reached |" in (profile / "profile.md").read_text()
+    assert "| sgd-none | not reached | not reached |" in squash((profile / "profile.md").read_text())
 
 
 def test_a_bad_target_is_an_error_naming_the_knob(tmp_path):
