@@ -64,13 +64,14 @@ test: $(TEST_STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 # The test matrix (scripts/Kconfig): DRY_RUN=1 lists the cells, RETRY_FAILED=1 reruns failed
-# ones; `make report` reports on .config's matrix, or MATRIX=<dir>, against BASELINE_MATRIX=<dir>.
+# ones; `make report` reports on .config's matrix, or MATRIX=<dir>, against BASELINE_MATRIX=<dir>;
+# MATRICES="<dir> <dir> ..." reports on several workloads and draws their performance profiles.
 .PHONY: test-matrix report
 test-matrix: $(INSTALL) $(KCONFIG_CONFIG)
 	$(PY) -m scripts.matrix $(KCONFIG_CONFIG) $(if $(filter 1,$(DRY_RUN)),--dry-run) $(if $(filter 1,$(RETRY_FAILED)),--retry-failed)
 
 report: $(INSTALL)
-	$(PY) -m scripts.report $(or $(MATRIX),$(KCONFIG_CONFIG)) $(if $(BASELINE_MATRIX),--baseline-matrix $(BASELINE_MATRIX))
+	$(PY) -m scripts.report $(or $(MATRICES),$(MATRIX),$(KCONFIG_CONFIG)) $(if $(BASELINE_MATRIX),--baseline-matrix $(BASELINE_MATRIX))
 
 # `make bench` runs the fixed list for this device (benchmarks/cpu or benchmarks/gpu);
 # BENCH=current times .config instead, COMPARE=<results/bench/...> puts an earlier run beside.
@@ -122,7 +123,7 @@ help:
 	@echo '  data-verify       - check every prepared shard of .config against its sha256 and size in meta.json'
 	@echo '  sample            - generate text from the run of .config'
 	@echo '  test-matrix       - run every cell of the matrix .config describes, then report (DRY_RUN=1, RETRY_FAILED=1)'
-	@echo '  report            - rewrite the matrix report (MATRIX=<dir or config>, BASELINE_MATRIX=<dir>)'
+	@echo '  report            - rewrite the matrix report (MATRIX=<dir or config>, BASELINE_MATRIX=<dir>, MATRICES="a b")'
 	@echo 'Configuration:'
 	@echo '  menuconfig        - edit .config in the terminal UI'
 	@echo '  defconfig-<name>  - write .config from defconfigs/<name> (defconfig = defconfig-default)'
