@@ -73,8 +73,8 @@ test-matrix: $(INSTALL) $(KCONFIG_CONFIG)
 report: $(INSTALL)
 	$(PY) -m scripts.report $(or $(MATRICES),$(MATRIX),$(KCONFIG_CONFIG)) $(if $(BASELINE_MATRIX),--baseline-matrix $(BASELINE_MATRIX))
 
-# `make bench` runs the fixed list for this device (benchmarks/cpu or benchmarks/gpu);
-# BENCH=current times .config instead, COMPARE=<results/bench/...> puts an earlier run beside.
+# `make bench` runs the fixed list for this device (benchmarks/cpu or benchmarks/gpu) in interleaved rounds;
+# BENCH=current times .config instead, COMPARE=<results/bench/...> puts an earlier run beside, BENCH_ARGS="--rounds 5".
 bench: $(INSTALL) $(KCONFIG_CONFIG)
 	$(PY) -m scripts.bench $(KCONFIG_CONFIG) $(if $(BENCH),--list $(BENCH)) $(if $(COMPARE),--compare $(COMPARE)) $(BENCH_ARGS)
 
@@ -136,7 +136,7 @@ help:
 	@echo 'Development:'
 	@echo '  test              - run the test suite'
 	@echo '  estimate          - print what .config will cost: parameters, memory, tokens, FLOPs, time'
-	@echo '  bench             - the benchmark list of this device (BENCH=current: .config; COMPARE=<dir>)'
+	@echo '  bench             - the benchmark list of this device (BENCH=current: .config; COMPARE=<dir>; BENCH_ARGS="--rounds N")'
 	@echo '  bench-data        - time data preparation against a one-process tiktoken loop (BENCH_DATA_ARGS=...)'
 	@echo '  clean             - remove build leftovers (caches, egg-info)'
 	@echo '  mrproper          - clean, and remove .config, .config.old and .venv'
