@@ -5,6 +5,7 @@ an uninterrupted matrix but for the timing columns. Tiny cells, fixed seeds; eve
 is on an event (a file, a state, a process exit) under one generous limit."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -19,11 +20,11 @@ from lib import faults
 
 MATRIX = ("MATRIX=y", "MATRIX_SEEDS=2", "MATRIX_JOBS=2", "MAX_ITERS=8", "EVAL_INTERVAL=4",
           "CHECKPOINT_INTERVAL=2", "LOG_INTERVAL=2", "SAMPLE_COUNT=1")
-TIMING = ["train_time_s", "wall_s", "overhead_s", "startup_s", "tokens_per_s",
-          "peak_mem_bytes"]
-# report.md's cells table split at "|": the fields from "train s" to "peak MiB" are
-# timings and memory (field 0 is the empty text before the first "|", 1 the cell id)
-CELL_TIMING_FIELDS = slice(9, 14)
+# What differs from run to run: summary.csv's columns of times, speeds and memory, and
+# report.md's table columns of the same (by header)
+TIMING_COLUMN = re.compile(r"time|_s$|tokens_per_s|mem|wall|compile|steady|overhead|startup")
+TIMING_HEADER = re.compile(r"(^| )s$|time|tokens/s|seconds|speed|\bratio\b|MiB|wall|"
+                           r"overhead|steady|compile")
 
 
 def wait_until(predicate, what):
@@ -46,15 +47,21 @@ def start(config, env=None):
 
 
 def report_of(m) -> tuple:
-    """summary.csv and report.md without what differs from run to run (times, memory)."""
-    csv = pd.read_csv(m.path / "summary.csv").drop(columns=TIMING)
-    lines = []
+    """summary.csv and report.md without what differs from run to run (times, speeds,
+    memory; and the tables' padding, which follows the widest value)."""
+    csv = pd.read_csv(m.path / "summary.csv")
+    csv = csv.drop(columns=[c for c in csv.columns if TIMING_COLUMN.search(c)])
+    lines, keep = [], None
     for line in (m.path / "report.md").read_text().splitlines():
-        cells = line.split("|")
-        if line.startswith("| ") and any(cells[1].strip() == c.id for c in m.cells):
-            del cells[CELL_TIMING_FIELDS]
-            line = "|".join(cells)
-        lines.append(line)
+        if not line.startswith("|"):
+            lines.append(line)
+            keep = None
+            continue
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if keep is None:  # a table's header
+            keep = [i for i, c in enumerate(cells) if not TIMING_HEADER.search(c)]
+        lines.append("|".join(re.sub(r"^:?-+:?$", "---", cells[i]) for i in keep
+                              if i < len(cells)))
     return csv.sort_values("cell").reset_index(drop=True), lines
 
 
