@@ -192,7 +192,8 @@ class Trainer:
         the path resumed from, or None for a fresh start."""
         path = next((p for p in (self.run.ckpt, checkpoint.previous(self.run.ckpt))
                      if p.exists()), None)
-        if path is None:
+        if path is None:  # drop what an attempt killed before its first checkpoint wrote
+            self.metrics.truncate_after(0, 0)
             return None
         state = checkpoint.load(path, map_location=self.device)
         try:

@@ -123,6 +123,24 @@ def test_kill_9_then_resume_matches_the_uninterrupted_run(tiny_config, reference
     assert_identical(outcome(config), reference)
 
 
+def test_kill_9_before_the_first_checkpoint_records_nothing_twice(tiny_config):
+    """Killed after its first log record but before its first checkpoint, the run starts
+    over, and its metrics are those of a run that never was killed."""
+    extra = (*COMMON, "LOG_INTERVAL=2")
+    straight = tiny_config(*extra, name="straight")
+    assert train.main([str(straight)]) == 0
+    config = tiny_config(*extra, f"RESULTS_DIR={straight.parent / 'killed'}")
+    env = {**os.environ, faults.FAULT_ENV: "step@3=KILL"}
+    killed = subprocess.run([sys.executable, "-m", "gpt2.train", str(config)], env=env,
+                            cwd=cfglib.ROOT, capture_output=True, text=True,
+                            timeout=EVENT_LIMIT_S)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    run = run_dir(config)
+    assert run.metrics.read_text() and not run.ckpt.exists()  # a record, no checkpoint
+    assert train.main([str(config)]) == 0
+    assert outcome(config)["metrics"] == outcome(straight)["metrics"]
+
+
 def test_sigint_from_outside_at_a_random_moment(tiny_config, reference):
     """A real Ctrl-C to a child trainer, wherever it lands once training is under way."""
     config = tiny_config(*COMMON)
