@@ -3,6 +3,7 @@ pruning schedule fits in it (checked before training and by the matrix dry run).
 import math
 
 from gpt2 import data
+from lib.config import ConfigError
 from lib import prune
 
 
@@ -94,3 +95,32 @@ def check_pruning(cfg, total_iters=None):
         tokens = train_tokens(cfg) if cfg.BUDGET == "epochs" else None
         total_iters = Budget(cfg, tokens_per_iter(cfg), tokens).total_iters
     return prune.check_schedule(cfg, total_iters, describe(cfg, total_iters))
+
+
+def check_spam(cfg, total_iters) -> None:
+    """Stop with a ConfigError when SPAM's momentum reset (steps SPAM_INTERVAL,
+    2 x SPAM_INTERVAL, ... counted from 1, lib/optim/spam.py) cannot act within the run,
+    or its warm-up never ends before the next reset: a comparison of such a SPAM would be
+    one of AdamW plus clipping."""
+    if cfg.OPTIMIZER != "adamwspam" or not cfg.SPAM_PERIODIC_RESET:
+        return
+    if total_iters is not None and cfg.SPAM_INTERVAL >= total_iters:
+        raise ConfigError(f"SPAM_INTERVAL={cfg.SPAM_INTERVAL} with a run of {total_iters} "
+                          f"iterations ({describe(cfg, total_iters)}): SPAM's momentum reset "
+                          f"never acts before the end; lower SPAM_INTERVAL so that it acts "
+                          f"several times, or unset SPAM_PERIODIC_RESET")
+    if cfg.SPAM_WARMUP and cfg.SPAM_WARMUP_STEPS >= cfg.SPAM_INTERVAL:
+        raise ConfigError(f"SPAM_WARMUP_STEPS={cfg.SPAM_WARMUP_STEPS} >= SPAM_INTERVAL="
+                          f"{cfg.SPAM_INTERVAL}: the warm-up after a reset never ends before "
+                          f"the next reset; lower SPAM_WARMUP_STEPS below SPAM_INTERVAL")
+
+
+def check_knobs(cfg, total_iters=None):
+    """Every compared knob can act within the budget: the pruning schedule
+    (check_pruning, whose prune.Plan this returns) and SPAM's reset (check_spam)."""
+    plan = check_pruning(cfg, total_iters)
+    if cfg.OPTIMIZER == "adamwspam" and total_iters is None and cfg.BUDGET != "minutes":
+        tokens = train_tokens(cfg) if cfg.BUDGET == "epochs" else None
+        total_iters = Budget(cfg, tokens_per_iter(cfg), tokens).total_iters
+    check_spam(cfg, total_iters)
+    return plan

@@ -21,7 +21,7 @@ import torch
 from tqdm import tqdm
 
 from gpt2 import data, loaders
-from gpt2.budget import Budget, batch_size, check_pruning, extra_budget
+from gpt2.budget import Budget, batch_size, check_knobs, extra_budget
 from gpt2.build import build_model
 from gpt2.sample import generate_text
 from lib import checkpoint, distributed, faults, memory_snapshot, optim, prune, recipe_fit
@@ -31,6 +31,7 @@ from lib.distributed import Distributed
 from lib.metrics import Discard, MetricsLog, env_info
 from lib.run import RunDir, RunReader
 from lib.stop import STOP_SIGNALS, StopRequest
+from lib.stop_at import StopAt
 from lib.fsutil import atomic_write_json, atomic_write_text
 from lib.schedule import learning_rate, schedule_options
 
@@ -404,7 +405,7 @@ class Trainer:
         }
 
 
-def train(cfg, stop_after=None, stop=None) -> int:
+def train(cfg, stop_after=None, stop=None, stop_at=StopAt()) -> int:
     """Train (or resume, or finish) the run of cfg. Everything that can reject the
     configuration or its input runs before the run directory is touched."""
     if cfg.MATRIX:
@@ -423,24 +424,24 @@ def train(cfg, stop_after=None, stop=None) -> int:
         if not ranks.is_main:
             run = RunReader(run.path)
         trainer = Trainer(cfg, run, stop=stop, ranks=ranks)
-        check_pruning(cfg, trainer.budget.total_iters)  # the prepared data's size, not a recount
+        check_knobs(cfg, trainer.budget.total_iters)  # the prepared data's size, not a recount
         if ranks.any(stop):
             print(f"{stop.name} before training started; nothing written", file=sys.stderr)
             return 130
         run.claim(cfg)
         try:
-            return _train_claimed(trainer, run, stop_after)
+            return _train_claimed(trainer, run, stop_after, stop_at)
         finally:
             run.unlock()
     finally:
         ranks.close()
 
 
-def _train_claimed(trainer, run, stop_after) -> int:
+def _train_claimed(trainer, run, stop_after, stop_at=StopAt()) -> int:
     cfg, stop = trainer.cfg, trainer.stop
     if not trainer.ranks.is_main:
         trainer.log = quiet_logging(trainer.ranks.rank)
-        return _train_logged(trainer, run, stop_after)
+        return _train_logged(trainer, run, stop_after, stop_at)
     log = trainer.log = setup_logging(run)
     for name in checkpoint.remove_orphans(run.path):
         log.info(f"removed {name}, left by an interrupted write")
@@ -451,12 +452,12 @@ def _train_claimed(trainer, run, stop_after) -> int:
         log.warning(mismatch)
     trainer.metrics.tracker = trackers.start(cfg, run.path, run.path.name)
     try:
-        return _train_logged(trainer, run, stop_after)
+        return _train_logged(trainer, run, stop_after, stop_at)
     finally:
         trainer.metrics.close()
 
 
-def _train_logged(trainer, run, stop_after) -> int:
+def _train_logged(trainer, run, stop_after, stop_at=StopAt()) -> int:
     cfg, stop, log = trainer.cfg, trainer.stop, trainer.log
     processes = trainer.ranks.world_size
     resumed = trainer.resume()
@@ -471,7 +472,7 @@ def _train_logged(trainer, run, stop_after) -> int:
     run.write_summary(trainer.summary("running"))
     started = time.perf_counter()
     try:
-        status = trainer.fit(stop_after)
+        status = trainer.fit(stop_at.steps(trainer.progress.iter, stop_after))
         if status == "complete":
             status = trainer.finish()
     except (TrainingFailed, optim.FusedKernelError, torch.OutOfMemoryError) as e:
@@ -487,7 +488,7 @@ def _train_logged(trainer, run, stop_after) -> int:
         except OSError:
             pass
         raise
-    summary = trainer.summary(status)
+    summary = {**trainer.summary(status), **stop_at.summary(status, trainer.progress.iter)}
     if status == "interrupted":
         run.write_summary(summary)
         log.warning(f"{stop.name}: stopped at iteration {trainer.progress.iter}; checkpoint "
@@ -518,6 +519,10 @@ def parse_args(argv):
         parser.add_argument(flag, dest=symbol, help=f"alias of --set {symbol}=VALUE")
     parser.add_argument("--stop-after", type=int, metavar="N",
                         help="train at most N iterations in this invocation, checkpoint and exit")
+    parser.add_argument("--stop-at", type=int, metavar="N",
+                        help="stop at iteration N (a tuning rung), checkpoint and exit")
+    parser.add_argument("--early-stop-rung", type=int, metavar="K",
+                        help="with --stop-at: early stopping ends the run there, at rung K")
     args = parser.parse_args(argv)
     args.overrides = args.set + [f"{symbol}={getattr(args, symbol)}"
                                  for symbol in FLAG_ALIASES.values()
@@ -539,7 +544,7 @@ def main(argv=None) -> int:
                 return distributed.launch(cfg, "gpt2.train",
                                           sys.argv[1:] if argv is None else argv,
                                           lambda: run.read_summary().get("status"))
-            return train(cfg, args.stop_after, stop)
+            return train(cfg, args.stop_after, stop, StopAt(args.stop_at, args.early_stop_rung))
         except (cfglib.ConfigError, data.DataError, checkpoint.CheckpointError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2

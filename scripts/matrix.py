@@ -42,7 +42,7 @@ from lib import config as cfglib
 from lib import distributed, optim, trackers
 from lib.config import ConfigError
 from lib.fsutil import atomic_write_json, atomic_write_text, lock_directory, safe_name
-from gpt2.budget import check_pruning
+from gpt2.budget import check_knobs
 from gpt2.data import DataError
 from lib.run import OFF_HINT, RunDir, matrix_dir, results_setting
 
@@ -96,6 +96,14 @@ class CellSpec:
     lr_setting: str = None  # NAME=VALUE of the optimizer's LR symbol, when not x1
     extra_symbol: str = None  # MATRIX_EXTRA_SYMBOL and this cell's value of it
     extra_value: str = None
+    role: str = None  # "trial" or "confirm" when tuning (scripts.tuning), else None
+    trial: int = None  # a trial's index in its group; a confirmation's selected trial
+    settings: tuple = ()  # NAME=VALUE of the values tuning drew for it
+
+    @property
+    def group(self) -> str:
+        """The tuning group it belongs to: the name without trial, rate and seed."""
+        return "-".join(self.name_parts())
 
     @property
     def extra(self) -> str:
@@ -110,14 +118,20 @@ class CellSpec:
     @property
     def name(self) -> str:
         """The readable part of the cell id: adamw-state-bitter0-s0.5[-lr0.3x]-seed1337."""
+        parts = self.name_parts()
+        if self.lr_setting:
+            parts.append(f"lr{self.lr_multiplier:g}x")
+        if self.role:
+            parts.append(f"trial{self.trial:02d}" if self.role == "trial" else "tuned")
+        return "-".join(parts + [f"seed{self.seed}"])
+
+    def name_parts(self) -> list:
         parts = [self.optimizer, self.method]
         if self.sparsity is not None:
             parts.append(f"s{self.sparsity:g}")
-        if self.lr_setting:
-            parts.append(f"lr{self.lr_multiplier:g}x")
         if self.extra_symbol:
             parts.append(f"{self.extra_symbol.lower()}-{safe_name(self.extra_value)}")
-        return "-".join(parts + [f"seed{self.seed}"])
+        return parts
 
     def overrides(self) -> list:
         """NAME=VALUE assignments that turn the matrix config into this cell's."""
@@ -130,7 +144,7 @@ class CellSpec:
             out.append(self.lr_setting)
         if self.extra_symbol:
             out.append(self.extra)
-        return out + [f"SEED={self.seed}"]
+        return out + list(self.settings) + [f"SEED={self.seed}"]
 
 
 # Dimensions the grid sweeps itself; the extra dimension may not take them.
@@ -213,6 +227,9 @@ def enumerate_cells(cfg) -> tuple:
                         for seed in seeds:
                             cells.append(CellSpec(optimizer, method, variant, sparsity, seed,
                                                   multiplier, lr_setting, symbol, value))
+    if cfg.MATRIX_TUNING:  # the trials of each group replace its grid cells
+        from scripts import tuning
+        cells = tuning.trial_specs(cfg, cells)
     return cells, skipped
 
 
@@ -252,6 +269,8 @@ class Matrix:
     path: Path           # results/<RECIPE>-matrix-<hash>
     cells: list
     skipped: list
+    config_path: Path = None
+    overrides: tuple = ()
 
     @property
     def state_dir(self) -> Path:
@@ -280,22 +299,29 @@ def load_matrix(config_path, overrides=()) -> Matrix:
     cfg = cfglib.from_kconf(kconf, config_path)
     specs, skipped = enumerate_cells(cfg)
     path = matrix_dir(cfg, kconf)
-    results = results_setting(cfg, path.name)
+    m = Matrix(cfg, kconf, path, [], skipped, config_path, tuple(overrides))
+    m.cells = make_cells(m, specs)
+    return m
+
+
+def make_cells(m: Matrix, specs) -> list:
+    """The Cell of each spec of matrix m, validated like any .config."""
+    results = results_setting(m.cfg, m.path.name)
     # The cells of a matrix are one tracker project.
-    project = ([f"TRACKER_PROJECT={path.name}"]
-               if cfg.TRACKER != "none" and not cfg.TRACKER_PROJECT else [])
+    project = ([f"TRACKER_PROJECT={m.path.name}"]
+               if m.cfg.TRACKER != "none" and not m.cfg.TRACKER_PROJECT else [])
     cells = []
     for spec in specs:
-        cell_hash = cfglib.config_hash(cell_kconf(config_path, overrides, spec, results))
+        cell_hash = cfglib.config_hash(cell_kconf(m.config_path, m.overrides, spec, results))
         cell_id = f"{spec.name}-{cell_hash}"
-        kconf_cell = cell_kconf(config_path, overrides, spec, results, cell_id, project)
+        kconf_cell = cell_kconf(m.config_path, m.overrides, spec, results, cell_id, project)
         cells.append(Cell(spec, cell_id, cell_hash, cfglib.config_text(kconf_cell),
-                          path / cell_id, kconf_cell))
+                          m.path / cell_id, kconf_cell))
     ids = [c.id for c in cells]
     if len(set(ids)) != len(ids):
         raise ConfigError("two cells of the matrix resolve to the same configuration: "
                           + ", ".join(sorted({i for i in ids if ids.count(i) > 1})))
-    return Matrix(cfg, kconf, path, cells, skipped)
+    return cells
 
 
 def write_cell_config(cell) -> None:
@@ -319,11 +345,14 @@ def check_cells(matrix: Matrix) -> None:
     problems = []
     for cell in matrix.cells:
         try:
-            check_pruning(cfglib.from_kconf(cell.kconf, cell.config))
+            check_knobs(cfglib.from_kconf(cell.kconf, cell.config))
         except (ConfigError, DataError) as e:
             problems.append(f"cell {cell.name}: {e}")
     if problems:
         raise ConfigError("\n".join(problems))
+    if matrix.cfg.MATRIX_TUNING:
+        from scripts.tuning_runner import check
+        check(matrix)  # the rungs align with the evaluations; the executor can tune
 
 
 # ------------------------------------------------------------------- state
@@ -345,7 +374,9 @@ def new_state(cell) -> dict:
             "learning_rate": cell.learning_rate,
             "config": f"{cell.id}/config", "status": "pending", "pid": None,
             "started_at": None, "finished_at": None, "exit_code": None, "reason": None,
-            "error": None, "log_tail": [], "attempts": [], "wall_s": 0.0}
+            "error": None, "log_tail": [], "attempts": [], "wall_s": 0.0,
+            **({"role": s.role, "trial": s.trial, "group": s.group,
+                "values": dict(v.split("=", 1) for v in s.settings)} if s.role else {})}
 
 
 def should_run(state: dict, retry_failed: bool) -> tuple:
@@ -402,6 +433,8 @@ def outcome(exit_code: int, summary: dict, runner_signalled: bool = False) -> tu
     own, or the runner's while the runner was being stopped) is interrupted."""
     if exit_code == 0 and summary.get("status") == "complete":
         return "done", None
+    if exit_code == 0 and summary.get("status") == "stopped":  # --stop-at (tuning's rungs)
+        return "stopped", summary.get("stop_reason") or f"paused at iteration {summary.get('iters')}"
     if exit_code == 130:
         return "interrupted", "exit 130 (interrupted)"
     if exit_code < 0 and -exit_code in STOP_SIGNALS:
@@ -456,11 +489,11 @@ def child_env(base: dict, gpu, threads) -> dict:
     return env
 
 
-def command(cell) -> list:
+def command(cell, args=()) -> list:
     patterns = [p for p in os.environ.get(FAIL_CELLS_ENV, "").split(",") if p]
     if any(fnmatch.fnmatchcase(cell.id, p) for p in patterns):
         return [sys.executable, "-c", _FAKE_FAILURE, str(cell.dir)]
-    return [sys.executable, "-m", "gpt2.train", str(cell.config)]
+    return [sys.executable, "-m", "gpt2.train", str(cell.config), *args]
 
 
 class Runner:
@@ -495,9 +528,9 @@ class Runner:
     def write_state(self, cell, state) -> None:
         atomic_write_json(self.m.state_path(cell), state)
 
-    def start(self, cell, state, gpu, threads) -> None:
+    def start(self, cell, state, gpu, threads, args=()) -> None:
         now = time.time()
-        cmd = command(cell)
+        cmd = command(cell, args)
         shown = shlex.join(cmd) if cmd[1] == "-m" else f"stand-in failure ({FAIL_CELLS_ENV})"
         with open(cell.log, "ab") as log:
             log.write(f"=== kmatrix: attempt {len(state['attempts']) + 1} at "
@@ -656,8 +689,15 @@ def _slurm_runner(matrix, retry_failed):
     return SlurmRunner(matrix, retry_failed, sys.modules[__name__])
 
 
+def _local_runner(matrix, retry_failed):
+    if matrix.cfg.MATRIX_TUNING:  # trials, selection, confirmations (scripts.tuning_runner)
+        from scripts.tuning_runner import TuningRunner
+        return TuningRunner(matrix, retry_failed)
+    return Runner(matrix, retry_failed)
+
+
 # MATRIX_EXECUTOR -> the runner of the cells.
-EXECUTORS = {"local": Runner, "slurm": _slurm_runner}
+EXECUTORS = {"local": _local_runner, "slurm": _slurm_runner}
 
 
 # ------------------------------------------------------------- dry run
@@ -689,6 +729,9 @@ def dry_run(matrix: Matrix, retry_failed: bool) -> int:
         print(f"skipped ({len(m.skipped)}):")
         for what, reason in m.skipped:
             print(f"  {what}: {reason}")
+    if m.cfg.MATRIX_TUNING:
+        from scripts.tuning_runner import dry_run_lines
+        print("\n".join(dry_run_lines(m)))
     print(f"{to_run} of {len(m.cells)} cells would run")
     if walls and to_run:
         estimate = sum(walls) / len(walls) * to_run / max(1, min(m.cfg.MATRIX_JOBS, to_run))
