@@ -109,6 +109,11 @@ def check_spam(cfg, total_iters) -> None:
                           f"iterations ({describe(cfg, total_iters)}): SPAM's momentum reset "
                           f"never acts before the end; lower SPAM_INTERVAL so that it acts "
                           f"several times, or unset SPAM_PERIODIC_RESET")
+    if cfg.SPAM_ENABLE_CLIP and cfg.SPAM_CLIP_DELAY >= cfg.SPAM_INTERVAL:
+        raise ConfigError(f"SPAM_CLIP_DELAY={cfg.SPAM_CLIP_DELAY} >= SPAM_INTERVAL="
+                          f"{cfg.SPAM_INTERVAL}: with resets, clipping acts only where step "
+                          f"mod SPAM_INTERVAL >= SPAM_CLIP_DELAY, so never; lower "
+                          f"SPAM_CLIP_DELAY below SPAM_INTERVAL")
     if cfg.SPAM_WARMUP and cfg.SPAM_WARMUP_STEPS >= cfg.SPAM_INTERVAL:
         raise ConfigError(f"SPAM_WARMUP_STEPS={cfg.SPAM_WARMUP_STEPS} >= SPAM_INTERVAL="
                           f"{cfg.SPAM_INTERVAL}: the warm-up after a reset never ends before "

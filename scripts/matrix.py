@@ -376,7 +376,8 @@ def new_state(cell) -> dict:
             "started_at": None, "finished_at": None, "exit_code": None, "reason": None,
             "error": None, "log_tail": [], "attempts": [], "wall_s": 0.0,
             **({"role": s.role, "trial": s.trial, "group": s.group,
-                "values": dict(v.split("=", 1) for v in s.settings)} if s.role else {})}
+                "values": {k: float(v) for k, v in (x.split("=", 1) for x in s.settings)}}
+               if s.role else {})}
 
 
 def should_run(state: dict, retry_failed: bool) -> tuple:
