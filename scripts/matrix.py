@@ -434,8 +434,6 @@ def outcome(exit_code: int, summary: dict, runner_signalled: bool = False) -> tu
     own, or the runner's while the runner was being stopped) is interrupted."""
     if exit_code == 0 and summary.get("status") == "complete":
         return "done", None
-    if exit_code == 0 and summary.get("status") == "stopped":  # --stop-at (tuning's rungs)
-        return "stopped", summary.get("stop_reason") or f"paused at iteration {summary.get('iters')}"
     if exit_code == 130:
         return "interrupted", "exit 130 (interrupted)"
     if exit_code < 0 and -exit_code in STOP_SIGNALS:
@@ -498,6 +496,8 @@ def command(cell, args=()) -> list:
 
 
 class Runner:
+    outcome = staticmethod(outcome)
+
     def __init__(self, matrix: Matrix, retry_failed: bool):
         self.m = matrix
         self.retry_failed = retry_failed
@@ -554,7 +554,7 @@ class Runner:
         cell, state, t0, _ = self.running.pop(proc)
         wall = time.monotonic() - t0
         summary = read_summary(cell)
-        status, reason = outcome(proc.returncode, summary, self.signal is not None)
+        status, reason = self.outcome(proc.returncode, summary, self.signal is not None)
         state["attempts"][-1].update(finished_at=time.time(), wall_s=wall,
                                      exit_code=proc.returncode)
         state.update(status=status, pid=None, finished_at=time.time(),

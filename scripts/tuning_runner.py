@@ -69,6 +69,14 @@ def dry_run_lines(m) -> list:
 
 
 class TuningRunner(mx.Runner):
+    @staticmethod
+    def outcome(exit_code, summary, runner_signalled=False) -> tuple:
+        """A trial stopped at a rung (--stop-at) is "stopped": paused, or stopped early."""
+        if exit_code == 0 and summary.get("status") == "stopped":
+            return "stopped", (summary.get("stop_reason")
+                               or f"paused at iteration {summary.get('iters')}")
+        return mx.outcome(exit_code, summary, runner_signalled)
+
     def _run(self) -> int:
         m = self.m
         m.state_dir.mkdir(parents=True, exist_ok=True)
