@@ -112,6 +112,10 @@ def trial_specs(cfg, grid_cells: list) -> list:
     for base in groups.values():
         values = grid(cfg, base.optimizer) if is_grid(cfg) else draw(cfg, base.optimizer)
         multipliers = cfg.MATRIX_LR_MULTIPLIERS if is_grid(cfg) else [1.0] * len(values)
+        if base.extra_symbol in values[0]:
+            raise ConfigError(f"MATRIX_EXTRA_SYMBOL={base.extra_symbol}: tuning draws it "
+                              f"({base.extra_symbol}_SEARCH); sweep another symbol or empty "
+                              f"{base.extra_symbol}_SEARCH")
         for i, (point, m) in enumerate(zip(values, multipliers)):
             settings = tuple(f"{k}={v:g}" for k, v in point.items())
             specs.append(replace(base, role="trial", trial=i, settings=settings,

@@ -18,6 +18,7 @@ import time
 from tqdm import tqdm
 
 from gpt2 import budget
+from gpt2.data import DataError
 from lib import config as cfglib
 from lib.config import ConfigError
 from lib.fsutil import atomic_write_json, atomic_write_text
@@ -27,7 +28,11 @@ from scripts import asha, matrix as mx, tuning
 def total_iters(cell):
     """The cell's budget in iterations (None for BUDGET=minutes)."""
     cfg = cfglib.from_kconf(cell.kconf, cell.config)
-    tokens = budget.train_tokens(cfg) if cfg.BUDGET == "epochs" else None
+    try:
+        tokens = budget.train_tokens(cfg) if cfg.BUDGET == "epochs" else None
+    except DataError as e:
+        raise ConfigError(f"cell {cell.name}: the rungs of an epochs budget need the "
+                          f"dataset's size: {e}") from None
     return budget.Budget(cfg, budget.tokens_per_iter(cfg), tokens).total_iters
 
 

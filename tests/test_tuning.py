@@ -91,6 +91,13 @@ def test_the_multiplier_grid_is_the_trials_when_tuning(tune_config):
         matrix.load_matrix(config, ["MATRIX_TUNING_TRIALS=4"])
 
 
+def test_a_tuned_symbol_is_not_also_the_extra_dimension(tune_config):
+    config = tune_config("MATRIX_EXTRA_SYMBOL=WEIGHT_DECAY", "MATRIX_EXTRA_VALUES=0 0.1",
+                         "WEIGHT_DECAY_SEARCH=0.01 0.3 log")
+    with pytest.raises(cfglib.ConfigError, match="MATRIX_EXTRA_SYMBOL=WEIGHT_DECAY: tuning"):
+        matrix.load_matrix(config)
+
+
 # ------------------------------------------------------- selection, confirmation
 
 def test_selection_is_the_lowest_final_validation_loss():
@@ -259,3 +266,16 @@ def test_a_tuned_matrix_stops_trials_selects_confirms_and_resumes(tune_config):
     assert json.loads((m.path / "tuning.json").read_text())["groups"]["adamw-none"][
         "selected"] == winner
     assert json.loads((m.state_dir / f"{confirm}.json").read_text())["status"] == "done"
+
+
+def test_stop_at_limits_the_session_and_names_the_rung_only_when_final():
+    from lib.stop_at import StopAt
+    assert StopAt(30).steps(10, None) == 20 and StopAt(30).steps(10, 5) == 5
+    assert StopAt(30).steps(40, None) == 0 and StopAt().steps(10, 7) == 7
+    assert StopAt(30).summary("stopped", 30) == {}  # a pause at a rung says nothing more
+    assert StopAt(30, 1).summary("stopped", 30) == {
+        "early_stop": {"iter": 30, "rung": 1},
+        "stop_reason": "stopped early at iteration 30 (ASHA rung 1)"}
+    assert StopAt(30, 1).summary("complete", 30) == {}
+    with pytest.raises(cfglib.ConfigError, match="--early-stop-rung needs --stop-at"):
+        StopAt(None, 1)
