@@ -90,6 +90,10 @@ class TuningRunner(mx.Runner):
         self.expected = {}  # cell id -> the rung index its running attempt stops at
         for cell in self.trials:
             self.load(cell)
+        print(f"matrix {m.path}: {len(self.rungs)} groups x {m.cfg.MATRIX_TUNING_TRIALS} trials "
+              f"(rungs {', '.join(str(r) for r in next(iter(self.rungs.values())))}), then "
+              f"{m.cfg.MATRIX_SEEDS} confirmation seeds per group; {self.jobs} at once",
+              flush=True)
         cpu = None if mx.visible_gpus(m.cfg.DEVICE) else max(1, mx.cpu_cores() // self.jobs)
         self.where = (mx.visible_gpus(m.cfg.DEVICE), cpu)
         old = {sig: mx.signal.signal(sig, self.on_signal) for sig in mx.STOP_SIGNALS}
