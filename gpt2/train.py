@@ -21,7 +21,7 @@ import torch
 from tqdm import tqdm
 
 from gpt2 import data, loaders
-from gpt2.budget import Budget, batch_size, check_knobs, extra_budget
+from gpt2.budget import Budget, batch_size, check_pruning, extra_budget, spam_problems
 from gpt2.build import build_model
 from gpt2.sample import generate_text
 from lib import checkpoint, distributed, faults, memory_snapshot, optim, prune, recipe_fit
@@ -424,7 +424,7 @@ def train(cfg, stop_after=None, stop=None, stop_at=StopAt()) -> int:
         if not ranks.is_main:
             run = RunReader(run.path)
         trainer = Trainer(cfg, run, stop=stop, ranks=ranks)
-        check_knobs(cfg, trainer.budget.total_iters)  # the prepared data's size, not a recount
+        check_pruning(cfg, trainer.budget.total_iters)  # the prepared data's size, not a recount
         if ranks.any(stop):
             print(f"{stop.name} before training started; nothing written", file=sys.stderr)
             return 130
@@ -450,6 +450,8 @@ def _train_claimed(trainer, run, stop_after, stop_at=StopAt()) -> int:
                                             trainer.tokens_per_iter, trainer.budget.total_iters)
     if mismatch:
         log.warning(mismatch)
+    for problem in spam_problems(cfg, trainer.budget.total_iters):  # a matrix refuses them
+        log.warning(problem)
     trainer.metrics.tracker = trackers.start(cfg, run.path, run.path.name)
     try:
         return _train_logged(trainer, run, stop_after, stop_at)

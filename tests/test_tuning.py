@@ -279,3 +279,12 @@ def test_stop_at_limits_the_session_and_names_the_rung_only_when_final():
     assert StopAt(30, 1).summary("complete", 30) == {}
     with pytest.raises(cfglib.ConfigError, match="--early-stop-rung needs --stop-at"):
         StopAt(None, 1)
+
+
+def test_a_single_run_only_warns_of_a_spam_that_cannot_act(tiny_config):
+    from gpt2 import train
+    from lib.run import RunDir
+    config = tiny_config("OPTIMIZER=adamwspam", "MAX_ITERS=20", "SAMPLE_AFTER_TRAINING=n")
+    assert train.main([str(config), "--stop-after", "1"]) == 0
+    log = RunDir.for_config(cfglib.load(config)).log.read_text()
+    assert "WARNING SPAM_INTERVAL=1000 with a run of 20 iterations" in log
