@@ -187,7 +187,7 @@ def check_cells(matrix: Matrix) -> None:
             problems.append(f"cell {cell.name}: {e}")
     if problems:
         raise ConfigError("\n".join(problems))
-    if matrix.cfg.MATRIX_TUNING:
+    if matrix.cfg.MATRIX_TUNING_TRIALS:
         from scripts.tuning_runner import check
         check(matrix)  # the rungs align with the evaluations; the executor can tune
 
@@ -434,7 +434,7 @@ def _slurm_runner(matrix, retry_failed):
 
 
 def _local_runner(matrix, retry_failed):
-    if matrix.cfg.MATRIX_TUNING:  # trials, selection, confirmations (scripts.tuning_runner)
+    if matrix.cfg.MATRIX_TUNING_TRIALS:  # trials, selection, confirmations (scripts.tuning_runner)
         from scripts.tuning_runner import TuningRunner
         return TuningRunner(matrix, retry_failed)
     return Runner(matrix, retry_failed)

@@ -32,7 +32,7 @@ def dry_run(matrix, retry_failed: bool) -> int:
         print(f"skipped ({len(m.skipped)}):")
         for what, reason in m.skipped:
             print(f"  {what}: {reason}")
-    if m.cfg.MATRIX_TUNING:
+    if m.cfg.MATRIX_TUNING_TRIALS:
         from scripts.tuning_runner import dry_run_lines
         print("\n".join(dry_run_lines(m)))
     print(f"{to_run} of {len(m.cells)} cells would run")

@@ -166,7 +166,7 @@ def enumerate_cells(cfg) -> tuple:
                         for seed in seeds:
                             cells.append(CellSpec(optimizer, method, variant, sparsity, seed,
                                                   multiplier, lr_setting, symbol, value))
-    if cfg.MATRIX_TUNING:  # the trials of each group replace its grid cells
+    if cfg.MATRIX_TUNING_TRIALS:  # the trials of each group replace its grid cells
         from scripts import tuning
         cells = tuning.trial_specs(cfg, cells)
     return cells, skipped
