@@ -204,6 +204,25 @@ def test_every_knob_a_shipped_defconfig_sets_can_act(name, tmp_path):
         pytest.skip(f"the dataset's size is not known here: {e}")
 
 
+def test_the_dry_run_lists_every_trial_with_its_values_and_the_rungs(tune_config, capsys):
+    config = tune_config("MATRIX_TUNING_TRIALS=3", "MATRIX_EARLY_STOP=asha", "MAX_ITERS=90",
+                         "EVAL_INTERVAL=10", "MATRIX_ASHA_MIN_ITERS=10", "MATRIX_SEEDS=2")
+    assert matrix.main([str(config), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    m = matrix.load_matrix(config)
+    for cell in m.cells:
+        assert f"{cell.id}: ADAMW_LR={cell.learning_rate:g}" in out
+    assert "adamw-none: rungs at 10, 30, 90 iterations" in out
+    assert "seeds 1338, 1339: 2 confirmation cells" in out
+    assert not m.path.exists()  # the dry run writes nothing
+    # rungs that cannot align with the evaluations, and tuning on Slurm, are one line each
+    assert matrix.main([str(config), "--dry-run", "--set", "EVAL_INTERVAL=40"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "EVAL_INTERVAL=40" in err[0] and "MATRIX_ASHA" in err[0]
+    assert matrix.main([str(config), "--dry-run", "--set", "MATRIX_EXECUTOR=slurm"]) == 2
+    assert "MATRIX_EXECUTOR_LOCAL" in capsys.readouterr().err
+
+
 # ------------------------------------------------------- one tiny tuned matrix
 
 def run(config):
