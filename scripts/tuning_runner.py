@@ -57,6 +57,8 @@ def check(m) -> None:
                           "run on the local executor only; select MATRIX_EXECUTOR_LOCAL or "
                           "set MATRIX_TUNING_TRIALS=0")
     group_rungs(m)
+    # the confirmations' seeds take, before any trial runs (the last one is the largest)
+    mx.make_cells(m, tuning.confirm_specs(m.cfg, [m.cells[0].spec])[-1:])
 
 
 def dry_run_lines(m) -> list:

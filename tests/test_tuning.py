@@ -221,6 +221,9 @@ def test_the_dry_run_lists_every_trial_with_its_values_and_the_rungs(tune_config
     assert len(err) == 1 and "EVAL_INTERVAL=40" in err[0] and "MATRIX_ASHA" in err[0]
     assert matrix.main([str(config), "--dry-run", "--set", "MATRIX_EXECUTOR=slurm"]) == 2
     assert "MATRIX_EXECUTOR_LOCAL" in capsys.readouterr().err
+    # a confirmation seed that does not take is refused before any trial runs
+    assert matrix.main([str(config), "--dry-run", "--set", "SEED=2147483646"]) == 2
+    assert "cell adamw-none-tuned-seed2147483648: " in capsys.readouterr().err
 
 
 # ------------------------------------------------------- one tiny tuned matrix
