@@ -690,6 +690,9 @@ def dry_run(matrix: Matrix, retry_failed: bool) -> int:
         for what, reason in m.skipped:
             print(f"  {what}: {reason}")
     print(f"{to_run} of {len(m.cells)} cells would run")
+    if m.cfg.MATRIX_EXECUTOR == "slurm" and to_run:
+        from scripts import slurm
+        print("\n".join(slurm.describe(m.cfg, m.path / "slurm", to_run)))
     if walls and to_run:
         estimate = sum(walls) / len(walls) * to_run / max(1, min(m.cfg.MATRIX_JOBS, to_run))
         print(f"estimated wall time: {estimate / 60:.1f} min (mean {sum(walls) / len(walls):.0f} s "

@@ -19,7 +19,7 @@ QUICK = ["MAX_ITERS=20", "EVAL_INTERVAL=10", "SAMPLE_AFTER_TRAINING=n"]
 SLURM = ["MATRIX=y", "MATRIX_EXECUTOR=slurm"]
 
 
-class LocalCluster:
+class LocalCluster(slurm.Cluster):
     """submitit's LocalExecutor in place of sbatch: jobs run on this machine."""
     jobs = {}
     submitted = []
@@ -168,7 +168,7 @@ def test_a_job_signalled_ahead_of_its_limit_checkpoints_and_resumes_when_requeue
     assert RunDir(cell.dir).read_summary()["iters"] == 200
 
 
-class RecordingCluster:
+class RecordingCluster(slurm.Cluster):
     """Records submissions; every job has ended, with the result the test wrote."""
     submitted = []
 
