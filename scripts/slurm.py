@@ -58,7 +58,8 @@ def sbatch_parameters(cfg, folder: Path) -> dict:
     """submitit SlurmExecutor parameters from the SLURM_* settings of the matrix config."""
     params = dict(time=cfg.SLURM_TIME_LIMIT_MIN, cpus_per_task=cfg.SLURM_CPUS_PER_JOB,
                   array_parallelism=cfg.SLURM_ARRAY_PARALLELISM, ntasks_per_node=1,
-                  additional_parameters=sbatch_options(cfg), job_name=folder.parent.name)
+                  additional_parameters=sbatch_options(cfg), job_name=folder.parent.name,
+                  setup=list(USR1_FORWARD))
     if cfg.SLURM_GPUS_PER_JOB:
         params["gpus_per_node"] = cfg.SLURM_GPUS_PER_JOB
     if cfg.SLURM_PARTITION:
@@ -68,46 +69,32 @@ def sbatch_parameters(cfg, folder: Path) -> dict:
     return params
 
 
-# The batch script runs srun in the background so that its trap acts at once (bash runs a
-# trap only after the foreground command ends), passes SIGUSR1 on to the job step as
-# submitit's checkpoint signal and outlives the SIGTERM of a requeue until srun ends.
-USR1_FORWARD = """\
-# kmatrix: SIGUSR1 to this script (scancel --signal=USR1 --batch) is submitit's checkpoint
-# signal (SIGUSR2) to the job step: the cell checkpoints and the job is requeued.
-kmatrix_usr1() {{ kill -USR2 "$kmatrix_step" 2>/dev/null; }}
-trap kmatrix_usr1 USR1
-trap : TERM
-{srun} &
-kmatrix_step=$!
-while :; do
-    wait "$kmatrix_step"; kmatrix_rc=$?
-    kill -0 "$kmatrix_step" 2>/dev/null || break
-done
-exit "$kmatrix_rc"
-"""
-
-
-def forward_usr1(text: str) -> str:
-    """submitit's batch script with its srun line wrapped in USR1_FORWARD."""
-    lines = text.split("\n")
-    at = [i for i, line in enumerate(lines) if line.startswith("srun ")]
-    if len(at) != 1:
-        raise RuntimeError(f"submitit's batch script has {len(at)} srun lines, expected 1; "
-                           f"this submitit version is not supported")
-    lines[at[0]] = USR1_FORWARD.format(srun=lines[at[0]]).rstrip("\n")
-    return "\n".join(lines)
+# Lines of the batch script before its srun (submitit's "setup"). bash runs a trap only
+# after the foreground command has ended, so `srun` becomes a function that runs the real
+# srun in the background and waits for it: SIGUSR1 to the script (scancel --signal=USR1
+# --batch, sbatch --signal=B:USR1@N) then reaches the job step at once as submitit's
+# checkpoint signal (SIGUSR2; srun passes it on): the cell checkpoints and submitit requeues
+# the job. The SIGTERM of a requeue or cancellation does not end the script before its step.
+USR1_FORWARD = [
+    "# kmatrix: SIGUSR1 to this script is submitit's checkpoint signal (SIGUSR2) to the step",
+    'kmatrix_usr1() { [[ -n ${kmatrix_step:-} ]] && kill -USR2 "$kmatrix_step" 2>/dev/null; }',
+    "trap kmatrix_usr1 USR1",
+    "trap : TERM",
+    "srun() {",
+    '    command srun "$@" &',
+    "    kmatrix_step=$!",
+    "    local rc",
+    '    while :; do wait "$kmatrix_step"; rc=$?; kill -0 "$kmatrix_step" 2>/dev/null || break; done',
+    '    return "$rc"',
+    "}",
+]
 
 
 def slurm_executor(cfg, folder: Path):
     """submitit's SlurmExecutor with the SLURM_* settings of the matrix config."""
     submitit = require_submitit()
-
-    class Executor(submitit.SlurmExecutor):
-        def _make_submission_file_text(self, command: str, uid: str) -> str:
-            return forward_usr1(super()._make_submission_file_text(command, uid))
-
     try:
-        executor = Executor(folder=folder)
+        executor = submitit.SlurmExecutor(folder=folder)
     except RuntimeError as e:  # no srun here
         raise ConfigError(f"MATRIX_EXECUTOR_SLURM=y, but this machine has no Slurm ({e}): run "
                           f"`make test-matrix` on the cluster's login node, or select "
