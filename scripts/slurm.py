@@ -248,6 +248,14 @@ def exit_status(slurm_code):
     return int(code)
 
 
+def _ignore_checkpoint_signal():
+    """In the trainer's process, before it starts: ignore submitit's checkpoint signal.
+    Slurm delivers a step's signals (--signal=USR2@90, or srun passing one on) to every
+    process of the step, and SIGUSR2 would end the trainer at once, without a checkpoint;
+    the job's own handler stops it with SIGTERM instead (CellJob.checkpoint)."""
+    signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+
+
 class CellJob:
     """What a job runs: the trainer on one cell's config, its output appended to the cell's
     stdout.log. submitit calls checkpoint() on its pre-timeout signal."""
@@ -266,7 +274,8 @@ class CellJob:
             log.flush()
             self._proc = subprocess.Popen(self.command(), stdout=log,
                                           stderr=subprocess.STDOUT,
-                                          stdin=subprocess.DEVNULL, cwd=cfglib.ROOT)
+                                          stdin=subprocess.DEVNULL, cwd=cfglib.ROOT,
+                                          preexec_fn=_ignore_checkpoint_signal)
             code = self._proc.wait()
         if code not in (0, 130):
             # The trainer failed: so does the job, with its exit code (a signal's as

@@ -59,8 +59,18 @@ def jobs_env(monkeypatch):
 
 
 def sh(*cmd) -> str:
-    return subprocess.run(list(cmd), capture_output=True, text=True, check=True,
-                          timeout=120).stdout
+    out = subprocess.run(list(cmd), capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, f"{' '.join(cmd)}: exit {out.returncode}: {out.stderr}"
+    return out.stdout
+
+
+def signal_job(*cmd) -> None:
+    """scontrol requeue or scancel --signal. On an array task, scancel delivers the signal,
+    then retries for about a minute and exits 228 ("Job can not be altered now, try again
+    later") when the job is being requeued in answer to it; sacct's record is checked."""
+    out = subprocess.run(list(cmd), capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 or "try again later" in out.stderr, \
+        f"{' '.join(cmd)}: exit {out.returncode}: {out.stderr}"
 
 
 def states(m) -> dict:
@@ -94,6 +104,8 @@ def losses(path: Path):
 
 def test_one_array_requeued_and_signalled_jobs_resume_to_the_local_result(
         tmp_path, jobs_env, capsys):
+    (tmp_path / "slurm").mkdir()
+    (tmp_path / "local").mkdir()
     config = write_tiny_config(tmp_path / "slurm" / "config", *CELLS, *LONG, *ON_SLURM)
     m = matrix.load_matrix(config)
     assert len(m.cells) == 4
@@ -109,14 +121,19 @@ def test_one_array_requeued_and_signalled_jobs_resume_to_the_local_result(
     # other's batch script.
     wait("the first two cells' checkpoints",
          lambda: all(RunDir(c.dir).ckpt.exists() for c in (requeued, signalled)), every=0.2)
-    # `make test-matrix` while they run: their states, nothing submitted again.
+    signal_job("scontrol", "requeue", jobs[0])
+    # scancel retries for about a minute while the job it signalled is being requeued
+    usr1 = subprocess.Popen(["scancel", "--signal=USR1", "--batch", jobs[1]],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # `make test-matrix` while they run or wait: their states, nothing submitted again.
     assert matrix.main([str(config)]) == 0
     out = capsys.readouterr().out
-    assert f"{requeued.id}  running (job {jobs[0]} RUNNING, iteration" in out, out
+    for cell, job in zip(m.cells, jobs):
+        assert f"{cell.id}  running (job {job} " in out, out
     assert "submitted" not in out
     assert [states(m)[c.id]["job_id"] for c in m.cells] == jobs
-    sh("scontrol", "requeue", jobs[0])
-    sh("scancel", "--signal=USR1", "--batch", jobs[1])
+    _, err = usr1.communicate(timeout=300)
+    assert usr1.returncode == 0 or "try again later" in err, err
 
     assert run_until_collected(config, capsys) == 0
     recorded = states(m)
@@ -128,8 +145,9 @@ def test_one_array_requeued_and_signalled_jobs_resume_to_the_local_result(
         assert log.count("=== kmatrix: job on") == 2, log  # the job ran again
         assert "SIGTERM: stopped at iteration" in log and "resuming" in log, log
         assert recorded[cell.id]["slurm_state"] == "COMPLETED"
-    sacct = sh("sacct", "-X", "-n", "-P", "-D", "-o", "JobID,State", "-j", jobs[0])
-    assert "REQUEUED" in sacct, sacct  # Slurm's own record of the requeue
+    for job in jobs[:2]:  # Slurm's own record of each requeue
+        sacct = sh("sacct", "-X", "-n", "-P", "-D", "-o", "JobID,State", "-j", job)
+        assert sacct.split().count(f"{job}|REQUEUED") == 1, sacct
 
     # The same matrix run locally, uninterrupted: the same losses, cell for cell.
     local = write_tiny_config(tmp_path / "local" / "config", *CELLS, *LONG, "MATRIX_JOBS=2")
