@@ -120,10 +120,11 @@ def describe(cfg, folder: Path, jobs: int) -> list:
                                                                     for k in keep]:
             lines.append(f"  {line}")
     defaults = [what for what, given in (("partition", "partition" in params),
-                                         ("memory", "mem" in params),
-                                         ("GPUs", "gpus_per_node" in params)) if not given]
+                                         ("memory", "mem" in params)) if not given]
     if defaults:
         lines.append(f"  (not asked, so the cluster's default: {', '.join(defaults)})")
+    if "gpus_per_node" not in params:
+        lines.append("  (no GPUs: SLURM_GPUS_PER_JOB=0)")
     lines.append(f"  the batch script also passes SIGUSR1 on as the checkpoint signal; job "
                  f"files and logs go to {folder}")
     return lines
