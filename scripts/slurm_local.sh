@@ -31,7 +31,8 @@ say() { echo "slurm-local: $*"; }
 die() { echo "slurm-local: error: $*" >&2; exit 1; }
 
 alive() {  # alive PIDFILE: the process it names runs
-    [[ -s $1 ]] && kill -0 "$(cat "$1")" 2>/dev/null
+    local pid
+    pid=$(cat "$1" 2>/dev/null) && [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null
 }
 
 wait_for() {  # wait_for WHAT COMMAND...: retry COMMAND until it succeeds or WAIT_S pass

@@ -179,3 +179,15 @@ def test_a_cell_that_fails_is_recorded_with_sacct_state_exit_code_and_log(
     assert failed["error"] == "injected failure (KMATRIX_TEST_FAIL_CELLS)"
     assert failed["log_tail"][-1] == "stand-in trainer: injected failure"
     assert failed["attempts"][-1]["slurm_state"] == "FAILED"
+
+
+def test_slurm_local_again_says_it_is_running():
+    conf = Path(os.environ.get("KMATRIX_SLURM_DIR", "/var/tmp/kmatrix-slurm")) / "slurm.conf"
+    if os.geteuid() != 0 or not conf.exists():
+        pytest.skip("this Slurm was not started by make slurm-local")
+    out = subprocess.run([str(Path(__file__).parents[1] / "scripts" / "slurm_local.sh"),
+                          "start"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    for daemon in ("munged", "MariaDB", "slurmdbd", "slurmctld", "slurmd"):
+        assert f"slurm-local: {daemon} already running" in out.stdout, out.stdout
+    assert " is idle" in out.stdout or " is mixed" in out.stdout or " is alloc" in out.stdout
