@@ -52,6 +52,11 @@ train: $(INSTALL) $(KCONFIG_CONFIG)
 data: $(INSTALL) $(KCONFIG_CONFIG)
 	$(PY) -m gpt2.data $(KCONFIG_CONFIG)
 
+# Read every prepared shard: size, sha256 and token ids against meta.json.
+.PHONY: data-verify
+data-verify: $(INSTALL) $(KCONFIG_CONFIG)
+	$(PY) -m gpt2.data --verify $(KCONFIG_CONFIG)
+
 sample: $(INSTALL) $(KCONFIG_CONFIG)
 	$(PY) -m gpt2.sample $(KCONFIG_CONFIG)
 
@@ -59,13 +64,14 @@ test: $(TEST_STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 # The test matrix (scripts/Kconfig): DRY_RUN=1 lists the cells, RETRY_FAILED=1 reruns failed
-# ones; `make report` reports on .config's matrix, or MATRIX=<dir>, against BASELINE_MATRIX=<dir>.
+# ones; `make report` reports on .config's matrix, or MATRIX=<dir>, against BASELINE_MATRIX=<dir>;
+# MATRICES="<dir> <dir> ..." reports on several workloads and draws their performance profiles.
 .PHONY: test-matrix report
 test-matrix: $(INSTALL) $(KCONFIG_CONFIG)
 	$(PY) -m scripts.matrix $(KCONFIG_CONFIG) $(if $(filter 1,$(DRY_RUN)),--dry-run) $(if $(filter 1,$(RETRY_FAILED)),--retry-failed)
 
 report: $(INSTALL)
-	$(PY) -m scripts.report $(or $(MATRIX),$(KCONFIG_CONFIG)) $(if $(BASELINE_MATRIX),--baseline-matrix $(BASELINE_MATRIX))
+	$(PY) -m scripts.report $(or $(MATRICES),$(MATRIX),$(KCONFIG_CONFIG)) $(if $(BASELINE_MATRIX),--baseline-matrix $(BASELINE_MATRIX))
 
 # A one-node Slurm on this machine (root; Debian's slurm and mariadb packages), state under
 # $KMATRIX_SLURM_DIR (/var/tmp/kmatrix-slurm): for MATRIX_EXECUTOR=slurm on a laptop and the tests.
@@ -76,8 +82,8 @@ slurm-local:
 slurm-local-stop:
 	scripts/slurm_local.sh stop
 
-# `make bench` runs the fixed list for this device (benchmarks/cpu or benchmarks/gpu);
-# BENCH=current times .config instead, COMPARE=<results/bench/...> puts an earlier run beside.
+# `make bench` runs the fixed list for this device (benchmarks/cpu or benchmarks/gpu) in interleaved rounds;
+# BENCH=current times .config instead, COMPARE=<results/bench/...> puts an earlier run beside, BENCH_ARGS="--rounds 5".
 bench: $(INSTALL) $(KCONFIG_CONFIG)
 	$(PY) -m scripts.bench $(KCONFIG_CONFIG) $(if $(BENCH),--list $(BENCH)) $(if $(COMPARE),--compare $(COMPARE)) $(BENCH_ARGS)
 
@@ -94,6 +100,10 @@ defconfig: defconfig-default
 $(addprefix defconfig-,$(DEFCONFIGS)): defconfig-%: $(INSTALL)
 	$(CONFIGTOOL) defconfig defconfigs/$*
 
+# Any other defconfig-<name>: configtool names the nearest defconfigs and lists them all.
+defconfig-%: $(INSTALL)
+	@$(CONFIGTOOL) defconfig defconfigs/$*
+
 menuconfig: $(INSTALL)
 	$(CONFIGTOOL) menuconfig
 
@@ -106,9 +116,12 @@ savedefconfig: $(INSTALL)
 checkconfig: $(INSTALL)
 	$(CONFIGTOOL) check
 
+# SET reaches configtool through the environment, unexpanded ($(value)), never through
+# a shell command line: configtool splits it as a shell splits words (quotes and
+# backslashes group) and nothing in it is expanded or executed.
+setconfig: export KMATRIX_SET = $(value SET)
 setconfig: $(INSTALL)
-	@test -n "$(SET)" || { echo 'usage: make setconfig SET="MAX_ITERS=20 EVAL_INTERVAL=10"' >&2; exit 2; }
-	$(CONFIGTOOL) setconfig $(SET)
+	$(CONFIGTOOL) setconfig --env KMATRIX_SET
 
 help:
 	@echo 'Training:'
@@ -116,23 +129,25 @@ help:
 	@echo '                      train (or, with MATRIX=y, run the test matrix)'
 	@echo '  train             - train what .config describes (resumes an interrupted run)'
 	@echo '  data              - prepare the dataset .config selects'
+	@echo '  data-verify       - check every prepared shard of .config against its sha256 and size in meta.json'
 	@echo '  sample            - generate text from the run of .config'
 	@echo '  test-matrix       - run every cell of the matrix .config describes, then report (DRY_RUN=1, RETRY_FAILED=1)'
-	@echo '  report            - rewrite the matrix report (MATRIX=<dir or config>, BASELINE_MATRIX=<dir>)'
+	@echo '  report            - rewrite the matrix report (MATRIX=<dir or config>, BASELINE_MATRIX=<dir>, MATRICES="a b")'
 	@echo 'Configuration:'
 	@echo '  menuconfig        - edit .config in the terminal UI'
 	@echo '  defconfig-<name>  - write .config from defconfigs/<name> (defconfig = defconfig-default)'
 	@echo '  olddefconfig      - update .config to the current Kconfig tree, new symbols at defaults'
 	@echo '  savedefconfig     - write the minimal config of .config to ./defconfig'
 	@echo '  listnewconfig     - list symbols .config does not set yet'
-	@echo '  setconfig SET="A=1 B=2" - change symbols in .config (every value must take)'
+	@echo '  setconfig SET="A=1 B=2" - change symbols in .config (every value must take; quote a'
+	@echo '                      value with spaces as a shell would: SET='"'"'L="0.5 0.7"'"'"')'
 	@echo '  checkconfig       - validate .config'
 	@echo 'Development:'
 	@echo '  slurm-local       - start a one-node Slurm with accounting on this machine (root; apt packages)'
 	@echo '  slurm-local-stop  - stop it'
 	@echo '  test              - run the test suite'
 	@echo '  estimate          - print what .config will cost: parameters, memory, tokens, FLOPs, time'
-	@echo '  bench             - the benchmark list of this device (BENCH=current: .config; COMPARE=<dir>)'
+	@echo '  bench             - the benchmark list of this device (BENCH=current: .config; COMPARE=<dir>; BENCH_ARGS="--rounds N")'
 	@echo '  bench-data        - time data preparation against a one-process tiktoken loop (BENCH_DATA_ARGS=...)'
 	@echo '  clean             - remove build leftovers (caches, egg-info)'
 	@echo '  mrproper          - clean, and remove .config, .config.old and .venv'
