@@ -36,6 +36,9 @@ def dry_run(matrix, retry_failed: bool) -> int:
         from scripts.tuning_runner import dry_run_lines
         print("\n".join(dry_run_lines(m)))
     print(f"{to_run} of {len(m.cells)} cells would run")
+    if m.cfg.MATRIX_EXECUTOR == "slurm" and to_run:
+        from scripts import slurm
+        print("\n".join(slurm.describe(m.cfg, m.path / "slurm", to_run)))
     if walls and to_run:
         estimate = sum(walls) / len(walls) * to_run / max(1, min(m.cfg.MATRIX_JOBS, to_run))
         print(f"estimated wall time: {estimate / 60:.1f} min (mean {sum(walls) / len(walls):.0f} s "
