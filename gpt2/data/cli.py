@@ -24,6 +24,7 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     meta = read_meta(out_dir)
-    print(f"{out_dir}: {meta['train_tokens']:,} train + {meta['val_tokens']:,} val tokens, "
+    print(f"{out_dir}: {meta['train_tokens']:,} train + {meta['val_tokens']:,} val + "
+          f"{meta['test_tokens']:,} test tokens, "
           f"vocabulary {meta['vocab_size']:,}")
     return 0

@@ -60,10 +60,15 @@ def _mix(x: int) -> int:
     return x ^ (x >> 31)
 
 
-def drawn_split(seed: int, doc: int, seg: int, train_split: float) -> str:
-    """train or val for segment `seg` of document `doc`: a fixed function of the three
-    numbers, so it does not depend on batching, workers or resumption."""
+def drawn_split(seed: int, doc: int, seg: int, train_split: float,
+                test_fraction: float = 0.0) -> str:
+    """train, val or test for segment `seg` of document `doc`: a fixed function of the
+    numbers, so it does not depend on batching, workers or resumption. One number u per
+    segment: test when u >= 1 - test_fraction, else train when u < train_split, else val;
+    so the training split does not depend on test_fraction."""
     u = _mix(_mix(_mix(seed) ^ doc) ^ seg) / 2.0**64
+    if u >= 1.0 - test_fraction:
+        return "test"
     return "train" if u < train_split else "val"
 
 
@@ -227,6 +232,7 @@ class ShardWriter:
         doc, seg, stream_tokens = ((previous[-1]["next_doc"], previous[-1]["next_seg"],
                                     previous[-1]["stream_tokens"]) if previous else (0, 0, 0))
         budget = spec.max_tokens or None
+        fractions = spec.draw_fractions()
         buffers, buffered = {s: [] for s in SPLITS}, 0
         position = (doc, seg)
         if budget is None or stream_tokens < budget:
@@ -235,7 +241,7 @@ class ShardWriter:
                 for (d, s, _, last), tokens in zip(task, arrays):
                     if budget is not None and stream_tokens + tokens.size > budget:
                         tokens = tokens[:budget - stream_tokens]
-                    split = stream.split or drawn_split(spec.split_seed, d, s, spec.train_split)
+                    split = stream.split or drawn_split(spec.split_seed, d, s, *fractions)
                     buffers[split].append(tokens)
                     buffered += tokens.size
                     stream_tokens += tokens.size
@@ -354,17 +360,18 @@ def prepare(spec, corpus, out_dir: Path) -> Path:
         empty = [s for s in SPLITS if counts[s] == 0]
         if empty:
             raise DataError(
-                f"The {' and '.join(empty)} split of {corpus.label} is empty "
-                f"({counts['train']:,} train and {counts['val']:,} val tokens): "
-                + ("lower TRAIN_SPLIT, set DATA_MAX_TOKENS higher or to 0 (the whole corpus), "
-                   "or name a validation split (HF_VAL_SPLIT, TEXT_FILES_VAL_PATH)"
-                   if any(s.split is None for s in corpus.streams)
-                   else "the named split holds no text"))
+                f"The {' and '.join(empty)} split of {corpus.label} is empty ("
+                + ", ".join(f"{counts[s]:,} {s}" for s in SPLITS) + " tokens): "
+                + ("; ".join(f"{spec.split_knob(s)} names a split that holds no text"
+                             if spec.named(s) else f"raise {spec.split_knob(s)}" for s in empty)
+                   + ", set DATA_MAX_TOKENS higher or to 0 (the whole corpus), or name the "
+                     "split (HF_VAL_SPLIT/HF_TEST_SPLIT, TEXT_FILES_VAL_PATH/"
+                     "TEXT_FILES_TEST_PATH)"))
         meta = {
             "format": META_FORMAT, "key": key, "dataset": spec.dataset,
             "tokenizer": tok.kind, "vocab_size": tok.vocab_size, "dtype": tok.dtype.name,
-            "train_split": spec.train_split, "train_tokens": counts["train"],
-            "val_tokens": counts["val"], "splits": written["splits"], "files": written["files"],
+            "train_split": spec.train_split, "test_fraction": spec.test_fraction,
+            **{f"{s}_tokens": counts[s] for s in SPLITS}, "splits": written["splits"], "files": written["files"],
             "inputs": corpus.inputs, "spec": spec.identity(),
         }
         if tok.kind == "char":
