@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from gpt2.data import splitting
 from gpt2.data.errors import DataError
 from gpt2.data.shards import META_FORMAT, SPLITS, file_intact, read_meta, write_shard
 from gpt2.data.tokenizers import TokenizerSpec, encoder
@@ -173,9 +174,11 @@ class ShardWriter:
     about `shard_tokens` tokens (both splits together) at a time, recording each in
     progress.json; resumes from it."""
 
-    def __init__(self, out_dir: Path, key: str, tok: TokenizerSpec, spec, bar=None):
+    def __init__(self, out_dir: Path, key: str, tok: TokenizerSpec, spec, bar=None,
+                 edges=None):
         self.out_dir, self.key, self.tok, self.spec = Path(out_dir), key, tok, spec
         self.bar = bar
+        self.edges = edges  # {stream index: (end of train, start of test)}: cut by position
         self.progress = self._load_progress()
 
     # -- progress ----------------------------------------------------------
@@ -241,8 +244,9 @@ class ShardWriter:
                 for (d, s, _, last), tokens in zip(task, arrays):
                     if budget is not None and stream_tokens + tokens.size > budget:
                         tokens = tokens[:budget - stream_tokens]
-                    split = stream.split or drawn_split(spec.split_seed, d, s, *fractions)
-                    buffers[split].append(tokens)
+                    for split, piece in self._route(stream_index, stream, (d, s), tokens,
+                                                    stream_tokens, fractions):
+                        buffers[split].append(piece)
                     buffered += tokens.size
                     stream_tokens += tokens.size
                     position = (d + 1, 0) if last else (d, s + 1)
@@ -262,6 +266,21 @@ class ShardWriter:
             self._flush(stream_index, buffers, position, stream_tokens)
         self.progress["finished_streams"] = stream_index + 1
         self._save_progress()
+
+    def _route(self, index: int, stream, where: tuple, tokens, position: int, fractions):
+        if stream.split:
+            return [(stream.split, tokens)]
+        if self.edges is None:
+            return [(drawn_split(self.spec.split_seed, *where, *fractions), tokens)]
+        return splitting.cut_by_position(tokens, position, self.edges[index])
+
+    def drawn_totals(self, corpus) -> dict:
+        """{index of a drawn stream: its tokens}, from the recorded units."""
+        totals = {i: 0 for i, stream in enumerate(corpus.streams) if stream.split is None}
+        for unit in self.progress["units"]:
+            if unit["stream"] in totals:
+                totals[unit["stream"]] = unit["stream_tokens"]
+        return totals
 
     def write(self, corpus) -> dict:
         """Write every stream not finished yet; {split: [{file, tokens}]} and files."""
@@ -356,6 +375,15 @@ def prepare(spec, corpus, out_dir: Path) -> Path:
             writer = ShardWriter(out_dir, key, tok, spec, bar)
             bar.update(writer.tokens_done())
             written = writer.write(corpus)
+            counts = {s: sum(e["tokens"] for e in written["splits"][s]) for s in SPLITS}
+            split_mode, short = "draw", splitting.starved(spec, counts)
+            if short:
+                splitting.say(corpus.label, short, counts)
+                edges = {i: splitting.bounds(spec, n)
+                         for i, n in writer.drawn_totals(corpus).items()}
+                bar.reset(total=budget)
+                writer = ShardWriter(out_dir, key + "-stream", tok, spec, bar, edges)
+                written, split_mode = writer.write(corpus), "stream"
         counts = {s: sum(e["tokens"] for e in written["splits"][s]) for s in SPLITS}
         empty = [s for s in SPLITS if counts[s] == 0]
         if empty:
@@ -371,6 +399,7 @@ def prepare(spec, corpus, out_dir: Path) -> Path:
             "format": META_FORMAT, "key": key, "dataset": spec.dataset,
             "tokenizer": tok.kind, "vocab_size": tok.vocab_size, "dtype": tok.dtype.name,
             "train_split": spec.train_split, "test_fraction": spec.test_fraction,
+            "split_mode": split_mode,
             **{f"{s}_tokens": counts[s] for s in SPLITS}, "splits": written["splits"], "files": written["files"],
             "inputs": corpus.inputs, "spec": spec.identity(),
         }
