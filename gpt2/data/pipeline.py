@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from gpt2.data import splitting
+import gpt2.data.splitting as splitting
 from gpt2.data.errors import DataError
 from gpt2.data.shards import META_FORMAT, SPLITS, file_intact, read_meta, write_shard
 from gpt2.data.tokenizers import TokenizerSpec, encoder
