@@ -173,7 +173,6 @@ class Trainer:
         self.budget = Budget(cfg, self.tokens_per_iter, self.batches.train_tokens)
         self.metrics = MetricsLog(run.metrics) if ranks.is_main else Discard()
         self.progress = Progress(**self.pairing)
-        self.clock = StepClock(self.device)
         self.forward = self.ddp  # replaced by the compiled module in fit()
 
     # -- checkpoints -------------------------------------------------------
@@ -270,7 +269,7 @@ class Trainer:
         self.forward = runtime.maybe_compile(self.ddp, cfg.COMPILE, cfg.COMPILE_MODE,
                                              self.device, log, cfg.COMPILE_FULLGRAPH)
         self.memory_snapshot.start(p.iter, log)
-        self.clock = clock = StepClock(self.device, p.compile_s, p.steady_step_s)
+        clock = StepClock(self.device, p.compile_s, p.steady_step_s)
         total = self.budget.total_iters
         bar = tqdm(total=total if total is not None else round(self.budget.seconds),
                    initial=p.iter if total is not None else round(p.train_time_s),
@@ -310,8 +309,9 @@ class Trainer:
                 t0 = time.perf_counter()
                 # the one sync per log window
                 train_loss = self.ranks.mean(loss_sum / window_iters).item()
-                p.train_time_s += time.perf_counter() - t0
-                clock.window_end(time.perf_counter() - t0)
+                sync_s = time.perf_counter() - t0
+                p.train_time_s += sync_s
+                clock.window_end(sync_s)
                 p.compile_s, p.steady_step_s = clock.compile_s(), clock.steady_step_s()
                 if not math.isfinite(train_loss):
                     lr_symbol = optim.OPTIMIZERS[cfg.OPTIMIZER].lr
