@@ -52,6 +52,11 @@ train: $(INSTALL) $(KCONFIG_CONFIG)
 data: $(INSTALL) $(KCONFIG_CONFIG)
 	$(PY) -m gpt2.data $(KCONFIG_CONFIG)
 
+# Read every prepared shard: size, sha256 and token ids against meta.json.
+.PHONY: data-verify
+data-verify: $(INSTALL) $(KCONFIG_CONFIG)
+	$(PY) -m gpt2.data --verify $(KCONFIG_CONFIG)
+
 sample: $(INSTALL) $(KCONFIG_CONFIG)
 	$(PY) -m gpt2.sample $(KCONFIG_CONFIG)
 
@@ -85,6 +90,10 @@ defconfig: defconfig-default
 $(addprefix defconfig-,$(DEFCONFIGS)): defconfig-%: $(INSTALL)
 	$(CONFIGTOOL) defconfig defconfigs/$*
 
+# Any other defconfig-<name>: configtool names the nearest defconfigs and lists them all.
+defconfig-%: $(INSTALL)
+	@$(CONFIGTOOL) defconfig defconfigs/$*
+
 menuconfig: $(INSTALL)
 	$(CONFIGTOOL) menuconfig
 
@@ -97,9 +106,12 @@ savedefconfig: $(INSTALL)
 checkconfig: $(INSTALL)
 	$(CONFIGTOOL) check
 
+# SET reaches configtool through the environment, unexpanded ($(value)), never through
+# a shell command line: configtool splits it as a shell splits words (quotes and
+# backslashes group) and nothing in it is expanded or executed.
+setconfig: export KMATRIX_SET = $(value SET)
 setconfig: $(INSTALL)
-	@test -n "$(SET)" || { echo 'usage: make setconfig SET="MAX_ITERS=20 EVAL_INTERVAL=10"' >&2; exit 2; }
-	$(CONFIGTOOL) setconfig $(SET)
+	$(CONFIGTOOL) setconfig --env KMATRIX_SET
 
 help:
 	@echo 'Training:'
@@ -107,6 +119,7 @@ help:
 	@echo '                      train (or, with MATRIX=y, run the test matrix)'
 	@echo '  train             - train what .config describes (resumes an interrupted run)'
 	@echo '  data              - prepare the dataset .config selects'
+	@echo '  data-verify       - check every prepared shard of .config against its sha256 and size in meta.json'
 	@echo '  sample            - generate text from the run of .config'
 	@echo '  test-matrix       - run every cell of the matrix .config describes, then report (DRY_RUN=1, RETRY_FAILED=1)'
 	@echo '  report            - rewrite the matrix report (MATRIX=<dir or config>, BASELINE_MATRIX=<dir>)'
@@ -116,7 +129,8 @@ help:
 	@echo '  olddefconfig      - update .config to the current Kconfig tree, new symbols at defaults'
 	@echo '  savedefconfig     - write the minimal config of .config to ./defconfig'
 	@echo '  listnewconfig     - list symbols .config does not set yet'
-	@echo '  setconfig SET="A=1 B=2" - change symbols in .config (every value must take)'
+	@echo '  setconfig SET="A=1 B=2" - change symbols in .config (every value must take; quote a'
+	@echo '                      value with spaces as a shell would: SET='"'"'L="0.5 0.7"'"'"')'
 	@echo '  checkconfig       - validate .config'
 	@echo 'Development:'
 	@echo '  test              - run the test suite'

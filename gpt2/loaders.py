@@ -26,6 +26,7 @@ class PreloadedBatches(Batches):
         out = np.empty(len(split_tokens), dtype=np.int32)
         for path, start, n in zip(split_tokens.paths, split_tokens.offsets, split_tokens.sizes):
             out[start:start + n] = np.memmap(path, dtype=split_tokens.dtype, mode="r")[:n]
+        split_tokens.check_tokens(out, [0])  # once, on the host: batches are cut on the device
         return out
 
     def read(self, split: str, starts: torch.Tensor):

@@ -522,7 +522,8 @@ def _train_logged(trainer, run, stop_after) -> int:
         status = trainer.fit(stop_after)
         if status == "complete":
             status = trainer.finish()
-    except (TrainingFailed, optim.FusedKernelError, torch.OutOfMemoryError) as e:
+    except (TrainingFailed, optim.FusedKernelError, torch.OutOfMemoryError,
+            data.DataError) as e:  # a DataError here: a shard found damaged mid-run
         reason = str(e) if not isinstance(e, torch.OutOfMemoryError) else (
             f"out of memory at iteration {trainer.progress.iter}: lower BATCH_SIZE (raise "
             f"GRADIENT_ACCUMULATION to keep tokens per step) or BLOCK_SIZE")

@@ -3,10 +3,11 @@
 kconfiglib never raises on a bad .config: it warns and falls back. Here every
 warning is an error, and so is any assignment that did not take (an int out
 of range, a value dropped by `depends on`, a choice member that lost). Real
-numbers are Kconfig strings whose help ends with "Value: float in [lo, hi]";
-they come back as floats, range-checked. Choices come back as the selected
-member's name, lower-case, without the choice's prefix, "_" read as "-"
-(OPTIMIZER_ADAMW_8BIT -> "adamw-8bit"), ready to key a registry.
+numbers are Kconfig strings tagged "Value: float in [lo, hi]" in their help
+(lib/kconfig_tags); they come back as floats, range-checked. Choices come back
+as the selected member's name, lower-case, without the choice's prefix, "_"
+read as "-" (OPTIMIZER_ADAMW_8BIT -> "adamw-8bit"), ready to key a registry.
+The run hash leaves out the symbols tagged "Not part of the run hash.".
 """
 import hashlib
 import importlib
@@ -18,19 +19,13 @@ from pathlib import Path
 
 import kconfiglib
 
+from lib import config_hints as hints
+from lib import kconfig_tags
 from lib.environ import scoped_env
 
 ROOT = Path(__file__).resolve().parent.parent
 KCONFIG = ROOT / "Kconfig"
 
-# Where a run's files go, what `make estimate` and `make bench` assume, over how many
-# processes it trains (the global batch stays the same) and which tracker watches it do
-# not change what it computes.
-NOT_HASHED = ("RUN_NAME", "RESULTS_DIR", "ESTIMATE_MFU", "ESTIMATE_DEVICE", "BENCH_WARMUP_ITERS",
-              "BENCH_TIMED_ITERS", "DDP_NPROC_PER_NODE", "DDP_NNODES", "DDP_BACKEND_AUTO",
-              "DDP_BACKEND_NCCL", "DDP_BACKEND_GLOO", "DDP_RDZV_ENDPOINT", "TRACKER_NONE",
-              "TRACKER_TRACKIO", "TRACKER_WANDB", "TRACKER_TENSORBOARD", "TRACKER_PROJECT",
-              "TRACKER_RUN_NAME")
 # Symbols that are gone, with what took their place (named in the error about them).
 RETIRED = {
     "LEARNING_RATE": "each optimizer's own rate, <OPTIMIZER>_LR (ADAMW_LR, LION_LR, ...)",
@@ -73,6 +68,9 @@ def load_tree() -> kconfiglib.Kconfig:
             raise ConfigError(f"{KCONFIG}: {e}") from None
     if kconf.warnings:
         raise ConfigError("Kconfig tree: " + "\n".join(kconf.warnings))
+    tag_errors = kconfig_tags.check_tree(kconf)
+    if tag_errors:
+        raise ConfigError("Kconfig tree: " + "\n".join(tag_errors))
     kconf.warn_assign_undef = True
     kconf.warn_assign_override = True
     kconf.warn_assign_redun = True
@@ -86,6 +84,9 @@ def load_kconf(config_path=None, overrides=(), strict=True) -> kconfiglib.Kconfi
     if not path.is_file():
         raise ConfigError(f"{path}: no such config file; run `make defconfig` or "
                           f"`make defconfig-<name>` (see `make help`) to create one")
+    not_text = hints.not_utf8(path)
+    if not_text:
+        raise ConfigError(not_text)
     kconf = load_tree()
     kconf.load_config(str(path))
     if strict:
@@ -93,72 +94,103 @@ def load_kconf(config_path=None, overrides=(), strict=True) -> kconfiglib.Kconfi
                       if sym.user_value is not None}, str(path))
     # Overrides are checked on their own: a value of the file that an override
     # makes irrelevant (MAX_ITERS after BUDGET=tokens) is not an error.
-    requested = apply_overrides(kconf, overrides)
+    typed = {}
+    requested = apply_overrides(kconf, overrides, typed)
     if strict and requested:
-        check(kconf, requested, "override")
+        check(kconf, requested, "override", typed)
     return kconf
 
 
-def apply_overrides(kconf, overrides) -> dict:
+def apply_overrides(kconf, overrides, typed=None) -> dict:
     """Set NAME=VALUE assignments (NAME a symbol, with or without CONFIG_, or a
-    choice: OPTIMIZER=adamw). Returns {symbol: requested value} for check()."""
+    choice: OPTIMIZER=adamw). Returns {symbol: requested value} for check(), and
+    fills `typed` with {symbol: the assignment as given}. A string value is taken
+    byte for byte; a line break in it is an error (.config has one line a symbol)."""
     requested = {}
-    for assignment in overrides:
+    for i, assignment in enumerate(overrides):
         name, sep, value = assignment.partition("=")
         name = name.strip().removeprefix(kconf.config_prefix)
         if not sep or not name:
-            raise ConfigError(f"override {assignment!r}: expected NAME=VALUE, e.g. MAX_ITERS=20")
-        value = value.strip()
-        choice = _named_choices(kconf).get(name)
-        if choice is not None:
-            member = kconf.syms.get(f"{name}_{value.upper().replace('-', '_')}")
-            if member is None or member.choice is not choice:
-                raise ConfigError(f"{name}={value}: not a choice of {name}; choose one of "
-                                  f"{', '.join(_choice_value(choice, s) for s in choice.syms)}")
-            sym, value = member, "y"
-        else:
-            sym = kconf.syms.get(name)
-            if sym is None or not sym.nodes:
-                hint = f"; it was replaced by {RETIRED[name]}" if name in RETIRED else ""
-                raise ConfigError(f"{name}={value}: unknown symbol {name}{hint} (see `make "
-                                  f"menuconfig`)")
+            raise ConfigError(hints.not_an_assignment(overrides, i))
+        sym = _override_symbol(kconf, name, value.strip())
+        if sym.type is not kconfiglib.STRING or sym.choice is not None:
+            value = "y" if sym.choice is not None else value.strip()
+        elif "\n" in value or "\r" in value:
+            raise ConfigError(f"{name}: the value holds a line break, which .config cannot "
+                              f"keep (one line a symbol); give {name} a value on one line")
         if sym.type in (kconfiglib.BOOL, kconfiglib.TRISTATE) and value in ("0", "1", "true", "false"):
             value = "y" if value in ("1", "true") else "n"
         sym.set_value(value)
         requested[sym] = kconfiglib.STR_TO_TRI.get(value, value) if sym.type in (
             kconfiglib.BOOL, kconfiglib.TRISTATE) else value
+        if typed is not None:
+            typed[sym] = assignment
     return requested
 
 
-def check(kconf, requested, where) -> None:
+def _override_symbol(kconf, name, value):
+    """The symbol NAME=VALUE sets: the member VALUE of the choice NAME, or the symbol NAME;
+    an unknown name is an error with the nearest names."""
+    choice = _named_choices(kconf).get(name)
+    if choice is not None:
+        member = kconf.syms.get(f"{name}_{value.upper().replace('-', '_')}")
+        if member is None or member.choice is not choice:
+            values = [_choice_value(choice, s) for s in choice.syms]
+            raise ConfigError(f"{name}={value}: not a choice of {name}"
+                              f"{hints.did_you_mean(value, values)}; choose one of "
+                              f"{', '.join(values)}")
+        return member
+    sym = kconf.syms.get(name)
+    if sym is None or not sym.nodes:
+        names = [s.name for s in kconf.unique_defined_syms] + list(_named_choices(kconf))
+        hint = (f"; it was replaced by {RETIRED[name]}" if name in RETIRED
+                else hints.did_you_mean(name, names))
+        raise ConfigError(f"{name}={value}: unknown symbol {name}{hint}; see `make "
+                          f"menuconfig` for the symbols")
+    return sym
+
+
+def check(kconf, requested, where, typed=None) -> None:
     """Evaluate every symbol; raise ConfigError on any kconfiglib warning or on
-    any requested value that did not take, naming the symbol and the reason."""
+    any requested value that did not take, naming the symbol and the reason. A
+    problem of a symbol in `typed` starts with what was typed instead of `where`."""
     for sym in kconf.unique_defined_syms:
         sym.str_value  # evaluation is what makes kconfiglib emit range warnings
     for choice in kconf.unique_choices:
         choice.selection
-    errors = []
+    problems = []  # (symbol, "CONFIG_NAME=value", reason)
     for sym, wanted in requested.items():
         if sym.type in (kconfiglib.BOOL, kconfiglib.TRISTATE):
             if sym.tri_value != wanted:
-                errors.append(_not_taken(sym, kconfiglib.TRI_TO_STR[wanted]))
-        elif sym.str_value != wanted:
-            errors.append(_not_taken(sym, wanted))
-    errors += _float_errors(kconf)
-    errors = [f"{where}: {e}" for e in errors]
-    reported = [line.split(": ")[1].split("=")[0].removeprefix(kconf.config_prefix) for line in errors]
-    errors += [_with_retired_hint(w) for w in kconf.warnings
+                wanted = kconfiglib.TRI_TO_STR[wanted]
+            else:
+                continue
+        elif sym.str_value == wanted:
+            continue
+        head = f"{kconf.config_prefix}{sym.name}={wanted}"
+        problems.append((sym, head, _not_taken(sym, wanted).removeprefix(f"{head}: ")))
+    problems += _float_problems(kconf)
+    typed = typed or {}
+    errors = [f"{typed[sym]}: {reason}" if sym in typed else f"{where}: {head}: {reason}"
+              for sym, head, reason in problems]
+    reported = [sym.name for sym, _, _ in problems]
+    errors += [_with_retired_hint(w, kconf) for w in kconf.warnings
                if not any(f" {name} " in w for name in reported)]
     kconf.warnings.clear()
     if errors:
         raise ConfigError("\n".join(errors))
 
 
-def _with_retired_hint(warning: str) -> str:
+def _with_retired_hint(warning: str, kconf=None) -> str:
+    """The warning, plus the successor of a retired symbol it names or, given the tree,
+    the nearest names of an unknown one."""
     for name, successor in RETIRED.items():
         if warning.endswith(f"undefined symbol {name}"):
             return (f"{warning}: {name} was replaced by {successor}; `make olddefconfig` "
                     f"drops it, then set the new symbol")
+    unknown = warning.rpartition("undefined symbol ")[2] if "undefined symbol " in warning else ""
+    if kconf is not None and unknown:
+        return warning + hints.did_you_mean(unknown, [s.name for s in kconf.unique_defined_syms])
     return warning
 
 
@@ -213,21 +245,19 @@ def _not_taken(sym, wanted) -> str:
 
 
 def float_spec(sym):
-    """(is_list, lo, lo_closed, hi, hi_closed) from the symbol's last help line,
-    'Value: float in [lo, hi]' or 'Value: floats in [lo, hi]' (space-separated); else None."""
-    for node in sym.nodes:
-        for line in (node.help or "").splitlines():
-            line = line.strip()
-            for prefix, is_list in (("Value: float in ", False), ("Value: floats in ", True)):
-                if line.startswith(prefix):
-                    spec = line.removeprefix(prefix)
-                    low, high = spec[1:-1].split(",")
-                    return is_list, float(low), spec[0] == "[", float(high), spec[-1] == "]"
-    return None
+    """(is_list, lo, lo_closed, hi, hi_closed) from the symbol's tag "Value: float in
+    [lo, hi]" or "Value: floats in [lo, hi]" (space-separated); else None."""
+    return kconfig_tags.float_spec(sym)
 
 
 def _float_errors(kconf) -> list:
-    errors = []
+    return [f"{head}: {reason}" for _, head, reason in _float_problems(kconf)]
+
+
+def _float_problems(kconf) -> list:
+    """[(symbol, 'CONFIG_NAME="value"', reason)] for every active float symbol whose
+    value does not parse."""
+    problems = []
     for sym in kconf.unique_defined_syms:
         spec = float_spec(sym)
         if spec is None or not sym.config_string:
@@ -235,8 +265,9 @@ def _float_errors(kconf) -> list:
         try:
             _parse_float(sym, spec)
         except ValueError as e:
-            errors.append(str(e))
-    return errors
+            head = f'{kconf.config_prefix}{sym.name}="{sym.str_value}"'
+            problems.append((sym, head, str(e).removeprefix(f"{head}: ")))
+    return problems
 
 
 def _parse_float(sym, spec):
@@ -300,8 +331,11 @@ def config_text(kconf) -> str:
         return out.read_text()
 
 
-def config_hash(kconf, ignored=NOT_HASHED) -> str:
-    """Short hash of every active symbol's value except the `ignored` ones."""
+def config_hash(kconf) -> str:
+    """Short hash of every active symbol's value except those tagged "Not part of the
+    run hash." (lib/kconfig_tags). A symbol whose `depends on` is not met writes no
+    line, so it cannot change the hash."""
+    ignored = kconfig_tags.not_hashed_names(kconf)
     lines = [sym.config_string for sym in kconf.unique_defined_syms
              if sym.config_string and sym.name not in ignored]
     return hashlib.sha256("".join(lines).encode()).hexdigest()[:8]

@@ -4,6 +4,8 @@
   python -m lib.configtool olddefconfig                update .config to the Kconfig tree
   python -m lib.configtool savedefconfig [OUT]         write a minimal defconfig (default: defconfig)
   python -m lib.configtool setconfig NAME=VALUE ...    change symbols in .config
+  python -m lib.configtool setconfig --env SET         the same, the assignments split from $SET
+                                                       as a shell splits words (nothing runs)
   python -m lib.configtool listnewconfig               symbols .config does not set yet
   python -m lib.configtool check                       validate .config
   python -m lib.configtool menuconfig                  kconfiglib's menuconfig, then check
@@ -11,14 +13,21 @@
 The file edited is .config, or $KCONFIG_CONFIG.
 """
 import argparse
+import os
+import shlex
 import sys
 from pathlib import Path
 
 from lib import config as cfglib
+from lib import config_hints as hints
 
 
 def defconfig(args, out):
     src = Path(args.file)
+    if not src.is_file() and src.parent.is_dir():
+        names = sorted(p.name for p in src.parent.iterdir() if p.is_file())
+        raise cfglib.ConfigError(f"{src}: no such defconfig{hints.did_you_mean(src.name, names)}; "
+                                 f"the defconfigs in {src.parent}: {', '.join(names)}")
     kconf = cfglib.load_kconf(src)
     cfglib.write_config(kconf, out)
     print(f"# configuration written to {out} from {src}")
@@ -53,9 +62,27 @@ def savedefconfig(args, out):
 
 
 def setconfig(args, out):
-    kconf = cfglib.load_kconf(out, args.assignments)
+    assignments = list(args.assignments)
+    if args.env:
+        assignments += split_assignments(os.environ.get(args.env, ""))
+    if not assignments:
+        raise cfglib.ConfigError("nothing to set: make setconfig SET='MAX_ITERS=20 "
+                                 "EVAL_INTERVAL=10' (quote a value with spaces: "
+                                 "SET='MATRIX_SPARSITIES=\"0.5 0.7\"')")
+    kconf = cfglib.load_kconf(out, assignments)
     cfglib.write_config(kconf, out)
-    print(f"# {out}: set {' '.join(args.assignments)}")
+    print(f"# {out}: set {' '.join(shlex.quote(a) for a in assignments)}")
+
+
+def split_assignments(text: str) -> list:
+    """NAME=VALUE words of `text` as a POSIX shell splits them (quotes and backslashes
+    group, '#' is a character); nothing is expanded or executed."""
+    try:
+        return shlex.split(text, comments=False, posix=True)
+    except ValueError as e:
+        raise cfglib.ConfigError(f"{text!r}: {e.args[0].lower()}; the assignments are split "
+                                 f"as a shell splits words: close every quote, or put a "
+                                 f"backslash before a lone quote") from None
 
 
 def listnewconfig(args, out):
@@ -70,13 +97,23 @@ def check(args, out):
     print(f"# {out}: valid")
 
 
-def menuconfig(args, out):
-    import os
+NO_TERMINAL = ("make menuconfig needs a terminal ({}); without one set symbols "
+               "with make setconfig SET='NAME=VALUE ...' (or edit .config, then make "
+               "checkconfig)")
 
+
+def menuconfig(args, out):
+    import curses
+
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        raise cfglib.ConfigError(NO_TERMINAL.format("standard input and output are not one"))
     import menuconfig as kconfiglib_menuconfig
 
     os.environ["KCONFIG_CONFIG"] = str(out)
-    kconfiglib_menuconfig.menuconfig(cfglib.load_tree())
+    try:
+        kconfiglib_menuconfig.menuconfig(cfglib.load_tree())
+    except curses.error as e:
+        raise cfglib.ConfigError(NO_TERMINAL.format(f"curses: {e}")) from None
     cfglib.load(out)
 
 
@@ -89,7 +126,10 @@ def main(argv=None):
         sub.add_parser(command.__name__).set_defaults(command=command)
     sub.choices["defconfig"].add_argument("file")
     sub.choices["savedefconfig"].add_argument("out", nargs="?", default="defconfig")
-    sub.choices["setconfig"].add_argument("assignments", nargs="+", metavar="NAME=VALUE")
+    sub.choices["setconfig"].add_argument("assignments", nargs="*", metavar="NAME=VALUE")
+    sub.choices["setconfig"].add_argument("--env", metavar="VARIABLE",
+                                          help="also the assignments in this environment "
+                                               "variable, split as a shell splits words")
     args = parser.parse_args(argv)
     try:
         args.command(args, cfglib.default_config_path())

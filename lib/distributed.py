@@ -38,6 +38,10 @@ NO_BUFFER_SYNC = ({"forward_sync_buffers": False} if "forward_sync_buffers" in
                   else {"broadcast_buffers": False})
 
 
+# The one rule for splitting a step over processes, as the help texts and README state it.
+RULE = "GRADIENT_ACCUMULATION must be a multiple of the number of processes"
+
+
 def world_size(cfg) -> int:
     """Processes the configuration asks for."""
     return cfg.DDP_NPROC_PER_NODE * cfg.DDP_NNODES
@@ -49,10 +53,10 @@ def check(cfg, processes: int = None) -> None:
     accum = cfg.GRADIENT_ACCUMULATION
     if accum % processes:
         raise ConfigError(
-            f"GRADIENT_ACCUMULATION={accum} does not split over {processes} processes "
-            f"(DDP_NPROC_PER_NODE={cfg.DDP_NPROC_PER_NODE} x DDP_NNODES={cfg.DDP_NNODES}): "
-            f"set GRADIENT_ACCUMULATION to a multiple of {processes} (lower BATCH_SIZE to keep "
-            f"the tokens per step) so every process trains the same share of each step")
+            f"GRADIENT_ACCUMULATION={accum}: {RULE} ({processes}: DDP_NPROC_PER_NODE="
+            f"{cfg.DDP_NPROC_PER_NODE} x DDP_NNODES={cfg.DDP_NNODES}), so that every process "
+            f"trains the same whole micro-batches of each step; set GRADIENT_ACCUMULATION to a "
+            f"multiple of {processes} (lower BATCH_SIZE to keep the tokens per step)")
     if cfg.DDP_NNODES > 1 and not cfg.DDP_RDZV_ENDPOINT:
         raise ConfigError(f"DDP_NNODES={cfg.DDP_NNODES} needs DDP_RDZV_ENDPOINT, the host:port "
                           f"where the nodes meet (e.g. node001:29500)")

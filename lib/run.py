@@ -122,23 +122,14 @@ class RunReader(RunDir):
 # A matrix directory, results/<RECIPE>-matrix-<hash>/, holds one run directory per cell;
 # the matrix runner writes it and the report reads it, both name it from here.
 
-# Runner knobs: they change how the matrix runs, not what its cells compute,
-# so they stay out of the matrix directory's hash (a changed MATRIX_JOBS
-# resumes the same matrix).
-RUNNER_ONLY = ("MATRIX_JOBS", "MATRIX_BASELINE", "MATRIX_ON_FAILURE_CONTINUE",
-               "MATRIX_ON_FAILURE_STOP", "MATRIX_EXECUTOR_LOCAL", "MATRIX_EXECUTOR_SLURM",
-               "SLURM_PARTITION", "SLURM_GPUS_PER_JOB", "SLURM_CPUS_PER_JOB",
-               "SLURM_TIME_LIMIT_MIN", "SLURM_ARRAY_PARALLELISM", "SLURM_EXTRA_OPTIONS",
-               "SLURM_SHARED_DIR")
-
 OFF_HINT = ("matrix mode is off: set MATRIX=y in make menuconfig, or "
             "make defconfig-shakespeare-char-matrix")
 
 
 def matrix_hash(kconf) -> str:
-    """Short hash of the matrix configuration, ignoring where results go and
-    the runner-only knobs."""
-    return cfglib.config_hash(kconf, ignored={*cfglib.NOT_HASHED, *RUNNER_ONLY})
+    """Short hash of the matrix configuration, ignoring the knobs tagged "Not part of
+    the run hash." (where results go, how the runner runs the cells)."""
+    return cfglib.config_hash(kconf)
 
 
 def matrix_base(cfg) -> str:

@@ -3,8 +3,11 @@
 Parameters; parameter, gradient, optimizer-state (every optimizer of the registry, the
 selected one marked) and mask bytes; activation memory per micro-batch with and without
 activation checkpointing; tokens per iteration and in total; FLOPs; and the expected
-training time from the device's peak at ESTIMATE_MFU, or from the last `make bench` of
-this configuration on this device.
+training time from the last `make bench` of this configuration on this device, else from
+the device's peak at ESTIMATE_MFU, else from a few training passes timed here
+(scripts/estimate_measure.py). On the CPU the peak is the process's resident set: what
+this process holds once the model and optimizer exist (interpreter, torch, libraries),
+the memory-mapped data, and what training adds.
 
 The model is the trainer's (gpt2.build.model_config, built on the meta device: no
 memory), the optimizers are the registry's (lib.optim.OPTIMIZERS), each stepped once on
@@ -19,6 +22,7 @@ of activation checkpointing, as MFU counts them.
 import argparse
 import csv
 import functools
+import json
 import math
 import sys
 import tempfile
@@ -34,6 +38,7 @@ from gpt2.model import GPT, MLPS
 from lib import config as cfglib
 from lib import devices, distributed, optim, prune, runtime
 from lib.run import results_dir
+from scripts import estimate_measure
 
 FP32 = 4
 HALF = 2
@@ -214,10 +219,70 @@ def bench_tokens_per_s(cfg, device_name: str):
     return None, None
 
 
+_MEASURE_CACHE = {}
+
+
+def measure_here(cfg, device: dict, vocab_size: int, per_iter: int) -> dict:
+    """estimate_measure.measure when the estimate is for this machine and its CPU (the
+    process's memory) or a device of unknown peak; {} otherwise. Matrix cells that
+    differ only in seed, rates or pruning share one measurement (the masks' bytes are
+    counted apart)."""
+    if cfg.ESTIMATE_DEVICE or (device["kind"] != "cpu" and device["peak_flops"]):
+        return {}
+    shared = ("SEED", "RUN_NAME", "RESULTS_DIR", "TARGET_SPARSITY")
+    pruning = ("PRUNING", "PRUNE_", "ADAMWPRUNE_", "BITTER2_", "MASK_STORAGE")
+    key = (vocab_size, per_iter, tuple(sorted(
+        (k, v) for k, v in cfg.items()
+        if k not in shared and not k.endswith("_LR") and not k.startswith(pruning))))
+    if key not in _MEASURE_CACHE:
+        _MEASURE_CACHE[key] = estimate_measure.measure(cfg, vocab_size, per_iter)
+    return _MEASURE_CACHE[key]
+
+
+def _speed(cfg, device: dict, flops_per_token: int, per_iter: int, measured: dict) -> tuple:
+    """(tokens/s, where the figure comes from): make bench, the device's peak at
+    ESTIMATE_MFU, or passes timed here; times the DDP processes."""
+    bench, bench_dir = bench_tokens_per_s(cfg, device["name"])
+    if bench:
+        tokens_per_s, source = bench, f"measured by make bench ({bench_dir})"
+    elif device["peak_flops"]:
+        tokens_per_s = device["peak_flops"] * cfg.ESTIMATE_MFU / flops_per_token
+        source = (f"{cfg.ESTIMATE_MFU:.0%} MFU (ESTIMATE_MFU) of {device['name']}'s "
+                  f"{device['peak_flops'] / 1e12:g} TFLOP/s "
+                  f"{devices.precision_key(cfg.PRECISION, cfg.TF32)}")
+    elif measured.get("step_seconds"):
+        tokens_per_s = per_iter / measured["step_seconds"]
+        source = measured["timed"] + " (make bench BENCH=current measures a compiled run)"
+    else:
+        return None, (f"unknown: no peak FLOP/s for {device['name']} and no make bench of "
+                      f"this configuration here")
+    processes = distributed.world_size(cfg)
+    if processes > 1:
+        tokens_per_s *= processes
+        source += f", times {processes} DDP processes (ideal scaling; memory is per process)"
+    return tokens_per_s, source
+
+
+def _data_bytes(cfg, facts: dict, device: dict) -> int:
+    """The data the training process holds: a preloaded split on the device; on the CPU
+    the memory-mapped shards, every page of which the sampler touches over a run."""
+    if cfg.DATA_LOADER == "preloaded":
+        needs_prepared(facts, "DATA_LOADER=preloaded")
+        return 4 * (facts["train_tokens"] + facts["val_tokens"])
+    if device["kind"] == "cpu" and facts["train_tokens"]:
+        token_bytes = 2 if facts["vocab_size"] <= 2**16 else 4
+        return token_bytes * (facts["train_tokens"] + facts["val_tokens"])
+    return 0
+
+
 def estimate(cfg, optimizer_cfgs=None) -> dict:
     """Every figure of the estimate for a Config (optimizer_cfgs: {name: Config} whose
     state to measure; default the selected optimizer only)."""
     facts = facts_of(cfg)
+    per_iter = tokens_per_iter(cfg)
+    device = target_device(cfg)
+    # first, before the registry's optimizers load their packages into this process
+    measured = measure_here(cfg, device, facts["vocab_size"], per_iter)
     shape = model_config(cfg, facts["vocab_size"])
     model = meta_model(cfg, facts["vocab_size"])
     params = sum(p.numel() for p in model.parameters())
@@ -227,42 +292,25 @@ def estimate(cfg, optimizer_cfgs=None) -> dict:
     states = optimizer_state_bytes(optimizer_cfgs or {cfg.OPTIMIZER: cfg},
                                    parameter_shapes(model))
     acts = activation_bytes(cfg, shape)
-    data_bytes = 0
-    if cfg.DATA_LOADER == "preloaded":
-        needs_prepared(facts, "DATA_LOADER=preloaded")
-        data_bytes = 4 * (facts["train_tokens"] + facts["val_tokens"])
+    data_bytes = _data_bytes(cfg, facts, device)
     state = states.get(cfg.OPTIMIZER)
     activations = (acts["checkpointed"] if cfg.ACTIVATION_CHECKPOINTING else acts["blocks"])
-    peak = (params * FP32 + trainable * FP32 + masks + data_bytes + activations + acts["head"]
-            + (state if isinstance(state, int) else 0))
-    per_iter = tokens_per_iter(cfg)
     if cfg.BUDGET == "epochs":
         needs_prepared(facts, "BUDGET=epochs")
     total_iters = Budget(cfg, per_iter, facts["train_tokens"]).total_iters
     total_tokens = total_iters * per_iter if total_iters is not None else None
     flops_per_token = model.flops_per_token()
-    device = target_device(cfg)
-    measured, bench_dir = bench_tokens_per_s(cfg, device["name"])
-    if measured:
-        tokens_per_s, time_source = measured, f"measured by make bench ({bench_dir})"
-    elif device["peak_flops"]:
-        tokens_per_s = device["peak_flops"] * cfg.ESTIMATE_MFU / flops_per_token
-        time_source = (f"{cfg.ESTIMATE_MFU:.0%} MFU (ESTIMATE_MFU) of {device['name']}'s "
-                       f"{device['peak_flops'] / 1e12:g} TFLOP/s "
-                       f"{devices.precision_key(cfg.PRECISION, cfg.TF32)}")
-    else:
-        tokens_per_s, time_source = None, (f"unknown: no peak FLOP/s for {device['name']} and "
-                                           f"no make bench of this configuration here")
-    processes = distributed.world_size(cfg)
-    if tokens_per_s and processes > 1:
-        tokens_per_s *= processes
-        time_source += f", times {processes} DDP processes (ideal scaling; memory is per process)"
+    process_bytes = measured.get("process_bytes") or 0
+    peak = (process_bytes + params * FP32 + trainable * FP32 + masks + data_bytes
+            + activations + acts["head"] + (state if isinstance(state, int) else 0))
+    tokens_per_s, time_source = _speed(cfg, device, flops_per_token, per_iter, measured)
     if cfg.BUDGET == "minutes":
         seconds = cfg.MAX_MINUTES * 60
     else:
         seconds = total_tokens / tokens_per_s if tokens_per_s and total_tokens else None
     return {"params": params, "param_bytes": params * FP32, "grad_bytes": trainable * FP32,
             "optimizer_state_bytes": states, "mask_bytes": masks, "data_bytes": data_bytes,
+            "process_bytes": process_bytes,
             "activation_bytes": acts["blocks"], "activation_checkpointed_bytes":
             acts["checkpointed"], "head_bytes": acts["head"], "peak_bytes": peak,
             "micro_batch": batch_size(cfg), "tokens_per_iter": per_iter,
@@ -299,7 +347,10 @@ def format_estimate(e: dict) -> str:
               f"{e['micro_batch']} sequences; {_mib(e['activation_checkpointed_bytes'])} "
               f"with activation checkpointing; plus {_mib(e['head_bytes'])} for the loss"]
     if e["data_bytes"]:
-        lines.append(f"preloaded data      {_mib(e['data_bytes'])}")
+        lines.append(f"data in memory      {_mib(e['data_bytes'])}")
+    if e["process_bytes"]:
+        lines.append(f"process             {_mib(e['process_bytes'])} (interpreter, torch and "
+                     f"libraries, measured in this process)")
     fits = ""
     if e["device_memory_bytes"]:
         share = e["peak_bytes"] / e["device_memory_bytes"]
@@ -329,6 +380,7 @@ def main(argv=None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config", nargs="?")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE")
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args(argv)
     path = args.config or cfglib.default_config_path()
     try:
@@ -337,7 +389,7 @@ def main(argv=None) -> int:
     except (cfglib.ConfigError, data.DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(format_estimate(result))
+    print(json.dumps(result) if args.json else format_estimate(result))
     return 0
 
 

@@ -137,7 +137,7 @@ def test_failed_setconfig_loses_nothing(tmp_path, monkeypatch, capsys):
     assert configtool.main(["defconfig", str(cfglib.ROOT / "defconfigs/default")]) == 0
     before = config.read_text()
     assert configtool.main(["setconfig", "MAX_ITERS=-5"]) == 2
-    assert "CONFIG_MAX_ITERS=-5: outside the allowed range" in capsys.readouterr().err
+    assert "MAX_ITERS=-5: outside the allowed range" in capsys.readouterr().err
     assert config.read_text() == before
 
 
@@ -166,7 +166,7 @@ def test_state_pruning_with_sgd_is_impossible(tmp_path):
         cfglib.load(path)
     with pytest.raises(cfglib.ConfigError, match="PRUNING_STATE depends on"):
         cfglib.load(write_config(tmp_path), ["OPTIMIZER=sgd", "PRUNING=state"])
-    with pytest.raises(cfglib.ConfigError, match="TARGET_SPARSITY=\"0.995\": 0.995 is outside"):
+    with pytest.raises(cfglib.ConfigError, match="TARGET_SPARSITY=0.995: 0.995 is outside"):
         cfglib.load(write_config(tmp_path), ["PRUNING=magnitude", "TARGET_SPARSITY=0.995"])
 
 
@@ -213,3 +213,191 @@ def test_olddefconfig_refuses_an_invalid_value_it_cannot_fix(tmp_path, monkeypat
     err = capsys.readouterr().err
     assert "CONFIG_DROPOUT=\"abc\": 'abc' is not a number" in err and "nothing was written" in err
     assert config.read_text() == before
+
+
+# ------------------------------------------------------------ the run hash, symbol by symbol
+# Bases that, with the defconfigs, make every symbol of the tree visible somewhere.
+HASH_BASES = ([], ["MATRIX=y", "MATRIX_EXECUTOR=slurm", "MATRIX_PRUNING_STATE=y"],
+              ["TRACKER=wandb", "DATASET=hf", "BUDGET=epochs", "LR_SCHEDULE=wsd", "COMPILE=y",
+               "PRUNING=state", "ADAMWPRUNE_VARIANT=bitter2", "MLP=swiglu", "POSITIONS=rope"],
+              ["DATASET=text-files", "BUDGET=tokens", "OPTIMIZER=sgd", "PRUNING=magnitude"],
+              ["BUDGET=minutes", "OPTIMIZER=adamwspam", "PRUNING=state",
+               "ADAMWPRUNE_VARIANT=bitter2", "BITTER2_SPEND_BATCH=y", "MLP=bio",
+               "DATASET=finewebedu", "MODEL_SIZE=custom"],
+              ["OPTIMIZER=adafactor", "DATASET=hf", "TOKENIZER=char"],
+              ["OPTIMIZER=adamw-8bit", "DATASET=openwebtext"], ["OPTIMIZER=lion"],
+              ["OPTIMIZER=adam"])
+
+
+def _another_value(sym):
+    """A value of `sym` different from its current one that kconfiglib accepts, or None."""
+    import kconfiglib
+    if sym.choice is not None:
+        if sym.choice.selection is not sym:
+            return sym, "y"
+        other = next(s for s in sym.choice.syms if s is not sym and s.visibility)
+        return other, "y"
+    if sym.type in (kconfiglib.BOOL, kconfiglib.TRISTATE):
+        return sym, "n" if sym.tri_value == 2 else "y"
+    if sym.type in (kconfiglib.INT, kconfiglib.HEX):
+        now = int(sym.str_value, 0)
+        lo, hi = next(((int(a.str_value, 0), int(b.str_value, 0)) for a, b, cond in sym.ranges
+                       if kconfiglib.expr_value(cond)), (now - 1, now + 1))
+        return sym, str(now + 1 if now + 1 <= hi else now - 1)
+    spec = cfglib.float_spec(sym)
+    if spec is not None:
+        _, lo, _, hi, _ = spec
+        words = sym.str_value.split() or ["0"]
+        new = (lo + hi) / 2 if float(words[0]) != (lo + hi) / 2 else (lo + 3 * hi) / 4
+        return sym, " ".join([repr(new)] + words[1:])
+    return sym, sym.str_value + "x"
+
+
+def _hash_cases(tmp_path):
+    """{symbol name: (config path, another value of it)} over the bases, for every symbol
+    that is visible in one of them."""
+    cases = {}
+    defconfigs = [(d, []) for d in DEFCONFIGS]
+    for i, (base, overrides) in enumerate(defconfigs + [(DEFCONFIGS[0], o) for o in HASH_BASES]):
+        kconf = cfglib.load_kconf(cfglib.ROOT / "defconfigs" / "default"
+                                  if overrides else base, overrides)
+        path = tmp_path / f"base{i}"
+        cfglib.write_config(kconf, path)
+        for sym in kconf.unique_defined_syms:
+            if sym.name not in cases and sym.visibility and sym.config_string:
+                cases[sym.name] = path
+    return cases
+
+
+def test_every_symbol_is_hashed_unless_tagged_not_hashed(tmp_path):
+    """Changing a symbol tagged "Not part of the run hash." keeps the run's hash; changing
+    any other symbol changes it: symbol by symbol over the whole tree."""
+    from lib import kconfig_tags
+    kconf = cfglib.load_tree()
+    cases = _hash_cases(tmp_path)
+    unseen = {s.name for s in kconf.unique_defined_syms} - set(cases)
+    assert not unseen, f"no base makes these visible, add one to HASH_BASES: {sorted(unseen)}"
+    tagged = kconfig_tags.not_hashed_names(kconf)
+    assert {"RUN_NAME", "LOG_INTERVAL", "CHECKPOINT_INTERVAL", "SAMPLE_COUNT", "MATRIX_JOBS",
+            "DDP_NPROC_PER_NODE", "TRACKER_WANDB", "MEMORY_SNAPSHOT_ITERS"} <= tagged
+    assert not {"EVAL_INTERVAL", "EVAL_ITERS", "SEED", "DEVICE_CPU", "TF32"} & tagged
+    wrong = []
+    for name, path in sorted(cases.items()):
+        kconf.load_config(str(path))
+        before = cfglib.config_hash(kconf)
+        sym, value = _another_value(kconf.syms[name])
+        old = sym.str_value
+        sym.set_value(value)
+        assert sym.str_value != old, (name, value)  # the change took
+        if (cfglib.config_hash(kconf) == before) != (name in tagged):
+            wrong.append(f"{name} ({'tagged' if name in tagged else 'hashed'})")
+    kconf.warnings.clear()
+    assert not wrong, f"the hash disagrees with the tag: {wrong}"
+
+
+def test_a_knob_only_some_cells_read_changes_only_their_ids(tiny_config):
+    """A cell's hash covers what the cell reads: LION_LR is invisible (its `depends on` is
+    false) in the AdamW cell, so kconfiglib writes no line for it and its id stays."""
+    from scripts import matrix
+    grid = ("MATRIX=y", "MATRIX_OPTIMIZER_LION=y", "MATRIX_OPTIMIZER_ADAMWSPAM=y")
+
+    def cells(*extra):
+        config = tiny_config(*grid, *extra, name=f"matrix{len(seen)}.config")
+        seen.append(config)
+        return {c.spec.optimizer: c for c in matrix.load_matrix(config).cells}
+    seen = []
+    base = cells()
+    assert set(base) == {"adamw", "lion", "adamwspam"}
+    assert "LION_LR" not in base["adamw"].text and "SPAM_THETA" not in base["adamw"].text
+    for edit, reader in (("LION_LR=3e-4", "lion"), ("SPAM_THETA=7", "adamwspam")):
+        changed = cells(edit)
+        assert {o for o in base if changed[o].id != base[o].id} == {reader}, edit
+    same = cells("MATRIX_JOBS=3", "LOG_INTERVAL=7", "SAMPLE_COUNT=3")
+    assert {o: c.id for o, c in same.items()} == {o: c.id for o, c in base.items()}
+    assert matrix.load_matrix(seen[-1]).path == matrix.load_matrix(seen[0]).path
+
+
+def test_a_config_that_is_not_utf8_is_one_line_naming_the_file_and_offset(tmp_path, monkeypatch,
+                                                                         capsys):
+    path = write_config(tmp_path)
+    data = path.read_bytes()
+    offset = data.index(b"CONFIG_SAMPLE_PROMPT=") + len(b'CONFIG_SAMPLE_PROMPT="')
+    path.write_bytes(data[:offset] + b"caf\xe9" + data[offset:])
+    expected = offset + 3
+    with pytest.raises(cfglib.ConfigError) as e:
+        cfglib.load(path)
+    assert str(e.value).startswith(f"{path}: not UTF-8 text: byte 0xe9 at offset {expected} ")
+    assert "\n" not in str(e.value)
+    monkeypatch.setenv("KCONFIG_CONFIG", str(path))
+    assert configtool.main(["setconfig", "SEED=2"]) == 2
+    assert "Traceback" not in capsys.readouterr().err
+    assert path.read_bytes()[expected] == 0xE9  # nothing was written
+
+
+def _tree(tmp_path, help_line, type_="string"):
+    import kconfiglib
+    (tmp_path / "Kconfig").write_text(f'config X\n\t{type_} "x"\n\thelp\n\t  Some prose.\n'
+                                      f"\t  {help_line}\n")
+    return kconfiglib.Kconfig(str(tmp_path / "Kconfig"), warn_to_stderr=False)
+
+
+@pytest.mark.parametrize("line, spec", [
+    ("Value: float in [0, 1]", (False, 0.0, True, 1.0, True)),
+    ("Value: floats in (0, 1e3]", (True, 0.0, False, 1000.0, True)),
+])
+def test_float_tags_parse(tmp_path, line, spec):
+    from lib import kconfig_tags
+    kconf = _tree(tmp_path, line)
+    assert kconfig_tags.float_spec(kconf.syms["X"]) == spec
+    assert kconfig_tags.check_tree(kconf) == []
+
+
+@pytest.mark.parametrize("line, type_", [
+    ("Value: float between 0 and 1", "string"), ("Value: float in [0 1]", "string"),
+    ("Value: float in [0, 1]", "int"), ("Not part of the run hash", "string"),
+    ("Not part of the run hash, mostly.", "string")])
+def test_a_malformed_tag_is_an_error_naming_the_symbol(tmp_path, line, type_):
+    """A help line that starts like a tag must be one: never prose silently read as a
+    type, or a marker silently missed."""
+    from lib import kconfig_tags
+    errors = kconfig_tags.check_tree(_tree(tmp_path, line, type_))
+    assert len(errors) == 1 and errors[0].startswith("X: ") and repr(line) in errors[0]
+
+
+def test_the_not_hashed_tag_of_a_choice_covers_its_members(tmp_path):
+    import kconfiglib
+
+    from lib import kconfig_tags
+    (tmp_path / "Kconfig").write_text(
+        'choice C\n\tprompt "c"\n\thelp\n\t  Prose.\n\t  Not part of the run hash.\n'
+        'config C_A\n\tbool "a"\nconfig C_B\n\tbool "b"\nendchoice\n'
+        'config Y\n\tint "y"\n\tdefault 1\n\thelp\n\t  Prose.\n')
+    kconf = kconfiglib.Kconfig(str(tmp_path / "Kconfig"), warn_to_stderr=False)
+    assert kconfig_tags.not_hashed_names(kconf) == {"C_A", "C_B"}
+
+
+def test_one_rule_for_splitting_a_step_over_processes(tmp_path):
+    """The README, the help texts and the error state the rule the code enforces: 6
+    micro-batches of 12 (72 sequences, divisible by 4) do not split over 4 processes."""
+    import re
+
+    from lib import distributed
+
+    def flat(text):
+        return re.sub(r"\s+", " ", text.replace("`", ""))
+    kconf = cfglib.load_tree()
+    for name in ("GRADIENT_ACCUMULATION", "DDP_NPROC_PER_NODE"):
+        assert distributed.RULE in flat(kconf.syms[name].nodes[0].help), name
+    assert distributed.RULE in flat((cfglib.ROOT / "README.md").read_text())
+    cfg = cfglib.load(write_config(tmp_path), ["BATCH_SIZE=12", "GRADIENT_ACCUMULATION=6",
+                                               "DDP_NPROC_PER_NODE=4"])
+    with pytest.raises(cfglib.ConfigError, match=distributed.RULE):
+        distributed.check(cfg)
+    distributed.check(cfg, processes=3)
+    distributed.check(cfg, processes=2)
+
+
+def test_a_misspelt_symbol_in_the_file_names_the_nearest(tmp_path):
+    with pytest.raises(cfglib.ConfigError, match=r"undefined symbol ADAMW_RL \(did you mean "
+                                                 r"ADAMW_LR"):
+        cfglib.load(write_config(tmp_path, 'CONFIG_ADAMW_RL="1e-3"'))

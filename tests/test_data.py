@@ -122,11 +122,15 @@ def test_interrupted_prepare_leaves_no_meta_and_is_redone(text_dir, tmp_path, mo
         data.prepare("shakespeare-char", str(text_dir), out_root, 0.9)
     monkeypatch.setattr(os, "replace", real_replace)
 
+    # The old preparation is left whole; the failed one only in its partial directory.
     out = data.prepared_path(out_root, "shakespeare-char", 0.9)
-    names = sorted(p.name for p in out.iterdir())
-    assert names == ["test.bin", "train.bin", "val.bin"]  # no meta.json, no temp files
+    _, decode = data.load_tokenizer(out)
+    old = [np.fromfile(out / f"{s}.bin", dtype=np.uint16) for s in ("train", "val", "test")]
+    assert decode(old[0]) + decode(old[1]) + decode(old[2]) == TEXT
+    partial = out.with_name(f".{out.name}.partial")
+    assert sorted(p.name for p in partial.iterdir()) == ["train.bin", "val.bin"]  # no meta
     with pytest.raises(data.DataError, match="not prepared"):
-        data.Batches(out, block_size=4, batch_size=2)
+        data.Batches(partial, block_size=4, batch_size=2)
 
     data.prepare("shakespeare-char", str(text_dir), out_root, 0.9)
     _, decode = data.load_tokenizer(out)

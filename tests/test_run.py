@@ -20,4 +20,4 @@ def test_trainer_refuses_a_matrix_config(tiny_config, capsys):
 
 def test_bad_config_is_reported_once(tiny_config, capsys):
     assert run.main([str(tiny_config()), "--set", "MAX_ITERS=0"]) == 2
-    assert "CONFIG_MAX_ITERS=0: outside the allowed range" in capsys.readouterr().err
+    assert "MAX_ITERS=0: outside the allowed range" in capsys.readouterr().err

@@ -10,6 +10,10 @@ batches and evaluation windows read from them.
   tokenizers.py    GPT-2 BPE (tiktoken, local files) and characters
   batches.py       the batch sampler;  evalwindows.py  the evaluation windows
   prepare.py       DataSpec (what a config selects), directory names, the registry
+  staging.py       the partial directory a preparation writes in, renamed at the end
+  verify.py        sizes, sha256 and token ids of every shard (make data-verify)
+  decoding.py      TEXT_FILES_DECODE: bytes of text files that are not UTF-8
+  paths.py         checks of the paths data knobs name;  hub.py  is the hub reachable
 
 The names other modules use are importable from here. Batches and EvalWindows load on
 first use, so worker processes that tokenize never import torch.

@@ -5,7 +5,10 @@ partly (DATA_MAX_TOKENS) is streamed when online, so nothing beyond the budget i
 downloaded.
 """
 import os
+from pathlib import Path
 
+import gpt2.data.hub as hub
+import gpt2.data.paths as paths
 from gpt2.data.corpus import Corpus, Stream, texts_of
 from gpt2.data.errors import DataError
 
@@ -38,23 +41,42 @@ def _fetch_hint(name: str, config: str, split: str) -> str:
         f"DATASET=text-files, TEXT_FILES_PATH=DIR.")
 
 
+LOCAL_ROUTE = ("or prepare local files instead: DATASET=text-files with TEXT_FILES_PATH, "
+               "or DATASET=hf with HF_NAME=<a local dataset directory>")
+
+
 def load(name: str, config: str, split: str, streaming: bool, what: str):
     """datasets.load_dataset, every failure to find the data one DataError saying what is
-    missing and how to fetch it."""
+    missing and how to fetch it. A hub name is not tried when the hub cannot be reached
+    (one connection attempt, no retries)."""
     import datasets
 
+    local = is_local(name)
+    if not local and not offline():
+        hub.check_reachable(what, hf_home(), LOCAL_ROUTE)
     try:
         return datasets.load_dataset(name, config or None, split=split,
                                      streaming=streaming and not offline())
     except (ConnectionError, FileNotFoundError, OSError, ValueError,
             datasets.exceptions.DatasetNotFoundError) as e:
-        mode = ("offline (HF_HUB_OFFLINE/HF_DATASETS_OFFLINE is set): only the cache was read"
-                if offline() else "the hub could not be reached or does not have it")
+        if offline() and not local:
+            raise DataError(
+                f"Cannot load {what}: it is not in the Hugging Face cache {hf_home()} and "
+                f"HF_HUB_OFFLINE (or HF_DATASETS_OFFLINE) is set, so nothing was downloaded "
+                f"({type(e).__name__}); unset it on a machine with network access, set HF_HOME "
+                f"to a cache that holds it, {LOCAL_ROUTE}") from None
+        mode = "the hub does not have it" if not local else "it cannot be read"
         raise DataError(
             f"Cannot load {what}: Hugging Face dataset {name!r}"
             f"{f', config {config!r}' if config else ''}, split {split!r} is not in the cache "
             f"{hf_home()} and {mode} ({type(e).__name__}: {e}).\n"
             + _fetch_hint(name, config, split)) from e
+
+
+def is_local(name: str) -> bool:
+    """HF_NAME names a local directory (or a path: './x', '/x', '~/x'), not a hub name."""
+    return (name.startswith(("/", "./", "../", "~")) or Path(name).expanduser().is_symlink()
+            or Path(name).expanduser().exists())
 
 
 def stream(name: str, config: str, split: str, text_field: str, streaming: bool,
@@ -89,6 +111,9 @@ def named(spec) -> Corpus:
     if not spec.hf_name:
         raise DataError("DATASET=hf needs HF_NAME: a Hugging Face dataset name such as "
                         "HuggingFaceFW/fineweb-edu, or a local dataset directory")
+    if is_local(spec.hf_name):
+        paths.existing(spec.hf_name, "HF_NAME")
+        paths.directory(spec.hf_name, "HF_NAME")
     streaming = spec.max_tokens > 0
     streams = [stream(spec.hf_name, spec.hf_config, spec.hf_split, spec.text_field, streaming,
                       "train" if spec.hf_val_split and spec.hf_test_split else None)]

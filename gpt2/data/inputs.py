@@ -6,6 +6,7 @@ import os
 import urllib.request
 from pathlib import Path
 
+import gpt2.data.paths as paths
 from gpt2.data.errors import DataError, sha256
 from lib.fsutil import atomic_write_bytes
 
@@ -45,7 +46,7 @@ def _search_dirs(data_dir: str) -> list[tuple[str, Path]]:
     """(label, directory) in lookup order."""
     dirs = []
     if data_dir:
-        dirs.append(("DATA_DIR", Path(data_dir).expanduser()))
+        dirs.append(("DATA_DIR", paths.directory(data_dir, "DATA_DIR")))
     if os.environ.get("KMATRIX_DATA"):
         dirs.append(("$KMATRIX_DATA", Path(os.environ["KMATRIX_DATA"]).expanduser()))
     dirs.append(("shared data beside the project", SHARED_DATA_DIR))
@@ -77,10 +78,10 @@ def find_input(relpath: str, data_dir: str = "") -> Path:
     dirs = _search_dirs(data_dir)
     looked = []
     for label, directory in dirs:
-        candidate = directory / relpath
-        if candidate.is_file():
+        candidate = paths.file_in(directory, relpath, label)
+        if candidate is not None:
             return candidate
-        looked.append(f"  {candidate.absolute()}  ({label})")
+        looked.append(f"  {(directory / relpath).absolute()}  ({label})")
 
     if os.environ.get("KMATRIX_OFFLINE"):
         failure = f"downloading {url} was skipped (KMATRIX_OFFLINE is set)"

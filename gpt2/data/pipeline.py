@@ -20,11 +20,12 @@ import numpy as np
 from tqdm import tqdm
 
 import gpt2.data.splitting as splitting
+import gpt2.data.staging as staging
 from gpt2.data.errors import DataError
 from gpt2.data.shards import META_FORMAT, SPLITS, file_intact, read_meta, write_shard
 from gpt2.data.tokenizers import TokenizerSpec, encoder
 from lib import faults
-from lib.fsutil import atomic_write_json, lock_directory
+from lib.fsutil import atomic_write_json
 
 # Segments are the unit of the train/val draw and of parallel work. Documents up to this
 # many characters are one segment; longer ones are cut where tokenization cannot change.
@@ -186,7 +187,7 @@ class ShardWriter:
         fresh = {"key": self.key, "units": [], "finished_streams": 0}
         try:
             progress = json.loads((self.out_dir / PROGRESS).read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
+        except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
             progress = fresh
         if progress.get("key") != self.key:
             progress = fresh
@@ -347,7 +348,7 @@ def _tokenizer_spec(spec, corpus, out_dir: Path, key: str) -> TokenizerSpec:
         saved = json.loads(path.read_text())
         if saved.get("key") == key:
             return TokenizerSpec("char", vocab=saved["vocab"])
-    except (FileNotFoundError, json.JSONDecodeError):
+    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
         pass
     vocab = char_vocab(corpus, spec)
     atomic_write_json(path, {"key": key, "vocab": vocab})
@@ -355,19 +356,16 @@ def _tokenizer_spec(spec, corpus, out_dir: Path, key: str) -> TokenizerSpec:
 
 
 def prepare(spec, corpus, out_dir: Path) -> Path:
-    """Prepare `corpus` into out_dir (resuming what an interrupted run left) unless it
-    is already up to date."""
+    """Prepare `corpus` into out_dir unless it is already up to date: written in its
+    partial directory (resuming what an interrupted run left there), renamed at the end."""
     key = corpus_key(spec, corpus)
     if is_prepared(out_dir, key):
         return out_dir
-    out_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        lock = lock_directory(out_dir)
-    except BlockingIOError:
-        raise DataError(f"{out_dir} is being prepared by another process; wait for it "
-                        f"to finish") from None
-    try:
-        (out_dir / "meta.json").unlink(missing_ok=True)
+    final = out_dir
+    with staging.locked(final, wait=False):
+        if is_prepared(final, key):  # finished by another process meanwhile
+            return final
+        out_dir = staging.resumable_partial(final)  # where everything below writes
         tok = _tokenizer_spec(spec, corpus, out_dir, key)
         budget = spec.max_tokens * len(corpus.streams) if spec.max_tokens else None
         with tqdm(total=budget, unit="tok", unit_scale=True, mininterval=1.0, delay=1.0,
@@ -400,7 +398,8 @@ def prepare(spec, corpus, out_dir: Path) -> Path:
             "tokenizer": tok.kind, "vocab_size": tok.vocab_size, "dtype": tok.dtype.name,
             "train_split": spec.train_split, "test_fraction": spec.test_fraction,
             "split_mode": split_mode,
-            **{f"{s}_tokens": counts[s] for s in SPLITS}, "splits": written["splits"], "files": written["files"],
+            **{f"{s}_tokens": counts[s] for s in SPLITS}, "splits": written["splits"],
+            "files": written["files"],
             "inputs": corpus.inputs, "spec": spec.identity(),
         }
         if tok.kind == "char":
@@ -410,6 +409,6 @@ def prepare(spec, corpus, out_dir: Path) -> Path:
         atomic_write_json(out_dir / "meta.json", meta)
         (out_dir / PROGRESS).unlink(missing_ok=True)
         (out_dir / VOCAB).unlink(missing_ok=True)
-    finally:
-        os.close(lock)
-    return out_dir
+        (out_dir / ".lock").unlink(missing_ok=True)  # the lock of in-place preparations
+        staging.publish(out_dir, final)
+    return final

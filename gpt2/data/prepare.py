@@ -11,6 +11,7 @@ import gpt2.data.huggingface as huggingface
 import gpt2.data.pipeline as pipeline
 import gpt2.data.shakespeare as shakespeare
 import gpt2.data.textfiles as textfiles
+import gpt2.data.verify as verify
 from gpt2.data.errors import DataError
 from gpt2.data.shards import SPLITS, read_meta
 from gpt2.data.tokenizers import TOKENIZERS
@@ -24,8 +25,9 @@ CORPORA = {
     "text-files": textfiles.corpus,
 }
 DATASETS = (*shakespeare.TOKENIZER, *CORPORA)
-# Settings that change how fast, never what is written.
-NOT_IDENTITY = ("workers",)
+# Settings that change how fast, never what is written; and the decoding policy, which
+# changes only files with bytes that are not UTF-8 (the corpus's inputs record it then).
+NOT_IDENTITY = ("workers", "text_decode")
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,7 @@ class DataSpec:
     text_files_test: str = ""
     shard_tokens: int = 100_000_000
     workers: int = 0
+    text_decode: str = "strict"
 
     def identity(self) -> dict:
         return {k: v for k, v in dataclasses.asdict(self).items()
@@ -129,6 +132,7 @@ def spec_from_config(cfg) -> DataSpec:
         text_files_test=_opt(cfg.get("TEXT_FILES_TEST_PATH"), ""),
         shard_tokens=_opt(cfg.get("DATA_SHARD_TOKENS"), DataSpec.shard_tokens),
         workers=_opt(cfg.get("DATA_WORKERS"), 0),
+        text_decode=_opt(cfg.get("TEXT_FILES_DECODE"), DataSpec.text_decode),
     )
 
 
@@ -196,8 +200,12 @@ def data_root(cfg) -> Path:
 
 
 def prepare_config(cfg) -> Path:
-    """Prepare what a Config selects, under <RESULTS_DIR>/_data."""
-    return prepare_spec(spec_from_config(cfg), data_root(cfg))
+    """Prepare what a Config selects, under <RESULTS_DIR>/_data; with DATA_VERIFY every
+    shard's sha256 and token ids are checked too."""
+    out_dir = prepare_spec(spec_from_config(cfg), data_root(cfg))
+    if cfg.DATA_VERIFY:
+        verify.check(out_dir)
+    return out_dir
 
 
 def split_sizes_config(cfg) -> dict:

@@ -6,6 +6,7 @@ the vocabulary, shakespeare GPT-2's BPE (no end-of-text token: it is one documen
 """
 from pathlib import Path
 
+import gpt2.data.staging as staging
 from gpt2.data.errors import DataError, sha256
 from gpt2.data.inputs import ENCODER_JSON, TEXT_FILE, VOCAB_BPE, find_input
 from gpt2.data.shards import META_FORMAT, SPLITS, file_intact, read_meta, write_shard
@@ -83,16 +84,25 @@ def _tokenize(dataset: str, input_paths: dict, raw: dict, split: float, test: fl
 
 
 def prepare(spec, out_dir: Path) -> Path:
-    """Tokenize into out_dir unless it is already up to date."""
+    """Tokenize into out_dir unless it is already up to date: written in its partial
+    directory, renamed at the end."""
     input_paths, raw, input_hashes = _read_inputs(spec.dataset, spec.data_dir)
     if _is_prepared(out_dir, spec.dataset, spec.train_split, spec.test_fraction, input_hashes):
         return out_dir
     tokens, meta = _tokenize(spec.dataset, input_paths, raw, spec.train_split,
                              spec.test_fraction)
+    with staging.locked(out_dir, wait=True):
+        if _is_prepared(out_dir, spec.dataset, spec.train_split, spec.test_fraction,
+                        input_hashes):
+            return out_dir  # prepared by another process while this one waited
+        work = staging.fresh_partial(out_dir)
+        _write(work, tokens, meta, input_paths, input_hashes)
+        staging.publish(work, out_dir)
+    return out_dir
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    # meta.json is the completion marker: remove it first, write it last.
-    (out_dir / "meta.json").unlink(missing_ok=True)
+
+def _write(out_dir: Path, tokens: dict, meta: dict, input_paths: dict, input_hashes: dict):
+    """The shards and, last, meta.json (the completion marker) into out_dir."""
     files = {f"{s}.bin": write_shard(out_dir / f"{s}.bin", tokens[s]) for s in SPLITS}
     meta.update(
         **{f"{s}_tokens": int(tokens[s].size) for s in SPLITS},
@@ -102,7 +112,6 @@ def prepare(spec, out_dir: Path) -> Path:
         files=files,
     )
     atomic_write_json(out_dir / "meta.json", meta)
-    return out_dir
 
 
 def split_sizes(spec, out_dir: Path) -> dict:

@@ -24,14 +24,22 @@ SPLITS = ("train", "val", "test")
 def read_meta(prepared_dir) -> dict:
     path = Path(prepared_dir) / "meta.json"
     try:
-        return json.loads(path.read_text())
+        meta = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise DataError(
             f"{path} does not exist: the dataset is not prepared "
             f"(make data, or python -m gpt2.data [.config])"
         ) from None
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path} is damaged (not UTF-8 at byte {e.start}); delete "
+                        f"{path.parent} and run make data") from None
     except json.JSONDecodeError as e:
-        raise DataError(f"{path} is damaged ({e}); delete it and prepare again") from e
+        raise DataError(f"{path} is damaged ({e}); delete {path.parent} and run "
+                        f"make data") from None
+    if not isinstance(meta, dict):
+        raise DataError(f"{path} is damaged (not a JSON object); delete {path.parent} and "
+                        f"run make data")
+    return meta
 
 
 def vocab_size(prepared_dir) -> int:
@@ -73,10 +81,15 @@ def file_intact(path, entry: dict) -> bool:
 
 def shard_lists(meta: dict) -> dict:
     """{split: [(file name, tokens)]}; a format-1 preparation had one {split}.bin each."""
-    if "splits" in meta:
-        return {s: [(e["file"], int(e["tokens"])) for e in meta["splits"].get(s, [])]
-                for s in SPLITS}
-    return {s: [(f"{s}.bin", int(meta[f"{s}_tokens"]))] for s in SPLITS if f"{s}_tokens" in meta}
+    try:
+        if "splits" in meta:
+            return {s: [(e["file"], int(e["tokens"])) for e in meta["splits"].get(s, [])]
+                    for s in SPLITS}
+        return {s: [(f"{s}.bin", int(meta[f"{s}_tokens"]))] for s in SPLITS
+                if f"{s}_tokens" in meta}
+    except (KeyError, TypeError, ValueError) as e:
+        raise DataError(f"meta.json lacks or garbles the shard list ({type(e).__name__}: "
+                        f"{e}); delete the prepared directory and run make data") from None
 
 
 class SplitTokens:
@@ -92,6 +105,39 @@ class SplitTokens:
         self.sizes = np.array([n for _, n in shards], dtype=np.int64)
         self.offsets = np.concatenate([[0], np.cumsum(self.sizes)])
         self.dtype = np.dtype(meta.get("dtype", "uint16"))
+        self.vocab_size = int(meta["vocab_size"]) if "vocab_size" in meta else None
+        for k in range(len(self.paths)):
+            self._check_size(k)
+
+    def _check_size(self, k: int) -> None:
+        check_size(self.paths[k], int(self.sizes[k]) * self.dtype.itemsize)
+
+    def _open(self, k: int) -> np.ndarray:
+        """Shard k memory-mapped, its length checked against meta.json (no extra I/O)."""
+        try:
+            data = np.memmap(self.paths[k], dtype=self.dtype, mode="r")
+        except (OSError, ValueError):
+            self._check_size(k)
+            raise
+        if data.size != self.sizes[k]:
+            self._check_size(k)
+        return data
+
+    def check_tokens(self, tokens: np.ndarray, starts) -> None:
+        """A token id at or above the vocabulary is a DataError naming its shard and
+        offset: one max over windows already on the host; the search runs on error only.
+        tokens: [len(starts), length] windows, or one run of tokens from starts[0]."""
+        if self.vocab_size is None or tokens.size == 0 or tokens.max() < self.vocab_size:
+            return
+        bad = np.argwhere(np.atleast_2d(tokens) >= self.vocab_size)[0]
+        row, col = int(bad[0]), int(bad[1])
+        value = int(np.atleast_2d(tokens)[row, col])
+        position = int(np.atleast_1d(starts)[row]) + col
+        k = int(np.searchsorted(self.offsets, position, side="right")) - 1
+        raise DataError(
+            f"{self.paths[k]} holds token id {value} at token offset "
+            f"{position - int(self.offsets[k])}, outside the vocabulary of {self.vocab_size}: "
+            f"the shard is damaged; delete {self.paths[k].parent} and run make data")
 
     def __len__(self) -> int:
         return int(self.offsets[-1])
@@ -101,8 +147,9 @@ class SplitTokens:
         boundaries where a window spans two shards."""
         starts = np.asarray(starts, dtype=np.int64)
         if len(self.paths) == 1:
-            data = np.memmap(self.paths[0], dtype=self.dtype, mode="r")
-            return data[starts[:, None] + np.arange(length)].astype(np.int64)
+            out = self._open(0)[starts[:, None] + np.arange(length)].astype(np.int64)
+            self.check_tokens(out, starts)
+            return out
         out = np.empty((len(starts), length), dtype=np.int64)
         maps = {}
         for row, start in enumerate(starts.tolist()):
@@ -110,8 +157,22 @@ class SplitTokens:
             filled, local = 0, start - int(self.offsets[k])
             while filled < length:
                 if k not in maps:
-                    maps[k] = np.memmap(self.paths[k], dtype=self.dtype, mode="r")
+                    maps[k] = self._open(k)
                 take = min(length - filled, int(self.sizes[k]) - local)
                 out[row, filled:filled + take] = maps[k][local:local + take]
                 filled, local, k = filled + take, 0, k + 1
+        self.check_tokens(out, starts)
         return out
+
+
+def check_size(path: Path, expected_bytes: int) -> None:
+    """The shard exists with the size meta.json records, else a DataError naming it."""
+    try:
+        actual = path.stat().st_size
+    except FileNotFoundError:
+        raise DataError(f"{path} is missing: delete {path.parent} and run make "
+                        f"data") from None
+    if actual != expected_bytes:
+        raise DataError(f"{path} has {actual:,} bytes where meta.json records "
+                        f"{expected_bytes:,}: the shard is damaged or truncated; delete "
+                        f"{path.parent} and run make data")

@@ -6,6 +6,8 @@ is one, its text in TEXT_FIELD. Files are read in sorted path order.
 import glob
 from pathlib import Path
 
+import gpt2.data.decoding as decoding
+import gpt2.data.paths as paths
 from gpt2.data.corpus import Corpus, Stream, texts_of
 from gpt2.data.errors import DataError
 from gpt2.data.huggingface import ROWS_PER_READ
@@ -22,12 +24,21 @@ BUILDERS = {
 def resolve(pattern: str, symbol: str) -> list:
     """The files `pattern` names, sorted; one suffix of BUILDERS for all of them."""
     path = Path(pattern).expanduser()
+    if not glob.has_magic(str(path)):
+        path = paths.existing(pattern, symbol)
     if path.is_file():
         files = [path]
     elif path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in BUILDERS)
+        found = sorted(p for p in path.rglob("*") if p.suffix in BUILDERS)
+        for p in found:
+            paths.unreadable_entry(p, symbol, pattern)
+        files = [p for p in found if p.is_file()]
     else:
-        files = sorted(Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file())
+        found = sorted(Path(p) for p in glob.glob(str(path), recursive=True))
+        for p in found:
+            paths.unreadable_entry(p, symbol, pattern)
+        files = [p for p in found if p.is_file()]
+    _no_file_twice(files, symbol, pattern)
     if not files:
         raise DataError(f"{symbol}={pattern!r} names no file (a file, a directory or a glob of "
                         f"{', '.join(BUILDERS)} files, relative to where you run make)")
@@ -38,18 +49,36 @@ def resolve(pattern: str, symbol: str) -> list:
     return [p.absolute() for p in files]
 
 
-def stream(files: list, symbol: str, text_field: str, target_split) -> Stream:
+def _no_file_twice(files: list, symbol: str, pattern: str) -> None:
+    """Two names of one file (a glob through a symbolic link back up the tree)."""
+    seen = {}
+    for p in files:
+        real = p.resolve()
+        if real in seen:
+            raise DataError(f"{symbol}={pattern!r} names {real} twice ({seen[real]} and {p}): "
+                            f"a symbolic link leads back into the tree; narrow the pattern")
+        seen[real] = p
+
+
+def stream(files: list, symbol: str, text_field: str, target_split,
+           decode: str = "strict") -> Stream:
     builder, options = BUILDERS[files[0].suffix]
+    options = {**options, **decoding.builder_options(files[0].suffix, decode)}
     field = "text" if builder == "text" else text_field
     what = f"{symbol} ({len(files)} {files[0].suffix} file{'s' if len(files) > 1 else ''})"
 
     def open_at(skip: int):
+        texts, total = _open_at(skip)
+        return decoding.guarded(texts, files, symbol), total
+
+    def _open_at(skip: int):
         import datasets
 
         try:
             ds = datasets.load_dataset(builder, data_files=[str(p) for p in files],
                                        split="train", streaming=True, **options)
         except (OSError, ValueError) as e:
+            decoding.raise_if_invalid(files, symbol)
             raise DataError(f"Cannot read {what}: {e}") from e
         if ds.column_names is not None:
             if field not in ds.column_names:
@@ -77,15 +106,20 @@ def corpus(spec) -> Corpus:
                         "glob of .txt, .jsonl or .parquet files")
     train = resolve(spec.text_files, "TEXT_FILES_PATH")
     streams = [stream(train, "TEXT_FILES_PATH", spec.text_field,
-                      "train" if spec.text_files_val and spec.text_files_test else None)]
+                      "train" if spec.text_files_val and spec.text_files_test else None,
+                      spec.text_decode)]
     inputs = {"train": _fingerprint(train), "text_field": spec.text_field}
     if spec.text_files_val:
         val = resolve(spec.text_files_val, "TEXT_FILES_VAL_PATH")
-        streams.append(stream(val, "TEXT_FILES_VAL_PATH", spec.text_field, "val"))
+        streams.append(stream(val, "TEXT_FILES_VAL_PATH", spec.text_field, "val",
+                              spec.text_decode))
         inputs["val"] = _fingerprint(val)
     if spec.text_files_test:
         test = resolve(spec.text_files_test, "TEXT_FILES_TEST_PATH")
-        streams.append(stream(test, "TEXT_FILES_TEST_PATH", spec.text_field, "test"))
+        streams.append(stream(test, "TEXT_FILES_TEST_PATH", spec.text_field, "test",
+                              spec.text_decode))
         inputs["test"] = _fingerprint(test)
+    if spec.text_decode != "strict":  # the policy changes only files with bad bytes
+        inputs["decode"] = spec.text_decode
     name = Path(spec.text_files.rstrip("/")).name.replace("*", "").strip(".-_") or "files"
     return Corpus(f"text-files-{name}", streams, inputs)
