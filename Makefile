@@ -64,16 +64,17 @@ test: $(TEST_STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 # The test matrix (scripts/Kconfig): DRY_RUN=1 lists the cells, RETRY_FAILED=1 reruns failed
-# ones; `make report` reports on .config's matrix, or MATRIX=<dir>, against BASELINE_MATRIX=<dir>.
+# ones; `make report` reports on .config's matrix, or MATRIX=<dir>, against BASELINE_MATRIX=<dir>;
+# MATRICES="<dir> <dir> ..." reports on several workloads and draws their performance profiles.
 .PHONY: test-matrix report
 test-matrix: $(INSTALL) $(KCONFIG_CONFIG)
 	$(PY) -m scripts.matrix $(KCONFIG_CONFIG) $(if $(filter 1,$(DRY_RUN)),--dry-run) $(if $(filter 1,$(RETRY_FAILED)),--retry-failed)
 
 report: $(INSTALL)
-	$(PY) -m scripts.report $(or $(MATRIX),$(KCONFIG_CONFIG)) $(if $(BASELINE_MATRIX),--baseline-matrix $(BASELINE_MATRIX))
+	$(PY) -m scripts.report $(or $(MATRICES),$(MATRIX),$(KCONFIG_CONFIG)) $(if $(BASELINE_MATRIX),--baseline-matrix $(BASELINE_MATRIX))
 
-# `make bench` runs the fixed list for this device (benchmarks/cpu or benchmarks/gpu);
-# BENCH=current times .config instead, COMPARE=<results/bench/...> puts an earlier run beside.
+# `make bench` runs the fixed list for this device (benchmarks/cpu or benchmarks/gpu) in interleaved rounds;
+# BENCH=current times .config instead, COMPARE=<results/bench/...> puts an earlier run beside, BENCH_ARGS="--rounds 5".
 bench: $(INSTALL) $(KCONFIG_CONFIG)
 	$(PY) -m scripts.bench $(KCONFIG_CONFIG) $(if $(BENCH),--list $(BENCH)) $(if $(COMPARE),--compare $(COMPARE)) $(BENCH_ARGS)
 
@@ -122,7 +123,7 @@ help:
 	@echo '  data-verify       - check every prepared shard of .config against its sha256 and size in meta.json'
 	@echo '  sample            - generate text from the run of .config'
 	@echo '  test-matrix       - run every cell of the matrix .config describes, then report (DRY_RUN=1, RETRY_FAILED=1)'
-	@echo '  report            - rewrite the matrix report (MATRIX=<dir or config>, BASELINE_MATRIX=<dir>)'
+	@echo '  report            - rewrite the matrix report (MATRIX=<dir or config>, BASELINE_MATRIX=<dir>, MATRICES="a b")'
 	@echo 'Configuration:'
 	@echo '  menuconfig        - edit .config in the terminal UI'
 	@echo '  defconfig-<name>  - write .config from defconfigs/<name> (defconfig = defconfig-default)'
@@ -135,7 +136,7 @@ help:
 	@echo 'Development:'
 	@echo '  test              - run the test suite'
 	@echo '  estimate          - print what .config will cost: parameters, memory, tokens, FLOPs, time'
-	@echo '  bench             - the benchmark list of this device (BENCH=current: .config; COMPARE=<dir>)'
+	@echo '  bench             - the benchmark list of this device (BENCH=current: .config; COMPARE=<dir>; BENCH_ARGS="--rounds N")'
 	@echo '  bench-data        - time data preparation against a one-process tiktoken loop (BENCH_DATA_ARGS=...)'
 	@echo '  clean             - remove build leftovers (caches, egg-info)'
 	@echo '  mrproper          - clean, and remove .config, .config.old and .venv'

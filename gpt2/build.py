@@ -23,7 +23,7 @@ def model_config(cfg, vocab_size: int) -> GPTConfig:
                                  f"N_HEAD is {cfg.N_EMBD // cfg.N_HEAD}: change N_HEAD or N_EMBD")
     optional = {"rope_base": cfg.ROPE_BASE, "gated_hidden_multiple": cfg.GATED_HIDDEN_MULTIPLE,
                 "gated_match_params": cfg.GATED_MATCH_PARAMS,
-                "bio_sparsity_penalty": cfg.BIO_SPARSITY_PENALTY}
+                "bio_sparsity_penalty": cfg.BIO_SPARSITY_PENALTY, "gelu": cfg.GELU}
     return GPTConfig(block_size=cfg.BLOCK_SIZE, vocab_size=vocab_size, n_layer=cfg.N_LAYER,
                      n_head=cfg.N_HEAD, n_embd=cfg.N_EMBD, dropout=cfg.DROPOUT, bias=cfg.BIAS,
                      tie_weights=cfg.WEIGHT_TYING,
@@ -42,11 +42,13 @@ def build_model(cfg, vocab_size: int) -> GPT:
     gpt2 = GPTConfig()
     differs = [f"{symbol}={cfg[symbol]}" for field, symbol in ARCHITECTURE.items()
                if getattr(shape, field) != getattr(gpt2, field)]
+    if shape.gelu != gpt2.gelu:
+        differs.append(f"GELU={cfg.GELU}")
     if differs:
         raise cfglib.ConfigError(
             f"CONFIG_INIT_FROM_DIR=\"{cfg.INIT_FROM_DIR}\": GPT-2 weights have GPT-2's "
             f"architecture, but {', '.join(differs)}; set NORM=layernorm, QK_NORM=n, "
-            f"POSITIONS=learned, MLP=gelu and FUSED_QKV=y, or train from scratch")
+            f"POSITIONS=learned, MLP=gelu, GELU=tanh and FUSED_QKV=y, or train from scratch")
     model = load_pretrained(cfg.INIT_FROM_DIR, dropout=cfg.DROPOUT)
     model.config = replace(model.config, **{f: getattr(shape, f) for f in (
         "checkpoint_blocks", "label_smoothing", "loss_chunk_tokens")})

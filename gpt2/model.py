@@ -41,6 +41,7 @@ class GPTConfig:
     positions: str = "learned"  # "learned" or "rope"
     rope_base: float = 10000.0
     mlp: str = "gelu"  # key of MLPS
+    gelu: str = "tanh"  # key of GELUS: the GELU of the "gelu" and "geglu" MLPs
     gated_hidden_multiple: int = 64  # gated MLPs: 2/3 * 4d rounded up to a multiple of this
     gated_match_params: bool = True  # gated MLPs: 2/3 * 4d (same weights as 4d ungated), else 4d
     bio_sparsity_penalty: float = 0.0  # weight of mean |activation| added to the training loss
@@ -55,7 +56,8 @@ class GPTConfig:
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         for field_name, value, allowed in (("norm", self.norm, NORMS), ("mlp", self.mlp, MLPS),
-                                           ("positions", self.positions, POSITIONS)):
+                                           ("positions", self.positions, POSITIONS),
+                                           ("gelu", self.gelu, GELUS)):
             if value not in allowed:
                 raise ValueError(f"{field_name} {value!r} is not one of {', '.join(allowed)}")
         if self.bio_sparsity_penalty and self.mlp != "bio":
@@ -168,6 +170,15 @@ def _gelu_tanh(x):
     return F.gelu(x, approximate="tanh")
 
 
+def _gelu_exact(x):
+    return F.gelu(x, approximate="none")
+
+
+# GELU choice -> the function: tanh as GPT-2 and Hugging Face's gelu_new, exact (erf) as
+# nanoGPT's nn.GELU().
+GELUS = {"tanh": _gelu_tanh, "exact": _gelu_exact}
+
+
 def _relu_squared(x):
     return F.relu(x).square()
 
@@ -242,13 +253,15 @@ class MLPKind:
     # output); gated ones [gate; up] (2), the activated gate and the product; bio the
     # pre-activation, sin's argument, sin, tanh and the product.
     saved_hidden: int = 2
+    # The activation is GELU in the form GPTConfig.gelu names (GELUS), not `activation`.
+    gelu: bool = False
 
 
 MLPS = {
-    "gelu": MLPKind(MLP, _gelu_tanh),
+    "gelu": MLPKind(MLP, gelu=True),
     "relu2": MLPKind(MLP, _relu_squared, saved_hidden=3),
     "swiglu": MLPKind(GatedMLP, F.silu, gated=True, saved_hidden=4),
-    "geglu": MLPKind(GatedMLP, _gelu_tanh, gated=True, saved_hidden=4),
+    "geglu": MLPKind(GatedMLP, gated=True, saved_hidden=4, gelu=True),
     "bio": MLPKind(BioMLP, saved_hidden=5),
 }
 
@@ -260,7 +273,7 @@ class Block(nn.Module):
         self.attn = CausalSelfAttention(config)
         self.ln_2 = NORMS[config.norm](config.n_embd, config.bias)
         kind = MLPS[config.mlp]
-        self.mlp = kind.build(config, kind.activation)
+        self.mlp = kind.build(config, GELUS[config.gelu] if kind.gelu else kind.activation)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x))

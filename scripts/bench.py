@@ -1,19 +1,23 @@
 """make bench: the training step of a fixed list of configurations, or of the current one.
 
-  python -m scripts.bench [.config] [--list cpu|gpu|current|DIR] [--compare DIR]
+  python -m scripts.bench [.config] [--list cpu|gpu|current|DIR] [--compare DIR] [--rounds N]
   python -m scripts.bench [.config] --optimizers adamw/foreach,adamw,lion [--steps N]
 
 A list is a directory of defconfig fragments (benchmarks/cpu, benchmarks/gpu): `_base`
 on top of defconfigs/default, then each other file, in name order, on top of that. By
 default the list of the device .config would train on (gpu with CUDA, else cpu);
-"current" is .config itself. Each configuration runs in its own process (clean peak
-memory and compile caches) through the real trainer: BENCH_WARMUP_ITERS untimed steps,
-then BENCH_TIMED_ITERS steps timed one by one. Written to
-results/bench/<date>-<device>/bench.md and bench.csv, per configuration: median ms per
-iteration, tokens/s, MFU (model FLOPs per token 6N + 12 L H Q T over the device's peak
-from lib/devices.py; "n/a" for a device not in the table, the CPU included), peak memory
-(CUDA max allocated, or the process's peak RSS on the CPU), and speed relative to the
-first row. --compare puts an earlier bench directory's tokens/s beside.
+"current" is .config itself. The configurations are timed in --rounds interleaved rounds
+(A B C, A B C, ...), each run in its own process (clean peak memory and compile caches)
+through the real trainer: BENCH_WARMUP_ITERS warm-up steps, reported apart as compile_s
+(their time beyond as many steady steps), then BENCH_TIMED_ITERS steps timed one by one.
+Written to results/bench/<date>-<device>/bench.md and bench.csv, per configuration: the
+median over the rounds of each round's median ms per iteration and the rounds' range,
+tokens/s, MFU (model FLOPs per token 6N + 12 L H Q T over the device's peak from
+lib/devices.py; "n/a" for a device not in the table, the CPU included), peak memory (CUDA
+max allocated, or the process's peak RSS on the CPU), compile_s, and the speed relative to
+the first row: the median of the per-round ratios, its interval, and "no difference
+measured" where the interval holds 1 (scripts/bench_stats.py). --compare puts an earlier
+bench directory's tokens/s beside.
 
 --optimizers times the step and the optimizer step alone of .config under each
 optimizer, with state sizes (the earlier `make bench`). Figures, not pass/fail: speed
@@ -39,12 +43,15 @@ from lib import config as cfglib
 from lib import devices, optim, runtime
 from lib.fsutil import atomic_write_text
 from lib.run import RunDir, results_dir
+from scripts import bench_stats
 
 LISTS_DIR = cfglib.ROOT / "benchmarks"
 BASE_FRAGMENT = "_base"
-CSV_COLUMNS = ["name", "description", "ms_per_iter", "tokens_per_s", "mfu", "peak_mem_bytes",
-               "peak_mem_kind", "speed_vs_first", "tokens_per_iter", "flops_per_token",
-               "device", "config_hash", "error"]
+CSV_COLUMNS = ["name", "description", "rounds", "ms_per_iter", "ms_min", "ms_max", "round_ms",
+               "tokens_per_s", "mfu", "peak_mem_bytes", "peak_mem_kind", "compile_s",
+               "speed_vs_first", "speed_lo", "speed_hi", "speed_coverage", "verdict",
+               "tokens_per_iter", "flops_per_token", "device", "config_hash", "error"]
+DEFAULT_ROUNDS = 3
 
 
 BASELINE = "adamw/foreach"
@@ -192,7 +199,8 @@ def resolve_list(choice, config_path, overrides):
 
 
 def measure(cfg) -> dict:
-    """One configuration in this process: the trainer's step, warmed up, then timed."""
+    """One configuration in this process: every step timed alone, the warm-up steps
+    (compilation, caches) reported apart as compile_s, the median of the others."""
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(cfg, RunDir(tmp), logging.getLogger("kmatrix.bench"))
         device = trainer.device
@@ -201,18 +209,16 @@ def measure(cfg) -> dict:
         sync = synchronizer(device)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        for _ in range(cfg.BENCH_WARMUP_ITERS):
-            trainer.train_step()
         sync()
         times = []
-        for _ in range(cfg.BENCH_TIMED_ITERS):
+        for _ in range(cfg.BENCH_WARMUP_ITERS + cfg.BENCH_TIMED_ITERS):
             start = time.perf_counter()
             trainer.train_step()
             sync()
             times.append(time.perf_counter() - start)
+        steady, compile_s = bench_stats.split_warmup(times, cfg.BENCH_WARMUP_ITERS)
         peak, kind = runtime.peak_memory(device)
-        seconds = statistics.median(times)
-        return {"ms_per_iter": seconds * 1e3, "tokens_per_s": trainer.tokens_per_iter / seconds,
+        return {"ms_per_iter": statistics.median(steady) * 1e3, "compile_s": compile_s,
                 "peak_mem_bytes": peak, "peak_mem_kind": kind,
                 "tokens_per_iter": trainer.tokens_per_iter,
                 "flops_per_token": trainer.model.flops_per_token(),
@@ -231,17 +237,49 @@ def run_row(base, overrides) -> dict:
     return {"error": (tail[-1] if tail else f"exit {result.returncode}")[:300]}
 
 
+def combine_rounds(name, about, results) -> dict:
+    """One row from a configuration's rounds: the median of the rounds' ms per iteration
+    with their range, median compile_s, the largest peak; the first error if any round
+    failed."""
+    failed = next((r for r in results if r.get("error")), None)
+    if failed is not None:
+        return {"name": name, "description": about, "error": failed["error"]}
+    ms = [r["ms_per_iter"] for r in results]
+    spread = bench_stats.spread(ms)
+    last = results[-1]
+    return {**last, "name": name, "description": about, "rounds": len(ms),
+            "ms_per_iter": spread["median"], "ms_min": spread["min"], "ms_max": spread["max"],
+            "round_ms": " ".join(f"{m:.4g}" for m in ms),
+            "tokens_per_s": last["tokens_per_iter"] / (spread["median"] / 1e3),
+            "compile_s": statistics.median(r["compile_s"] for r in results),
+            "peak_mem_bytes": max(r["peak_mem_bytes"] for r in results), "_ms": ms}
+
+
+def with_speed(rows: list) -> list:
+    """Speed relative to the first row that ran: the median of the per-round ratios
+    (paired by round), its interval and the verdict ("no difference measured" when the
+    interval holds 1)."""
+    first = next((r for r in rows if r.get("_ms")), None)
+    for r in rows:
+        if not r.get("_ms"):
+            continue
+        ratios = bench_stats.paired_speed(first["_ms"], r["_ms"])
+        lo, hi, coverage = bench_stats.median_interval(ratios)
+        r.update(speed_vs_first=statistics.median(ratios), speed_lo=lo, speed_hi=hi,
+                 speed_coverage=coverage,
+                 verdict="baseline" if r is first else bench_stats.verdict(lo, hi))
+    return rows
+
+
 def with_mfu(rows: list, precision_of: dict) -> list:
-    """MFU and speed relative to the first row, filled in (MFU None for unknown devices)."""
-    first = next((r for r in rows if r.get("tokens_per_s")), None)
+    """MFU filled in (None for unknown devices)."""
     for r in rows:
         if not r.get("tokens_per_s"):
-            r.update(mfu=None, speed_vs_first=None)
+            r["mfu"] = None
             continue
         precision, tf32 = precision_of[r["name"]]
         peak = devices.peak_flops(r["device"], precision, tf32) if r["device"] != "cpu" else None
         r["mfu"] = r["tokens_per_s"] * r["flops_per_token"] / peak if peak else None
-        r["speed_vs_first"] = r["tokens_per_s"] / first["tokens_per_s"]
     return rows
 
 
@@ -258,11 +296,20 @@ def _fmt(value, spec, missing="n/a"):
 
 
 def markdown(rows, device, when, compare=None) -> str:
+    rounds = next((r["rounds"] for r in rows if r.get("rounds")), 0)
+    coverage = next((r["speed_coverage"] for r in rows if r.get("speed_coverage")), None)
     lines = [f"# make bench: {device}, {when}", "",
-             "median ms per iteration over the timed iterations after the warm-up; MFU = "
-             "tokens/s x (6N + 12 L H Q T) / the device's dense peak (n/a: device not in "
-             "lib/devices.py); speed relative to the first row", ""]
-    head = ["configuration", "ms/iter", "tokens/s", "MFU", "peak memory MiB", "x first"]
+             f"{rounds} interleaved rounds (every configuration once per round, in its own "
+             "process). ms/iter: the median over the rounds of each round's median step "
+             "time; range: the rounds' min-max. Warm-up steps are not timed as training: "
+             "compile s is what they took beyond as many steady steps (median over the "
+             "rounds). x first: the median of the per-round speed ratios to the first row "
+             "(paired by round, above 1 is faster); interval: the order-statistic interval "
+             f"of that median (coverage {_fmt(coverage, '.0%')}); \"no difference measured\" "
+             "where it holds 1. MFU = tokens/s x (6N + 12 L H Q T) / the device's dense peak "
+             "(n/a: device not in lib/devices.py)", ""]
+    head = ["configuration", "ms/iter", "range", "tokens/s", "MFU", "peak memory MiB",
+            "compile s", "x first", "interval", "verdict"]
     if compare is not None:
         head += ["then tokens/s", "change"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -270,9 +317,12 @@ def markdown(rows, device, when, compare=None) -> str:
         if r.get("error"):
             cells = [r["name"], "failed: " + r["error"].replace("|", "/")] + [""] * (len(head) - 2)
         else:
-            cells = [r["name"], _fmt(r["ms_per_iter"], ".2f"), _fmt(r["tokens_per_s"], ",.0f"),
-                     _fmt(r["mfu"], ".1%"), _fmt(r["peak_mem_bytes"] / 2**20, ",.0f"),
-                     _fmt(r["speed_vs_first"], ".2f")]
+            cells = [r["name"], _fmt(r["ms_per_iter"], ".2f"),
+                     f"{_fmt(r['ms_min'], '.2f')}-{_fmt(r['ms_max'], '.2f')}",
+                     _fmt(r["tokens_per_s"], ",.0f"), _fmt(r["mfu"], ".1%"),
+                     _fmt(r["peak_mem_bytes"] / 2**20, ",.0f"), _fmt(r["compile_s"], ".1f"),
+                     _fmt(r["speed_vs_first"], ".2f"),
+                     f"{_fmt(r['speed_lo'], '.2f')}-{_fmt(r['speed_hi'], '.2f')}", r["verdict"]]
             if compare is not None:
                 then = compare.get(r["name"], {}).get("tokens_per_s")
                 then = float(then) if then else None
@@ -296,20 +346,32 @@ def write_results(rows, out_dir, compare=None) -> Path:
     return out_dir
 
 
-def suite(config_path, overrides, list_choice=None, compare_dir=None) -> Path:
+def time_rounds(base, runnable: dict, rounds: int) -> dict:
+    """{name: [run_row result per round]}, the configurations timed in interleaved rounds."""
+    from tqdm import tqdm
+    with tqdm(total=rounds * len(runnable), desc="bench", unit="run", disable=None) as bar:
+        def run(name):
+            bar.update()
+            return run_row(base, runnable[name])
+        return bench_stats.run_interleaved(list(runnable), rounds, run)
+
+
+def suite(config_path, overrides, list_choice=None, compare_dir=None,
+          rounds=DEFAULT_ROUNDS) -> Path:
     base, entries = resolve_list(list_choice, config_path, overrides)
     compare = read_csv(compare_dir) if compare_dir else None
-    rows, precision_of = [], {}
-    from tqdm import tqdm
-    for name, about, row_overrides in tqdm(entries, desc="bench", unit="config", disable=None):
+    runnable, bad, precision_of = {}, {}, {}
+    for name, about, row_overrides in entries:
         try:
             cfg = cfglib.load(base, row_overrides)
         except cfglib.ConfigError as e:
-            rows.append({"name": name, "description": about, "error": str(e).splitlines()[0]})
+            bad[name] = [{"error": str(e).splitlines()[0]}]
             continue
         precision_of[name] = (cfg.PRECISION, cfg.TF32)
-        rows.append({"name": name, "description": about, **run_row(base, row_overrides)})
-    with_mfu(rows, precision_of)
+        runnable[name] = row_overrides
+    results = {**bad, **time_rounds(base, runnable, rounds)}
+    rows = [combine_rounds(name, about, results[name]) for name, about, _ in entries]
+    with_speed(with_mfu(rows, precision_of))
     device = next((r["device"] for r in rows if r.get("device")), None)
     if device is None:
         device = runtime.device_name(runtime.pick_device(cfglib.load(config_path, overrides).DEVICE))
@@ -322,6 +384,14 @@ def suite(config_path, overrides, list_choice=None, compare_dir=None) -> Path:
     return out_dir
 
 
+def rounds_arg(text: str) -> int:
+    """--rounds: an integer of at least 2 (an interval needs two rounds)."""
+    if not text.isdigit() or int(text) < 2:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a whole number of rounds, at least 2 "
+                                         "(an interval needs two)")
+    return int(text)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m scripts.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -330,6 +400,9 @@ def main(argv=None) -> int:
     parser.add_argument("--list", help="cpu, gpu, current, or a directory of fragments "
                                        "(default: the list of .config's device)")
     parser.add_argument("--compare", metavar="DIR", help="an earlier results/bench/... directory")
+    parser.add_argument("--rounds", type=rounds_arg, default=DEFAULT_ROUNDS,
+                        help="the list: interleaved rounds, every configuration once per round "
+                             f"(default {DEFAULT_ROUNDS}; 5 for a 94%% interval)")
     parser.add_argument("--row", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--optimizers", help="comma-separated OPTIMIZER[/OPTIMIZER_IMPL] names: "
                         f"time .config under each (e.g. {BASELINE},{','.join(optim.OPTIMIZERS)})")
@@ -346,7 +419,7 @@ def main(argv=None) -> int:
             print_table(bench(config, args.set, args.optimizers.split(","), args.warmup,
                               args.steps))
         else:
-            suite(config, args.set, args.list, args.compare)
+            suite(config, args.set, args.list, args.compare, args.rounds)
     except cfglib.ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

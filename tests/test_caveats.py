@@ -1,12 +1,14 @@
 """The report's caveats: every cell that did not get what its label says is flagged."""
 import json
 import math
+import statistics
 
 import pytest
 
 from lib.run import dir_of_config
 from scripts import report
-from tests.test_report import add_cell, fake_summary, write_matrix_config
+from tests.test_report import (add_cell, fake_summary, held_out_loss, squash,
+                               write_matrix_config)
 
 
 def write_evals(mdir, cell_id, losses):
@@ -25,8 +27,9 @@ def flagged(tmp_path):
         ids["base", seed] = add_cell(mdir, "adamw", "none", seed, 10.0 + seed,
                                      summary=fake_summary(10.0 + seed, seed, batch_size=8))
         # reached its target: no S
-        ids["mag", seed] = add_cell(mdir, "adamw", "magnitude", seed, 11.0, sparsity=0.5,
-                                    summary=fake_summary(11.0, seed, sparsity=0.497,
+        ids["mag", seed] = add_cell(mdir, "adamw", "magnitude", seed, 11.0 + seed / 10,
+                                    sparsity=0.5,
+                                    summary=fake_summary(11.0 + seed / 10, seed, sparsity=0.497,
                                                          batch_size=8))
     # one seed only (N), 6 points short of its target (S)
     ids["short"] = add_cell(mdir, "adamw", "magnitude", 1, 12.0, sparsity=0.9,
@@ -61,19 +64,62 @@ def test_every_caveat_is_flagged_in_tables_and_listed(flagged):
     assert "learning rate 0.0001 (baseline 0.001)" in text[ids["lr"] + "H"]  # LION_LR, ADAMW_LR
     assert "DROPOUT 0.2 (baseline 0.0)" in text[ids["lr"] + "H"]
     assert "2.500 -> 2.600 -> 2.700" in text[ids["lr"] + "O"]
-    md = out["report"].read_text()
+    md = squash(out["report"].read_text())
     assert "## Caveats" in md and f"- `{ids['short']}` [S,N]" in md
-    assert "| adamw | 11.500 ± 0.707 (n=2) | 12.000 [S,N] |" in md  # the 0.9 table
-    assert f"| {ids['lr']} | done | 0.0001 | [H,N,O] |" in md
+    base = [held_out_loss(10.0 + seed, seed) for seed in (1, 2)]
+    assert (f"| adamw | {statistics.mean(base):.3f} ± {statistics.stdev(base):.3f} (n=2) | "
+            f"{held_out_loss(12.0, 1):.3f} [S,N] |") in md  # the 0.9 table
+    assert f"| {ids['lr']} | done | grid | 0.0001 | [H,N,O] |" in md
 
 
-def test_no_significance_marker_with_fewer_than_two_seeds_a_side(flagged):
+def test_one_pair_is_no_test_and_never_a_star(flagged):
     mdir, _ = flagged
-    deltas = report.write_report(mdir)["deltas"].set_index(["group", "target_sparsity"])
-    one_seed = deltas.loc[("lion-none", 0.0)]
-    assert math.isnan(one_seed["p"]) and one_seed["mark"].startswith("n/a")
-    two = deltas.loc[("adamw-magnitude", 0.5)]
-    assert two["mark"] in ("**", "*", "ns")
+    verdict = report.write_report(mdir)["verdict"].set_index(["group", "target_sparsity"])
+    one_seed = verdict.loc[("lion-none", 0.0)]
+    assert one_seed["n_pairs"] == 1 and math.isnan(one_seed["p"])
+    assert one_seed["mark"] == "n=1: no test"
+    two = verdict.loc[("adamw-magnitude", 0.5)]  # two pairs: a test, marked by Holm's p
+    assert two["n_pairs"] == 2 and not math.isnan(two["p"])
+    assert two["mark"] == ("**" if two["p_holm"] < 0.01 else "*" if two["p_holm"] < 0.05
+                           else "ns")
+
+
+def test_seeds_that_give_the_same_final_loss_are_flagged(tmp_path):
+    config = write_matrix_config(tmp_path)
+    mdir = dir_of_config(config)
+    mdir.mkdir(parents=True)
+    ids = [add_cell(mdir, "adamw", "none", seed, 10.0,
+                    summary=fake_summary(10.0, seed, test_loss=2.5)) for seed in (1, 2, 3)]
+    ids += [add_cell(mdir, "adamw", "magnitude", seed, 10.0 + seed, sparsity=0.5,
+                     summary=fake_summary(10.0 + seed, seed, sparsity=0.5)) for seed in (1, 2)]
+    found = report.write_report(mdir)["caveats"]
+    flagged = set(found[found["flag"] == "I"]["cell"])
+    assert flagged == set(ids[:3])
+    text = found[found["flag"] == "I"]["text"].iloc[0]
+    assert "3 seeds give exactly the same final loss" in text
+    assert f"{math.log(10.0):.6g}" in text
+
+
+def test_provenance_differences_are_listed(tmp_path):
+    config = write_matrix_config(tmp_path)
+    mdir = dir_of_config(config)
+    mdir.mkdir(parents=True)
+    ids = [add_cell(mdir, "adamw", "none", seed, 10.0 + seed) for seed in (1, 2, 3)]
+    base = {"git_commit": "abc", "git_dirty": False, "git_diff_sha256": None,
+            "versions": {"python": "3.11.7", "torch": "2.5.1", "numpy": "2.1.0"},
+            "device_name": "NVIDIA H100", "cuda": "12.4", "cudnn": 90100, "argv": ["x"]}
+    other = {**base, "versions": {**base["versions"], "torch": "2.6.0"}}
+    for cell, prov in zip(ids, (base, base, other)):
+        (mdir / cell / "provenance.json").write_text(json.dumps(prov))
+    md = squash(report.write_report(mdir)["report"].read_text())
+    section = md[md.index("### Provenance"):]
+    assert "- `versions.torch` differs:" in section
+    assert f"  - '2.5.1': `{ids[0]}`, `{ids[1]}`" in section
+    assert f"  - '2.6.0': `{ids[2]}`" in section
+    assert "git_commit" not in section and "versions.numpy" not in section
+    (mdir / ids[2] / "provenance.json").write_text(json.dumps(base))
+    md = squash(report.write_report(mdir)["report"].read_text())
+    assert "Every cell (3) has the same provenance." in md
 
 
 def test_a_clean_matrix_says_so(tmp_path):
@@ -82,5 +128,5 @@ def test_a_clean_matrix_says_so(tmp_path):
     mdir.mkdir(parents=True)
     for seed in (1, 2):
         add_cell(mdir, "adamw", "none", seed, 10.0 + seed)
-    md = report.write_report(mdir)["report"].read_text()
+    md = squash(report.write_report(mdir)["report"].read_text())
     assert "## Caveats\n\nNone:" in md
