@@ -327,11 +327,15 @@ def test_cli_prepares_what_the_config_selects(text_dir, tmp_path, capsys):
 
     config = tmp_path / "config"
     cfglib.write_config(cfglib.load_kconf(cfglib.ROOT / "defconfigs" / "default", [
-        f"DATA_DIR={text_dir}", f"RESULTS_DIR={tmp_path / 'res'}", "TRAIN_SPLIT=0.8"]), config)
+        f"DATA_DIR={text_dir}", f"RESULTS_DIR={tmp_path / 'res'}", "TRAIN_SPLIT=0.8",
+        "BLOCK_SIZE=16"]), config)
     assert data.main([str(config)]) == 0
     out = tmp_path / "res" / "_data" / "shakespeare-char-split0.8-test0.05"
     assert str(out) in capsys.readouterr().out
     assert data.read_meta(out)["train_tokens"] == int(len(TEXT) * 0.8)
+    # every split must hold one BLOCK_SIZE window and its target: said at preparation
+    assert data.main([str(config), "--set", "BLOCK_SIZE=64"]) == 2
+    assert "test split" in capsys.readouterr().err  # 60 characters, fewer than 65
     assert data.main([str(config), "--set", f"DATA_DIR={tmp_path / 'nowhere'}"]) == 2
     assert "KMATRIX_DATA" in capsys.readouterr().err
 
