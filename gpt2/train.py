@@ -20,12 +20,12 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from gpt2 import data, loaders
+from gpt2 import data, loaders, pairing
 from gpt2.budget import Budget, batch_size, check_pruning, extra_budget, spam_problems
 from gpt2.build import build_model
 from gpt2.sample import generate_text
 from lib import checkpoint, distributed, faults, memory_snapshot, optim, prune, recipe_fit
-from lib import runtime, trackers
+from lib import provenance, runtime, trackers
 from lib import config as cfglib
 from lib.distributed import Distributed
 from lib.metrics import Discard, MetricsLog, env_info
@@ -34,6 +34,7 @@ from lib.stop import STOP_SIGNALS, StopRequest
 from lib.stop_at import StopAt
 from lib.fsutil import atomic_write_json, atomic_write_text
 from lib.schedule import learning_rate, schedule_options
+from lib.steptime import StepClock
 
 # The AdamWPrune trainer's flags, kept as aliases of the symbols they set.
 FLAG_ALIASES = {
@@ -61,6 +62,11 @@ class Progress:
     window_loss_sum: float = 0.0
     window_iters: int = 0
     startup_s: float = None  # this session: process start to the first training step
+    test: dict = None  # the test split's figures, measured once after the final evaluation
+    init_hash: str = None  # gpt2/pairing.py
+    data_hash: str = None
+    compile_s: float = 0.0  # lib/steptime.py: warm-up beyond steady steps, all sessions
+    steady_step_s: float = None
 
 
 def quiet_logging(rank: int) -> logging.Logger:
@@ -122,7 +128,8 @@ def evaluate(model, windows: dict, autocast, ranks: Distributed = Distributed())
             correct = ranks.sum(torch.as_tensor(correct, device=x.device))
         result[f"{split}_loss"] = (loss_sum / batches.tokens).item()
         result[f"{split}_acc"] = (correct / batches.tokens).item()
-    result["val_ppl"] = math.exp(min(result["val_loss"], 700.0))
+        if split != "train":
+            result[f"{split}_ppl"] = math.exp(min(result[f"{split}_loss"], 700.0))
     model.train()
     return result
 
@@ -143,11 +150,16 @@ class Trainer:
         torch.manual_seed(cfg.SEED)
         with ranks.main_first():
             self.prepared = data.prepare_config(cfg)
+        data.check_split_sizes_config(cfg, self.prepared)
         self.batch_size = batch_size(cfg)
         self.batches = loaders.LOADERS[cfg.DATA_LOADER](self.prepared, cfg.BLOCK_SIZE,
                                                         self.batch_size, self.device, cfg.SEED)
         self.eval_windows = eval_windows(self.prepared, cfg, self.device)
+        self.test_windows = data.EvalWindows(self.prepared, "test", cfg.BLOCK_SIZE,
+                                             cfg.BATCH_SIZE, None, self.device)
         self.model = build_model(cfg, data.vocab_size(self.prepared)).to(self.device)
+        self.pairing = {"init_hash": pairing.init_hash(self.model), "data_hash": pairing.data_hash(
+            self.prepared, cfg.BLOCK_SIZE, self.batch_size, cfg.GRADIENT_ACCUMULATION, cfg.SEED)}
         self.ddp = ranks.wrap(self.model, self.device)  # the model, or DDP around it
         self.optimizer = optim.build(cfg, self.model)
         self.scaler = runtime.grad_scaler(self.device, cfg.PRECISION)
@@ -161,7 +173,7 @@ class Trainer:
         self.tokens_per_iter = self.batch_size * cfg.GRADIENT_ACCUMULATION * cfg.BLOCK_SIZE
         self.budget = Budget(cfg, self.tokens_per_iter, self.batches.train_tokens)
         self.metrics = MetricsLog(run.metrics) if ranks.is_main else Discard()
-        self.progress = Progress()
+        self.progress = Progress(**self.pairing)
         self.forward = self.ddp  # replaced by the compiled module in fit()
 
     # -- checkpoints -------------------------------------------------------
@@ -178,7 +190,9 @@ class Trainer:
             "progress": {"iter": p.iter, "tokens_seen": p.tokens_seen,
                          "train_time_s": p.train_time_s, "best_val_loss": p.best_val_loss,
                          "last_eval": p.last_eval, "eval_iter": p.eval_iter,
-                         "window_loss_sum": p.window_loss_sum, "window_iters": p.window_iters},
+                         "window_loss_sum": p.window_loss_sum, "window_iters": p.window_iters,
+                         "test": p.test, "init_hash": p.init_hash, "data_hash": p.data_hash,
+                         "compile_s": p.compile_s, "steady_step_s": p.steady_step_s},
             "config_hash": self.cfg.hash,
         }
 
@@ -205,7 +219,7 @@ class Trainer:
             torch.set_rng_state(state["rng_cpu"].cpu())
             if state["rng_cuda"]:
                 torch.cuda.set_rng_state_all([s.cpu() for s in state["rng_cuda"]])
-            self.progress = Progress(**state["progress"])
+            self.progress = Progress(**{**self.pairing, **state["progress"]})
         except (KeyError, TypeError, ValueError, RuntimeError) as e:
             raise checkpoint.CheckpointError(checkpoint.damaged_message(
                 path, f"its contents do not fit this configuration: {type(e).__name__}: "
@@ -256,6 +270,7 @@ class Trainer:
         self.forward = runtime.maybe_compile(self.ddp, cfg.COMPILE, cfg.COMPILE_MODE,
                                              self.device, log, cfg.COMPILE_FULLGRAPH)
         self.memory_snapshot.start(p.iter, log)
+        clock = StepClock(self.device, p.compile_s, p.steady_step_s)
         total = self.budget.total_iters
         bar = tqdm(total=total if total is not None else round(self.budget.seconds),
                    initial=p.iter if total is not None else round(p.train_time_s),
@@ -279,7 +294,8 @@ class Trainer:
             t0 = time.perf_counter()
             loss, grad_norm = self.train_step()
             loss_sum += loss
-            p.train_time_s += time.perf_counter() - t0
+            seconds = time.perf_counter() - t0
+            p.train_time_s += seconds + clock.step(seconds)
             p.iter += 1
             p.tokens_seen += self.tokens_per_iter
             self.memory_snapshot.after_step(p.iter)
@@ -294,7 +310,10 @@ class Trainer:
                 t0 = time.perf_counter()
                 # the one sync per log window
                 train_loss = self.ranks.mean(loss_sum / window_iters).item()
-                p.train_time_s += time.perf_counter() - t0
+                sync_s = time.perf_counter() - t0
+                p.train_time_s += sync_s
+                clock.window_end(sync_s)
+                p.compile_s, p.steady_step_s = clock.compile_s(), clock.steady_step_s()
                 if not math.isfinite(train_loss):
                     lr_symbol = optim.OPTIMIZERS[cfg.OPTIMIZER].lr
                     raise TrainingFailed(f"non-finite training loss ({train_loss}) at iteration "
@@ -320,6 +339,7 @@ class Trainer:
                 p.window_loss_sum = self.ranks.mean(loss_sum).item() if window_iters else 0.0
                 self.save_checkpoint()
         bar.close()
+        p.compile_s, p.steady_step_s = clock.compile_s(), clock.steady_step_s()
         if status != "complete":
             p.window_loss_sum = self.ranks.mean(loss_sum).item() if window_iters else 0.0
             self.save_checkpoint()
@@ -334,6 +354,12 @@ class Trainer:
             if self.ranks.any(self.stop):
                 return "interrupted"
             self.eval_and_log()
+            self.saved_iter = None
+            self.save_checkpoint()
+        if p.test is None:
+            if self.ranks.any(self.stop):
+                return "interrupted"
+            self.test_and_log()
             self.saved_iter = None
             self.save_checkpoint()
         if not self.ranks.is_main:
@@ -365,6 +391,19 @@ class Trainer:
         if self.cfg.SAMPLE_AT_EVAL and self.ranks.is_main:
             self.log.info("sample:\n" + "\n---\n".join(self.samples(count=1)))
 
+    def test_and_log(self) -> None:
+        """The held-out test split, once, over every window (token-weighted means)."""
+        p = self.progress
+        faults.point("test", p.iter)
+        result = evaluate(self.forward, {"test": self.test_windows}, self.autocast, self.ranks)
+        p.test = {**result, "test_tokens": self.test_windows.tokens}
+        record = {"kind": "test", "iter": p.iter, "tokens": p.tokens_seen, **p.test}
+        if self.ranks.is_main and record not in self.metrics.read():  # a resume's repeat
+            self.metrics.write(record)
+        self.log.info(f"iter {p.iter}: test loss {result['test_loss']:.4f}, test ppl "
+                      f"{result['test_ppl']:.2f}, test acc {result['test_acc']:.3f} "
+                      f"({self.test_windows.tokens:,} tokens)")
+
     def samples(self, count=None) -> list:
         return generate_text(self.model, self.prepared, self.cfg, self.device,
                              count=count or self.cfg.SAMPLE_COUNT)
@@ -384,8 +423,16 @@ class Trainer:
             "val_acc": p.last_eval.get("val_acc"),
             "eval_iter": p.eval_iter,
             "best_val_ppl": math.exp(p.best_val_loss) if math.isfinite(p.best_val_loss) else None,
+            **{k: (p.test or {}).get(k) for k in ("test_loss", "test_ppl", "test_acc",
+                                                   "test_tokens")},
             "train_time_s": p.train_time_s,
-            "tokens_per_s": p.tokens_seen / p.train_time_s if p.train_time_s else None,
+            "compile_s": p.compile_s,
+            "steady_train_time_s": p.train_time_s - p.compile_s,
+            # the steady-state rate: warm-up beyond steady steps left out (lib/steptime.py)
+            "tokens_per_s": (p.tokens_seen / (p.train_time_s - p.compile_s)
+                             if p.train_time_s > p.compile_s else None),
+            "init_hash": p.init_hash,
+            "data_hash": p.data_hash,
             "peak_mem_bytes": peak,
             "peak_mem_kind": peak_kind,
             "param_count": params,
@@ -428,7 +475,8 @@ def train(cfg, stop_after=None, stop=None, stop_at=StopAt()) -> int:
         if ranks.any(stop):
             print(f"{stop.name} before training started; nothing written", file=sys.stderr)
             return 130
-        run.claim(cfg)
+        run.claim(cfg, provenance.collect(cfglib.ROOT, **provenance.torch_facts(
+            runtime.device_name(trainer.device))) if ranks.is_main else None)
         try:
             return _train_claimed(trainer, run, stop_after, stop_at)
         finally:
