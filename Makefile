@@ -73,6 +73,15 @@ test-matrix: $(INSTALL) $(KCONFIG_CONFIG)
 report: $(INSTALL)
 	$(PY) -m scripts.report $(or $(MATRICES),$(MATRIX),$(KCONFIG_CONFIG)) $(if $(BASELINE_MATRIX),--baseline-matrix $(BASELINE_MATRIX))
 
+# A one-node Slurm on this machine (root; Debian's slurm and mariadb packages), state under
+# $KMATRIX_SLURM_DIR (/var/tmp/kmatrix-slurm): for MATRIX_EXECUTOR=slurm on a laptop and the tests.
+.PHONY: slurm-local slurm-local-stop
+slurm-local:
+	scripts/slurm_local.sh start
+
+slurm-local-stop:
+	scripts/slurm_local.sh stop
+
 # `make bench` runs the fixed list for this device (benchmarks/cpu or benchmarks/gpu) in interleaved rounds;
 # BENCH=current times .config instead, COMPARE=<results/bench/...> puts an earlier run beside, BENCH_ARGS="--rounds 5".
 bench: $(INSTALL) $(KCONFIG_CONFIG)
@@ -134,6 +143,8 @@ help:
 	@echo '                      value with spaces as a shell would: SET='"'"'L="0.5 0.7"'"'"')'
 	@echo '  checkconfig       - validate .config'
 	@echo 'Development:'
+	@echo '  slurm-local       - start a one-node Slurm with accounting on this machine (root; apt packages)'
+	@echo '  slurm-local-stop  - stop it'
 	@echo '  test              - run the test suite'
 	@echo '  estimate          - print what .config will cost: parameters, memory, tokens, FLOPs, time'
 	@echo '  bench             - the benchmark list of this device (BENCH=current: .config; COMPARE=<dir>; BENCH_ARGS="--rounds N")'

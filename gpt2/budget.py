@@ -3,6 +3,7 @@ pruning schedule fits in it (checked before training and by the matrix dry run).
 import math
 
 from gpt2 import data
+from lib.config import ConfigError
 from lib import prune
 
 
@@ -94,3 +95,43 @@ def check_pruning(cfg, total_iters=None):
         tokens = train_tokens(cfg) if cfg.BUDGET == "epochs" else None
         total_iters = Budget(cfg, tokens_per_iter(cfg), tokens).total_iters
     return prune.check_schedule(cfg, total_iters, describe(cfg, total_iters))
+
+
+def spam_problems(cfg, total_iters) -> list:
+    """Why SPAM's momentum reset (steps SPAM_INTERVAL, 2 x SPAM_INTERVAL, ... counted from 1,
+    lib/optim/spam.py), its warm-up or its clipping cannot act within the run, each with the
+    fix ([] when they can, or without SPAM's resets): a comparison of such a SPAM would be
+    one of AdamW plus clipping."""
+    if cfg.OPTIMIZER != "adamwspam" or not cfg.SPAM_PERIODIC_RESET:
+        return []
+    problems = []
+    if total_iters is not None and cfg.SPAM_INTERVAL >= total_iters:
+        problems.append(f"SPAM_INTERVAL={cfg.SPAM_INTERVAL} with a run of {total_iters} "
+                        f"iterations ({describe(cfg, total_iters)}): SPAM's momentum reset "
+                        f"never acts before the end; lower SPAM_INTERVAL so that it acts "
+                        f"several times, or unset SPAM_PERIODIC_RESET")
+    if cfg.SPAM_ENABLE_CLIP and cfg.SPAM_CLIP_DELAY >= cfg.SPAM_INTERVAL:
+        problems.append(f"SPAM_CLIP_DELAY={cfg.SPAM_CLIP_DELAY} >= SPAM_INTERVAL="
+                        f"{cfg.SPAM_INTERVAL}: with resets, clipping acts only where step "
+                        f"mod SPAM_INTERVAL >= SPAM_CLIP_DELAY, so never; lower "
+                        f"SPAM_CLIP_DELAY below SPAM_INTERVAL")
+    if cfg.SPAM_WARMUP and cfg.SPAM_WARMUP_STEPS >= cfg.SPAM_INTERVAL:
+        problems.append(f"SPAM_WARMUP_STEPS={cfg.SPAM_WARMUP_STEPS} >= SPAM_INTERVAL="
+                        f"{cfg.SPAM_INTERVAL}: the warm-up after a reset never ends before "
+                        f"the next reset; lower SPAM_WARMUP_STEPS below SPAM_INTERVAL")
+    return problems
+
+
+def check_knobs(cfg, total_iters=None):
+    """Stop with a ConfigError unless every compared knob can act within the budget: the
+    pruning schedule (check_pruning, whose prune.Plan this returns) and SPAM's reset
+    (spam_problems). The matrix refuses its cells so; a single run only warns of SPAM's
+    (gpt2.train), as it compares nothing and may be a short smoke test."""
+    plan = check_pruning(cfg, total_iters)
+    if cfg.OPTIMIZER == "adamwspam" and total_iters is None and cfg.BUDGET != "minutes":
+        tokens = train_tokens(cfg) if cfg.BUDGET == "epochs" else None
+        total_iters = Budget(cfg, tokens_per_iter(cfg), tokens).total_iters
+    problems = spam_problems(cfg, total_iters)
+    if problems:
+        raise ConfigError("\n".join(problems))
+    return plan

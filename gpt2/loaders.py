@@ -7,7 +7,8 @@ same offsets from the same generators, so a seed gives the same batches either w
 import numpy as np
 import torch
 
-from gpt2.data import SPLITS, Batches
+from gpt2.data import Batches
+from gpt2.data.batches import SPLITS
 
 
 class PreloadedBatches(Batches):

@@ -20,19 +20,21 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from gpt2 import data, loaders
-from gpt2.budget import Budget, batch_size, check_pruning, extra_budget
+from gpt2 import data, loaders, pairing
+from gpt2.budget import Budget, batch_size, check_pruning, extra_budget, spam_problems
 from gpt2.build import build_model
 from gpt2.sample import generate_text
 from lib import checkpoint, distributed, faults, memory_snapshot, optim, prune, recipe_fit
-from lib import runtime, trackers
+from lib import provenance, runtime, trackers
 from lib import config as cfglib
 from lib.distributed import Distributed
 from lib.metrics import Discard, MetricsLog, env_info
 from lib.run import RunDir, RunReader
 from lib.stop import STOP_SIGNALS, StopRequest
+from lib.stop_at import StopAt
 from lib.fsutil import atomic_write_json, atomic_write_text, no_space
 from lib.schedule import learning_rate, schedule_options
+from lib.steptime import StepClock
 
 # The AdamWPrune trainer's flags, kept as aliases of the symbols they set.
 FLAG_ALIASES = {
@@ -60,6 +62,11 @@ class Progress:
     window_loss_sum: float = 0.0
     window_iters: int = 0
     startup_s: float = None  # this session: process start to the first training step
+    test: dict = None  # the test split's figures, measured once after the final evaluation
+    init_hash: str = None  # gpt2/pairing.py
+    data_hash: str = None
+    compile_s: float = 0.0  # lib/steptime.py: warm-up beyond steady steps, all sessions
+    steady_step_s: float = None
 
 
 def quiet_logging(rank: int) -> logging.Logger:
@@ -121,7 +128,8 @@ def evaluate(model, windows: dict, autocast, ranks: Distributed = Distributed())
             correct = ranks.sum(torch.as_tensor(correct, device=x.device))
         result[f"{split}_loss"] = (loss_sum / batches.tokens).item()
         result[f"{split}_acc"] = (correct / batches.tokens).item()
-    result["val_ppl"] = math.exp(min(result["val_loss"], 700.0))
+        if split != "train":
+            result[f"{split}_ppl"] = math.exp(min(result[f"{split}_loss"], 700.0))
     model.train()
     return result
 
@@ -142,11 +150,16 @@ class Trainer:
         torch.manual_seed(cfg.SEED)
         with ranks.main_first():
             self.prepared = data.prepare_config(cfg)
+        data.check_split_sizes_config(cfg, self.prepared)
         self.batch_size = batch_size(cfg)
         self.batches = loaders.LOADERS[cfg.DATA_LOADER](self.prepared, cfg.BLOCK_SIZE,
                                                         self.batch_size, self.device, cfg.SEED)
         self.eval_windows = eval_windows(self.prepared, cfg, self.device)
+        self.test_windows = data.EvalWindows(self.prepared, "test", cfg.BLOCK_SIZE,
+                                             cfg.BATCH_SIZE, None, self.device)
         self.model = build_model(cfg, data.vocab_size(self.prepared)).to(self.device)
+        self.pairing = {"init_hash": pairing.init_hash(self.model), "data_hash": pairing.data_hash(
+            self.prepared, cfg.BLOCK_SIZE, self.batch_size, cfg.GRADIENT_ACCUMULATION, cfg.SEED)}
         self.ddp = ranks.wrap(self.model, self.device)  # the model, or DDP around it
         self.optimizer = optim.build(cfg, self.model)
         self.scaler = runtime.grad_scaler(self.device, cfg.PRECISION)
@@ -160,7 +173,7 @@ class Trainer:
         self.tokens_per_iter = self.batch_size * cfg.GRADIENT_ACCUMULATION * cfg.BLOCK_SIZE
         self.budget = Budget(cfg, self.tokens_per_iter, self.batches.train_tokens)
         self.metrics = MetricsLog(run.metrics) if ranks.is_main else Discard()
-        self.progress = Progress()
+        self.progress = Progress(**self.pairing)
         self.forward = self.ddp  # replaced by the compiled module in fit()
 
     # -- checkpoints -------------------------------------------------------
@@ -177,7 +190,9 @@ class Trainer:
             "progress": {"iter": p.iter, "tokens_seen": p.tokens_seen,
                          "train_time_s": p.train_time_s, "best_val_loss": p.best_val_loss,
                          "last_eval": p.last_eval, "eval_iter": p.eval_iter,
-                         "window_loss_sum": p.window_loss_sum, "window_iters": p.window_iters},
+                         "window_loss_sum": p.window_loss_sum, "window_iters": p.window_iters,
+                         "test": p.test, "init_hash": p.init_hash, "data_hash": p.data_hash,
+                         "compile_s": p.compile_s, "steady_step_s": p.steady_step_s},
             "config_hash": self.cfg.hash,
         }
 
@@ -205,7 +220,7 @@ class Trainer:
             torch.set_rng_state(state["rng_cpu"].cpu())
             if state["rng_cuda"]:
                 torch.cuda.set_rng_state_all([s.cpu() for s in state["rng_cuda"]])
-            self.progress = Progress(**state["progress"])
+            self.progress = Progress(**{**self.pairing, **state["progress"]})
         except (KeyError, TypeError, ValueError, RuntimeError) as e:
             raise checkpoint.CheckpointError(checkpoint.damaged_message(
                 path, f"its contents do not fit this configuration: {type(e).__name__}: "
@@ -258,6 +273,7 @@ class Trainer:
         self.forward = runtime.maybe_compile(self.ddp, cfg.COMPILE, cfg.COMPILE_MODE,
                                              self.device, log, cfg.COMPILE_FULLGRAPH)
         self.memory_snapshot.start(p.iter, log)
+        clock = StepClock(self.device, p.compile_s, p.steady_step_s)
         total = self.budget.total_iters
         bar = tqdm(total=total if total is not None else round(self.budget.seconds),
                    initial=p.iter if total is not None else round(p.train_time_s),
@@ -281,7 +297,8 @@ class Trainer:
             t0 = time.perf_counter()
             loss, grad_norm = self.train_step()
             loss_sum += loss
-            p.train_time_s += time.perf_counter() - t0
+            seconds = time.perf_counter() - t0
+            p.train_time_s += seconds + clock.step(seconds)
             p.iter += 1
             p.tokens_seen += self.tokens_per_iter
             self.memory_snapshot.after_step(p.iter)
@@ -296,7 +313,10 @@ class Trainer:
                 t0 = time.perf_counter()
                 # the one sync per log window
                 train_loss = self.ranks.mean(loss_sum / window_iters).item()
-                p.train_time_s += time.perf_counter() - t0
+                sync_s = time.perf_counter() - t0
+                p.train_time_s += sync_s
+                clock.window_end(sync_s)
+                p.compile_s, p.steady_step_s = clock.compile_s(), clock.steady_step_s()
                 if not math.isfinite(train_loss):
                     lr_symbol = optim.OPTIMIZERS[cfg.OPTIMIZER].lr
                     raise TrainingFailed(f"non-finite training loss ({train_loss}) at iteration "
@@ -322,6 +342,7 @@ class Trainer:
                 p.window_loss_sum = self.ranks.mean(loss_sum).item() if window_iters else 0.0
                 self.save_checkpoint()
         bar.close()
+        p.compile_s, p.steady_step_s = clock.compile_s(), clock.steady_step_s()
         if status != "complete":
             p.window_loss_sum = self.ranks.mean(loss_sum).item() if window_iters else 0.0
             self.save_checkpoint()
@@ -336,6 +357,12 @@ class Trainer:
             if self.ranks.any(self.stop):
                 return "interrupted"
             self.eval_and_log()
+            self.saved_iter = None
+            self.save_checkpoint()
+        if p.test is None:
+            if self.ranks.any(self.stop):
+                return "interrupted"
+            self.test_and_log()
             self.saved_iter = None
             self.save_checkpoint()
         if not self.ranks.is_main:
@@ -367,6 +394,19 @@ class Trainer:
         if self.cfg.SAMPLE_AT_EVAL and self.ranks.is_main:
             self.log.info("sample:\n" + "\n---\n".join(self.samples(count=1)))
 
+    def test_and_log(self) -> None:
+        """The held-out test split, once, over every window (token-weighted means)."""
+        p = self.progress
+        faults.point("test", p.iter)
+        result = evaluate(self.forward, {"test": self.test_windows}, self.autocast, self.ranks)
+        p.test = {**result, "test_tokens": self.test_windows.tokens}
+        record = {"kind": "test", "iter": p.iter, "tokens": p.tokens_seen, **p.test}
+        if self.ranks.is_main and record not in self.metrics.read():  # a resume's repeat
+            self.metrics.write(record)
+        self.log.info(f"iter {p.iter}: test loss {result['test_loss']:.4f}, test ppl "
+                      f"{result['test_ppl']:.2f}, test acc {result['test_acc']:.3f} "
+                      f"({self.test_windows.tokens:,} tokens)")
+
     def samples(self, count=None) -> list:
         return generate_text(self.model, self.prepared, self.cfg, self.device,
                              count=count or self.cfg.SAMPLE_COUNT)
@@ -386,8 +426,16 @@ class Trainer:
             "val_acc": p.last_eval.get("val_acc"),
             "eval_iter": p.eval_iter,
             "best_val_ppl": math.exp(p.best_val_loss) if math.isfinite(p.best_val_loss) else None,
+            **{k: (p.test or {}).get(k) for k in ("test_loss", "test_ppl", "test_acc",
+                                                   "test_tokens")},
             "train_time_s": p.train_time_s,
-            "tokens_per_s": p.tokens_seen / p.train_time_s if p.train_time_s else None,
+            "compile_s": p.compile_s,
+            "steady_train_time_s": p.train_time_s - p.compile_s,
+            # the steady-state rate: warm-up beyond steady steps left out (lib/steptime.py)
+            "tokens_per_s": (p.tokens_seen / (p.train_time_s - p.compile_s)
+                             if p.train_time_s > p.compile_s else None),
+            "init_hash": p.init_hash,
+            "data_hash": p.data_hash,
             "peak_mem_bytes": peak,
             "peak_mem_kind": peak_kind,
             "param_count": params,
@@ -407,7 +455,7 @@ class Trainer:
         }
 
 
-def train(cfg, stop_after=None, stop=None) -> int:
+def train(cfg, stop_after=None, stop=None, stop_at=StopAt()) -> int:
     """Train (or resume, or finish) the run of cfg. Everything that can reject the
     configuration or its input runs before the run directory is touched."""
     if cfg.MATRIX:
@@ -430,20 +478,21 @@ def train(cfg, stop_after=None, stop=None) -> int:
         if ranks.any(stop):
             print(f"{stop.name} before training started; nothing written", file=sys.stderr)
             return 130
-        run.claim(cfg)
+        run.claim(cfg, provenance.collect(cfglib.ROOT, **provenance.torch_facts(
+            runtime.device_name(trainer.device))) if ranks.is_main else None)
         try:
-            return _train_claimed(trainer, run, stop_after)
+            return _train_claimed(trainer, run, stop_after, stop_at)
         finally:
             run.unlock()
     finally:
         ranks.close()
 
 
-def _train_claimed(trainer, run, stop_after) -> int:
+def _train_claimed(trainer, run, stop_after, stop_at=StopAt()) -> int:
     cfg, stop = trainer.cfg, trainer.stop
     if not trainer.ranks.is_main:
         trainer.log = quiet_logging(trainer.ranks.rank)
-        return _train_logged(trainer, run, stop_after)
+        return _train_logged(trainer, run, stop_after, stop_at)
     log = trainer.log = setup_logging(run)
     for name in checkpoint.remove_orphans(run.path):
         log.info(f"removed {name}, left by an interrupted write")
@@ -452,14 +501,16 @@ def _train_claimed(trainer, run, stop_after) -> int:
                                             trainer.tokens_per_iter, trainer.budget.total_iters)
     if mismatch:
         log.warning(mismatch)
+    for problem in spam_problems(cfg, trainer.budget.total_iters):  # a matrix refuses them
+        log.warning(problem)
     trainer.metrics.tracker = trackers.start(cfg, run.path, run.path.name)
     try:
-        return _train_logged(trainer, run, stop_after)
+        return _train_logged(trainer, run, stop_after, stop_at)
     finally:
         trainer.metrics.close()
 
 
-def _train_logged(trainer, run, stop_after) -> int:
+def _train_logged(trainer, run, stop_after, stop_at=StopAt()) -> int:
     cfg, stop, log = trainer.cfg, trainer.stop, trainer.log
     processes = trainer.ranks.world_size
     resumed = trainer.resume()
@@ -474,7 +525,7 @@ def _train_logged(trainer, run, stop_after) -> int:
     run.write_summary(trainer.summary("running"))
     started = time.perf_counter()
     try:
-        status = trainer.fit(stop_after)
+        status = trainer.fit(stop_at.steps(trainer.progress.iter, stop_after))
         if status == "complete":
             status = trainer.finish()
     except (TrainingFailed, optim.FusedKernelError, torch.OutOfMemoryError,
@@ -493,7 +544,7 @@ def _train_logged(trainer, run, stop_after) -> int:
         except OSError:
             pass
         raise
-    summary = trainer.summary(status)
+    summary = {**trainer.summary(status), **stop_at.summary(status, trainer.progress.iter)}
     if status == "interrupted":
         run.write_summary(summary)
         log.warning(f"{stop.name}: stopped at iteration {trainer.progress.iter}; checkpoint "
@@ -536,6 +587,10 @@ def parse_args(argv):
         parser.add_argument(flag, dest=symbol, help=f"alias of --set {symbol}=VALUE")
     parser.add_argument("--stop-after", type=int, metavar="N",
                         help="train at most N iterations in this invocation, checkpoint and exit")
+    parser.add_argument("--stop-at", type=int, metavar="N",
+                        help="stop at iteration N (a tuning rung), checkpoint and exit")
+    parser.add_argument("--early-stop-rung", type=int, metavar="K",
+                        help="with --stop-at: early stopping ends the run there, at rung K")
     args = parser.parse_args(argv)
     args.overrides = args.set + [f"{symbol}={getattr(args, symbol)}"
                                  for symbol in FLAG_ALIASES.values()
@@ -557,7 +612,7 @@ def main(argv=None) -> int:
                 return distributed.launch(cfg, "gpt2.train",
                                           sys.argv[1:] if argv is None else argv,
                                           lambda: run.read_summary().get("status"))
-            return train(cfg, args.stop_after, stop)
+            return train(cfg, args.stop_after, stop, StopAt(args.stop_at, args.early_stop_rung))
         except (cfglib.ConfigError, data.DataError, checkpoint.CheckpointError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2

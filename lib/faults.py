@@ -15,7 +15,8 @@ scripts.matrix.command.
 Points: start (before data preparation), step (after the step, before its
 evaluation), eval (as an evaluation starts), ckpt (checkpoint written to its
 temporary file, not yet verified or renamed), sample (before the final samples),
-shard (data preparation: shard N and its progress record written).
+test (as the test evaluation starts), shard (data preparation: shard N and its
+progress record written).
 """
 import os
 import signal

@@ -2,6 +2,8 @@
 
   config         the exact .config that produced the run
   env.json       git SHA and dirty flag, Python/torch/CUDA versions, device
+  provenance.json  git commit, dirty flag and diff hash (provenance.diff), package versions,
+                 device, command line; later sessions that differ are added (lib/provenance.py)
   metrics.jsonl  one record per log and per evaluation
   train.log      the run's log
   ckpt.pt        the latest checkpoint (atomic, verified; weights_only loadable)
@@ -15,6 +17,7 @@ import os
 from pathlib import Path
 
 from lib import config as cfglib
+from lib import provenance as provenance_lib
 from lib.config import ROOT, ConfigError
 from lib.fsutil import LockHeld, atomic_write_json, atomic_write_text, lock_directory
 
@@ -54,14 +57,17 @@ class RunDir:
                     f"this one is {cfg.hash}); set RUN_NAME to another name, or leave it "
                     f"empty to derive one from the configuration")
 
-    def claim(self, cfg) -> None:
+    def claim(self, cfg, provenance=None) -> None:
         """Create the directory for cfg (or check that it already belongs to cfg) and
-        lock it for this process until it exits."""
+        lock it for this process until it exits; record `provenance`, the
+        (info, diff) of lib.provenance.collect, when given."""
         self.check_owner(cfg)
         self.path.mkdir(parents=True, exist_ok=True)
         self.lock()
         if not self.config.exists():
             atomic_write_text(self.config, cfg.text)
+        if provenance is not None:
+            provenance_lib.write(self.path, *provenance)
 
     def lock(self) -> None:
         try:
@@ -80,11 +86,13 @@ class RunDir:
 
     def is_complete(self) -> bool:
         """Complete means the summary says so and carries the evaluation of its last
-        iteration (a summary from before `eval_iter` existed is finished again)."""
+        iteration and the test figures (a summary from before `eval_iter` or `test_loss`
+        existed is finished again)."""
         summary = self.read_summary()
         return (summary.get("status") == "complete"
                 and summary.get("eval_iter") is not None
-                and summary.get("eval_iter") == summary.get("iters"))
+                and summary.get("eval_iter") == summary.get("iters")
+                and summary.get("test_loss") is not None)
 
     def read_summary(self) -> dict:
         try:
@@ -100,7 +108,7 @@ class RunReader(RunDir):
     """A run directory as a process other than rank 0 sees it: it reads what rank 0
     writes (the checkpoint it resumes from) and writes nothing."""
 
-    def claim(self, cfg) -> None:
+    def claim(self, cfg, provenance=None) -> None:
         pass
 
     def unlock(self) -> None:

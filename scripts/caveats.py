@@ -199,6 +199,9 @@ def section(found: pd.DataFrame) -> list:
     return lines + [""]
 
 
+PER_CELL_PROVENANCE = ("argv",)
+
+
 def _flat(provenance: dict, prefix="") -> dict:
     out = {}
     for key, value in (provenance or {}).items():
@@ -213,7 +216,9 @@ def provenance_differences(cells: pd.DataFrame) -> dict:
     """{field: {value: [cell, ...]}} for every provenance.json field (versions.torch ...)
     whose value is not the same in every cell that has a provenance.json; a cell that has
     one without the field shows "n/a"."""
-    flat = {c: _flat(p) for c, p in zip(cells["cell"], cells["provenance"]) if p}
+    # argv names each cell's own config by design: a difference there says nothing.
+    flat = {c: {k: v for k, v in _flat(p).items() if k not in PER_CELL_PROVENANCE}
+            for c, p in zip(cells["cell"], cells["provenance"]) if p}
     fields = sorted({k for f in flat.values() for k in f})
     out = {}
     for name in fields:

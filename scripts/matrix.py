@@ -24,8 +24,7 @@ Exit status: 0 every cell done, 1 a cell failed (or was left pending by
 MATRIX_ON_FAILURE=stop), 2 bad configuration or matrix mode off, 130 interrupted.
 """
 import argparse
-import functools
-import json
+import fnmatch
 import os
 import shlex
 import signal
@@ -40,161 +39,35 @@ from tqdm import tqdm
 from lib import config as cfglib
 from lib import distributed, optim, trackers
 from lib.config import ConfigError
-from lib.fsutil import LockHeld, atomic_write_json, atomic_write_text, lock_directory, safe_name
-from gpt2.budget import check_pruning
+from lib.fsutil import LockHeld, atomic_write_json, atomic_write_text, lock_directory
+from gpt2.budget import check_knobs
 from gpt2.data import DataError
-from lib.run import OFF_HINT, RunDir, matrix_dir, results_setting
-from lib.stop import STOP_SIGNALS
+from lib.run import RunDir, matrix_dir, results_setting
+# The grid, the cells' state and the dry run live in modules of their own; re-exported here,
+# where the runner, scripts.slurm and the tests find them.
+from scripts.matrix_dry_run import cell_estimate, dry_run  # noqa: F401
+from scripts.matrix_grid import (OWN_DIMENSIONS, CellSpec, enumerate_cells,  # noqa: F401
+                                 extra_dimension, selected, state_optimizers)
+from scripts.matrix_state import (EXIT_MEANINGS, LOG_TAIL_LINES, STOP_SIGNALS,  # noqa: F401
+                                  close_dead_attempt, log_tail, new_state, outcome, read_state,
+                                  read_summary, should_run)
 
-LOG_TAIL_LINES = 20
-EXIT_MEANINGS = {2: "bad configuration or input", 3: "training failed", 130: "interrupted"}
+# Test hook: comma-separated fnmatch patterns of cell ids whose trainer is
+# replaced by a stand-in that prints a log, writes a failed summary.json and
+# exits 3. Honoured only here; never set it outside tests.
+FAIL_CELLS_ENV = "KMATRIX_TEST_FAIL_CELLS"
 POLL_S = 0.2
 
-# ------------------------------------------------------------------ the grid
-
-@functools.lru_cache(maxsize=1)
-def state_optimizers() -> tuple:
-    """Optimizers AdamWPrune can prune from: those with which the Kconfig tree lets
-    PRUNING_STATE be selected (its `depends on` is the one place that says so)."""
-    tree = cfglib.load_tree()
-    allowed = []
-    for member in tree.named_choices["OPTIMIZER"].syms:
-        member.set_value("y")
-        if tree.syms["PRUNING_STATE"].visibility:
-            allowed.append(member.name.removeprefix("OPTIMIZER_").lower().replace("_", "-"))
-    return tuple(allowed)
-
-
-@dataclass(frozen=True)
-class CellSpec:
-    """One point of the grid, before it has a configuration."""
-    optimizer: str
-    pruning: str
-    variant: str = None
-    sparsity: float = None
-    seed: int = 0
-    lr_multiplier: float = 1.0
-    lr_setting: str = None  # NAME=VALUE of the optimizer's LR symbol, when not x1
-    extra_symbol: str = None  # MATRIX_EXTRA_SYMBOL and this cell's value of it
-    extra_value: str = None
-
-    @property
-    def extra(self) -> str:
-        """"SYMBOL=value" of the extra dimension, or None."""
-        return f"{self.extra_symbol}={self.extra_value}" if self.extra_symbol else None
-
-    @property
-    def method(self) -> str:
-        """The pruning column of the report: none, magnitude, state-bitter0, ..."""
-        return f"{self.pruning}-{self.variant}" if self.variant else self.pruning
-
-    @property
-    def name(self) -> str:
-        """The readable part of the cell id: adamw-state-bitter0-s0.5[-lr0.3x]-seed1337."""
-        parts = [self.optimizer, self.method]
-        if self.sparsity is not None:
-            parts.append(f"s{self.sparsity:g}")
-        if self.lr_setting:
-            parts.append(f"lr{self.lr_multiplier:g}x")
-        if self.extra_symbol:
-            parts.append(f"{self.extra_symbol.lower()}-{safe_name(self.extra_value)}")
-        return "-".join(parts + [f"seed{self.seed}"])
-
-    def overrides(self) -> list:
-        """NAME=VALUE assignments that turn the matrix config into this cell's."""
-        out = ["MATRIX=n", f"OPTIMIZER={self.optimizer}", f"PRUNING={self.pruning}"]
-        if self.variant:
-            out.append(f"ADAMWPRUNE_VARIANT={self.variant}")
-        if self.sparsity is not None:
-            out.append(f"TARGET_SPARSITY={self.sparsity:g}")
-        if self.lr_setting:
-            out.append(self.lr_setting)
-        if self.extra_symbol:
-            out.append(self.extra)
-        return out + [f"SEED={self.seed}"]
-
-
-# Dimensions the grid sweeps itself; the extra dimension may not take them.
-OWN_DIMENSIONS = ("OPTIMIZER", "PRUNING", "ADAMWPRUNE_VARIANT", "TARGET_SPARSITY", "SEED",
-                  "MATRIX", "RESULTS_DIR", "RUN_NAME")
-
-
-def extra_dimension(cfg) -> list:
-    """[(symbol, value)] of MATRIX_EXTRA_SYMBOL x MATRIX_EXTRA_VALUES, or [(None, None)]."""
-    symbol = (cfg.MATRIX_EXTRA_SYMBOL or "").strip().removeprefix("CONFIG_")
-    values = (cfg.MATRIX_EXTRA_VALUES or "").split()
-    if not symbol and not values:
-        return [(None, None)]
-    if not symbol:
-        raise ConfigError(f"MATRIX_EXTRA_VALUES=\"{cfg.MATRIX_EXTRA_VALUES}\" without "
-                          f"MATRIX_EXTRA_SYMBOL: name the symbol the values are for")
-    if not values:
-        raise ConfigError(f"MATRIX_EXTRA_SYMBOL={symbol} without MATRIX_EXTRA_VALUES: list "
-                          f"its values, space-separated")
-    lr_symbols = {entry.lr for entry in optim.OPTIMIZERS.values()}
-    if symbol in OWN_DIMENSIONS or symbol.startswith("MATRIX_") or symbol in lr_symbols:
-        raise ConfigError(f"MATRIX_EXTRA_SYMBOL={symbol}: the matrix sweeps it with its own "
-                          f"settings (MATRIX_OPTIMIZER_*, MATRIX_PRUNING_*, MATRIX_SPARSITIES, "
-                          f"MATRIX_LR_MULTIPLIERS, MATRIX_SEEDS); choose another symbol")
-    if len(set(values)) != len(values):
-        raise ConfigError(f"MATRIX_EXTRA_VALUES=\"{cfg.MATRIX_EXTRA_VALUES}\": a value is "
-                          f"repeated")
-    return [(symbol, v) for v in values]
-
-
-def selected(cfg, prefix: str) -> list:
-    """Names of the MATRIX_<prefix>_* booleans that are set, in Kconfig order:
-    MATRIX_OPTIMIZER_ADAMW_8BIT -> "adamw-8bit"."""
-    prefix = f"MATRIX_{prefix}_"
-    return [key.removeprefix(prefix).lower().replace("_", "-")
-            for key, value in cfg.items() if key.startswith(prefix) and value is True]
-
-
-def enumerate_cells(cfg) -> tuple:
-    """(cells, skipped) of a matrix Config: cells a list of CellSpec in run
-    order, skipped a list of (combination, reason) for the dry run."""
-    if not cfg.MATRIX:
-        raise ConfigError(OFF_HINT)
-    optimizers = selected(cfg, "OPTIMIZER")
-    methods = selected(cfg, "PRUNING")
-    variants = selected(cfg, "VARIANT")
-    sparsities = cfg.MATRIX_SPARSITIES or ()
-    multipliers = cfg.MATRIX_LR_MULTIPLIERS or (1.0,)
-    seeds = [cfg.SEED + i for i in range(cfg.MATRIX_SEEDS)]
-    extras = extra_dimension(cfg)
-    cells, skipped = [], []
-    if not optimizers:
-        skipped.append(("every cell", "no optimizer selected (MATRIX_OPTIMIZER_*)"))
-    if not methods:
-        skipped.append(("every cell", "no pruning method selected (MATRIX_PRUNING_*)"))
-    if variants and "state" not in methods:
-        skipped.append((f"variants {', '.join(variants)}",
-                        "no state pruning selected (MATRIX_PRUNING_STATE)"))
-    if "state" in methods and not variants:
-        skipped.append(("state", "no AdamWPrune variant selected (MATRIX_VARIANT_*)"))
-    for optimizer in optimizers:
-        lr_symbol = optim.OPTIMIZERS[optimizer].lr
-        rates = [(m, None if m == 1 else f"{lr_symbol}={cfg[lr_symbol] * m:.6g}")
-                 for m in multipliers]
-        for method in methods:
-            if method == "none":
-                points = [(None, None)]
-            elif method == "state":
-                if optimizer not in state_optimizers():
-                    skipped.append((f"{optimizer}-state",
-                                    f"state pruning prunes from Adam moments; {optimizer} has "
-                                    f"none (only {', '.join(state_optimizers())})"))
-                    continue
-                points = [(v, s) for v in variants for s in sparsities]
-            else:
-                points = [(None, s) for s in sparsities]
-            for variant, sparsity in points:
-                for multiplier, lr_setting in rates:
-                    for symbol, value in extras:
-                        for seed in seeds:
-                            cells.append(CellSpec(optimizer, method, variant, sparsity, seed,
-                                                  multiplier, lr_setting, symbol, value))
-    return cells, skipped
+_FAKE_FAILURE = """\
+import json, pathlib, sys
+run = pathlib.Path(sys.argv[1])
+for i in range(30):
+    print(f"stand-in trainer line {i}")
+print("stand-in trainer: injected failure", file=sys.stderr)
+(run / "summary.json").write_text(json.dumps(
+    {"status": "failed", "error": "injected failure (KMATRIX_TEST_FAIL_CELLS)"}))
+sys.exit(3)
+"""
 
 
 # ------------------------------------------------------------- configurations
@@ -233,6 +106,8 @@ class Matrix:
     path: Path           # results/<RECIPE>-matrix-<hash>
     cells: list
     skipped: list
+    config_path: Path = None
+    overrides: tuple = ()
 
     @property
     def state_dir(self) -> Path:
@@ -261,22 +136,29 @@ def load_matrix(config_path, overrides=()) -> Matrix:
     cfg = cfglib.from_kconf(kconf, config_path)
     specs, skipped = enumerate_cells(cfg)
     path = matrix_dir(cfg, kconf)
-    results = results_setting(cfg, path.name)
+    m = Matrix(cfg, kconf, path, [], skipped, config_path, tuple(overrides))
+    m.cells = make_cells(m, specs)
+    return m
+
+
+def make_cells(m: Matrix, specs) -> list:
+    """The Cell of each spec of matrix m, validated like any .config."""
+    results = results_setting(m.cfg, m.path.name)
     # The cells of a matrix are one tracker project.
-    project = ([f"TRACKER_PROJECT={path.name}"]
-               if cfg.TRACKER != "none" and not cfg.TRACKER_PROJECT else [])
+    project = ([f"TRACKER_PROJECT={m.path.name}"]
+               if m.cfg.TRACKER != "none" and not m.cfg.TRACKER_PROJECT else [])
     cells = []
     for spec in specs:
-        cell_hash = cfglib.config_hash(cell_kconf(config_path, overrides, spec, results))
+        cell_hash = cfglib.config_hash(cell_kconf(m.config_path, m.overrides, spec, results))
         cell_id = f"{spec.name}-{cell_hash}"
-        kconf_cell = cell_kconf(config_path, overrides, spec, results, cell_id, project)
+        kconf_cell = cell_kconf(m.config_path, m.overrides, spec, results, cell_id, project)
         cells.append(Cell(spec, cell_id, cell_hash, cfglib.config_text(kconf_cell),
-                          path / cell_id, kconf_cell))
+                          m.path / cell_id, kconf_cell))
     ids = [c.id for c in cells]
     if len(set(ids)) != len(ids):
         raise ConfigError("two cells of the matrix resolve to the same configuration: "
                           + ", ".join(sorted({i for i in ids if ids.count(i) > 1})))
-    return Matrix(cfg, kconf, path, cells, skipped)
+    return cells
 
 
 def write_cell_config(cell) -> None:
@@ -300,102 +182,14 @@ def check_cells(matrix: Matrix) -> None:
     problems = []
     for cell in matrix.cells:
         try:
-            check_pruning(cfglib.from_kconf(cell.kconf, cell.config))
+            check_knobs(cfglib.from_kconf(cell.kconf, cell.config))
         except (ConfigError, DataError) as e:
             problems.append(f"cell {cell.name}: {e}")
     if problems:
         raise ConfigError("\n".join(problems))
-
-
-# ------------------------------------------------------------------- state
-
-def read_state(path) -> dict:
-    try:
-        return json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        return {}
-    except json.JSONDecodeError:
-        return {}
-
-
-def new_state(cell) -> dict:
-    s = cell.spec
-    return {"cell": cell.id, "name": s.name, "optimizer": s.optimizer, "pruning": s.pruning,
-            "variant": s.variant, "target_sparsity": s.sparsity, "seed": s.seed,
-            "lr_multiplier": s.lr_multiplier, "extra": s.extra,
-            "learning_rate": cell.learning_rate,
-            "config": f"{cell.id}/config", "status": "pending", "pid": None,
-            "started_at": None, "finished_at": None, "exit_code": None, "reason": None,
-            "error": None, "log_tail": [], "attempts": [], "wall_s": 0.0}
-
-
-def should_run(state: dict, retry_failed: bool) -> tuple:
-    """(run it?, why) for a cell's state. The runner holds the matrix lock, and
-    so do the cells it started, so a "running" state here is one whose runner
-    and trainer are gone: resume it (the trainer picks up its checkpoint)."""
-    status = state.get("status", "pending")
-    if status == "done":
-        return False, "done"
-    if status == "running":
-        return True, "resume (its runner stopped)"
-    if status == "interrupted":
-        return True, "resume (interrupted)"
-    if status == "failed":
-        if state.get("exit_code") == 130:  # recorded so by an older runner
-            return True, "resume (interrupted)"
-        if retry_failed:
-            return True, "retry (--retry-failed)"
-        return False, "failed (rerun with --retry-failed)"
-    return True, "pending"
-
-
-def close_dead_attempt(state: dict, log: Path) -> None:
-    """An attempt left open by a runner that died: estimate its end from the
-    last write to the cell's log, so the wall time stays about right."""
-    for attempt in state.get("attempts", []):
-        if attempt.get("finished_at") is None:
-            end = log.stat().st_mtime if log.exists() else attempt["started_at"]
-            attempt.update(finished_at=max(end, attempt["started_at"]), exit_code=None,
-                           wall_s=max(0.0, end - attempt["started_at"]), wall_estimated=True)
-    state["wall_s"] = sum(a.get("wall_s") or 0.0 for a in state.get("attempts", []))
-
-
-def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> list:
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - 65536))
-            text = f.read().decode(errors="replace")
-    except OSError:
-        return []
-    return text.splitlines()[-lines:]
-
-
-def read_summary(cell) -> dict:
-    try:
-        return json.loads((cell.dir / "summary.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
-
-
-def outcome(exit_code: int, summary: dict, runner_signalled: bool = False) -> tuple:
-    """(status, reason) of a finished trainer process. Stopped by a stop signal (its
-    own, or the runner's while the runner was being stopped) is interrupted."""
-    if exit_code == 0 and summary.get("status") == "complete":
-        return "done", None
-    if exit_code == 130:
-        return "interrupted", "exit 130 (interrupted)"
-    if exit_code < 0 and -exit_code in STOP_SIGNALS:
-        return "interrupted", f"stopped by {signal.Signals(-exit_code).name}"
-    if runner_signalled and exit_code not in (0, 3):
-        return "interrupted", f"exit {exit_code} while the matrix was being stopped"
-    if exit_code == 0:
-        return "failed", (f"exit 0 but summary.json status is "
-                          f"{summary.get('status')!r}, not 'complete'")
-    if exit_code < 0:
-        return "failed", f"killed by signal {-exit_code}"
-    meaning = EXIT_MEANINGS.get(exit_code, "crashed")
-    return "failed", f"exit {exit_code} ({meaning})"
+    if matrix.cfg.MATRIX_TUNING_TRIALS:
+        from scripts.tuning_runner import check
+        check(matrix)  # the rungs align with the evaluations; the executor can tune
 
 
 # ------------------------------------------------------------- processes
@@ -437,12 +231,16 @@ def child_env(base: dict, gpu, threads) -> dict:
     return env
 
 
-def command(cell) -> list:
-    """The trainer's command line for a cell (the tests replace it with a stand-in)."""
-    return [sys.executable, "-m", "gpt2.train", str(cell.config)]
+def command(cell, args=()) -> list:
+    patterns = [p for p in os.environ.get(FAIL_CELLS_ENV, "").split(",") if p]
+    if any(fnmatch.fnmatchcase(cell.id, p) for p in patterns):
+        return [sys.executable, "-c", _FAKE_FAILURE, str(cell.dir)]
+    return [sys.executable, "-m", "gpt2.train", str(cell.config), *args]
 
 
 class Runner:
+    outcome = staticmethod(outcome)
+
     def __init__(self, matrix: Matrix, retry_failed: bool):
         self.m = matrix
         self.retry_failed = retry_failed
@@ -475,10 +273,10 @@ class Runner:
     def write_state(self, cell, state) -> None:
         atomic_write_json(self.m.state_path(cell), state)
 
-    def start(self, cell, state, gpu, threads) -> None:
+    def start(self, cell, state, gpu, threads, args=()) -> None:
         now = time.time()
-        cmd = command(cell)
-        shown = shlex.join(cmd)
+        cmd = command(cell, args)
+        shown = shlex.join(cmd) if cmd[1] == "-m" else f"stand-in failure ({FAIL_CELLS_ENV})"
         with open(cell.log, "ab") as log:
             log.write(f"=== kmatrix: attempt {len(state['attempts']) + 1} at "
                       f"{time.strftime('%Y-%m-%d %H:%M:%S')}: {shown}\n".encode())
@@ -500,7 +298,7 @@ class Runner:
         cell, state, t0, _ = self.running.pop(proc)
         wall = time.monotonic() - t0
         summary = read_summary(cell)
-        status, reason = outcome(proc.returncode, summary, self.signal is not None)
+        status, reason = self.outcome(proc.returncode, summary, self.signal is not None)
         state["attempts"][-1].update(finished_at=time.time(), wall_s=wall,
                                      exit_code=proc.returncode)
         state.update(status=status, pid=None, finished_at=time.time(),
@@ -636,47 +434,15 @@ def _slurm_runner(matrix, retry_failed):
     return SlurmRunner(matrix, retry_failed, sys.modules[__name__])
 
 
+def _local_runner(matrix, retry_failed):
+    if matrix.cfg.MATRIX_TUNING_TRIALS:  # trials, selection, confirmations (scripts.tuning_runner)
+        from scripts.tuning_runner import TuningRunner
+        return TuningRunner(matrix, retry_failed)
+    return Runner(matrix, retry_failed)
+
+
 # MATRIX_EXECUTOR -> the runner of the cells.
-EXECUTORS = {"local": Runner, "slurm": _slurm_runner}
-
-
-# ------------------------------------------------------------- dry run
-
-def cell_estimate(cell) -> str:
-    """`make estimate` of a cell in one line (scripts.estimate)."""
-    from scripts import estimate
-    try:
-        return "estimate: " + estimate.one_line(
-            estimate.estimate(cfglib.from_kconf(cell.kconf, cell.config)))
-    except (ConfigError, DataError) as e:
-        return f"estimate: n/a ({(str(e).splitlines() or [''])[0][:160]})"
-
-
-def dry_run(matrix: Matrix, retry_failed: bool) -> int:
-    m = matrix
-    print(f"matrix {m.path}")
-    print(f"{len(m.cells)} cells ({m.cfg.MATRIX_JOBS} at once):")
-    walls, to_run = [], 0
-    for cell in m.cells:
-        state = read_state(m.state_path(cell))
-        run_it, why = should_run(state, retry_failed) if state else (True, "pending")
-        to_run += run_it
-        if state.get("status") == "done" and state.get("wall_s"):
-            walls.append(state["wall_s"])
-        print(f"  {cell.id:<60} lr {cell.learning_rate:<8g} {why}")
-        print(f"  {'':<60} {cell_estimate(cell)}")
-    if m.skipped:
-        print(f"skipped ({len(m.skipped)}):")
-        for what, reason in m.skipped:
-            print(f"  {what}: {reason}")
-    print(f"{to_run} of {len(m.cells)} cells would run")
-    if walls and to_run:
-        estimate = sum(walls) / len(walls) * to_run / max(1, min(m.cfg.MATRIX_JOBS, to_run))
-        print(f"estimated wall time: {estimate / 60:.1f} min (mean {sum(walls) / len(walls):.0f} s "
-              f"over {len(walls)} finished cells x {to_run} cells / {m.cfg.MATRIX_JOBS} jobs)")
-    elif to_run:
-        print("estimated wall time: unknown (no finished cell in this matrix yet)")
-    return 0
+EXECUTORS = {"local": _local_runner, "slurm": _slurm_runner}
 
 
 def main(argv=None) -> int:

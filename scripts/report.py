@@ -28,7 +28,7 @@ from lib import config as cfglib
 from lib.config import ConfigError
 from lib.fsutil import atomic_write_text
 from lib.run import dir_of_config
-from scripts import caveats
+from scripts import caveats, tuning
 from scripts import report_load as load
 from scripts import report_plots as plots_
 from scripts import report_sections as sec
@@ -36,7 +36,7 @@ from scripts import report_speed as speed
 from scripts import report_verdict as verdict
 
 # The report's sections in order, one function each (report -> markdown lines).
-# To add one, add one line here, e.g. lambda r: tuning.report_section(r.matrix_dir).
+# To add one, add one line here.
 SECTIONS = [
     sec.header,
     sec.final_loss,
@@ -44,7 +44,7 @@ SECTIONS = [
     sec.against_baseline,
     sec.speed,
     sec.time_to_target,
-    # lambda r: tuning.report_section(r.matrix_dir),  # scripts/tuning.py: the trials
+    lambda r: tuning.report_section(r.matrix_dir),  # the trials, selections, early stops
     sec.caveat_list,
     sec.extra_budget,
     sec.cells,

@@ -9,10 +9,16 @@ the local runner's, so `make report` reads them the same way.
 
 A job runs the ordinary trainer on the cell's config. Ahead of the time limit submitit
 sends SIGUSR2: the job passes SIGTERM to the trainer, which checkpoints, and submitit
-requeues the job, which resumes from the checkpoint. A trainer stopped otherwise (Slurm
-preemption sends SIGTERM) ends its job interrupted, and the next `make test-matrix`
-resubmits it.
+requeues the job, which resumes from the checkpoint. SIGUSR1 to the job's batch script
+(`scancel --signal=USR1 --batch`, or a cluster's `--signal=B:USR1@N`) is passed on as that
+SIGUSR2. Slurm's own requeue (`scontrol requeue`, preemption with PreemptMode=REQUEUE) sends
+SIGTERM: the trainer checkpoints and Slurm starts the job again, which resumes. A trainer
+stopped otherwise ends its job interrupted, and the next `make test-matrix` resubmits it.
+
+Job states and exit codes come from Slurm's accounting (sacct), as submitit's own do; a cell
+whose trainer failed fails its job with the trainer's exit code, so sacct shows it FAILED.
 """
+import fnmatch
 import os
 import re
 import signal
@@ -48,6 +54,42 @@ def sbatch_options(cfg) -> dict:
     return options
 
 
+def sbatch_parameters(cfg, folder: Path) -> dict:
+    """submitit SlurmExecutor parameters from the SLURM_* settings of the matrix config."""
+    params = dict(time=cfg.SLURM_TIME_LIMIT_MIN, cpus_per_task=cfg.SLURM_CPUS_PER_JOB,
+                  array_parallelism=cfg.SLURM_ARRAY_PARALLELISM, ntasks_per_node=1,
+                  additional_parameters=sbatch_options(cfg), job_name=folder.parent.name,
+                  setup=list(USR1_FORWARD))
+    if cfg.SLURM_GPUS_PER_JOB:
+        params["gpus_per_node"] = cfg.SLURM_GPUS_PER_JOB
+    if cfg.SLURM_PARTITION:
+        params["partition"] = cfg.SLURM_PARTITION
+    if cfg.SLURM_MEM_PER_JOB_GB:
+        params["mem"] = f"{cfg.SLURM_MEM_PER_JOB_GB}GB"
+    return params
+
+
+# Lines of the batch script before its srun (submitit's "setup"). bash runs a trap only
+# after the foreground command has ended, so `srun` becomes a function that runs the real
+# srun in the background and waits for it: SIGUSR1 to the script (scancel --signal=USR1
+# --batch, sbatch --signal=B:USR1@N) then reaches the job step at once as submitit's
+# checkpoint signal (SIGUSR2; srun passes it on): the cell checkpoints and submitit requeues
+# the job. The SIGTERM of a requeue or cancellation does not end the script before its step.
+USR1_FORWARD = [
+    "# kmatrix: SIGUSR1 to this script is submitit's checkpoint signal (SIGUSR2) to the step",
+    'kmatrix_usr1() { [[ -n ${kmatrix_step:-} ]] && kill -USR2 "$kmatrix_step" 2>/dev/null; }',
+    "trap kmatrix_usr1 USR1",
+    "trap : TERM",
+    "srun() {",
+    '    command srun "$@" &',
+    "    kmatrix_step=$!",
+    "    local rc",
+    '    while :; do wait "$kmatrix_step"; rc=$?; kill -0 "$kmatrix_step" 2>/dev/null || break; done',
+    '    return "$rc"',
+    "}",
+]
+
+
 def slurm_executor(cfg, folder: Path):
     """submitit's SlurmExecutor with the SLURM_* settings of the matrix config."""
     submitit = require_submitit()
@@ -57,31 +99,123 @@ def slurm_executor(cfg, folder: Path):
         raise ConfigError(f"MATRIX_EXECUTOR_SLURM=y, but this machine has no Slurm ({e}): run "
                           f"`make test-matrix` on the cluster's login node, or select "
                           f"MATRIX_EXECUTOR_LOCAL") from None
-    params = dict(time=cfg.SLURM_TIME_LIMIT_MIN, cpus_per_task=cfg.SLURM_CPUS_PER_JOB,
-                  array_parallelism=cfg.SLURM_ARRAY_PARALLELISM, ntasks_per_node=1,
-                  additional_parameters=sbatch_options(cfg), job_name=folder.parent.name)
-    if cfg.SLURM_GPUS_PER_JOB:
-        params["gpus_per_node"] = cfg.SLURM_GPUS_PER_JOB
-    if cfg.SLURM_PARTITION:
-        params["partition"] = cfg.SLURM_PARTITION
-    executor.update_parameters(**params)
+    executor.update_parameters(**sbatch_parameters(cfg, folder))
     return executor
 
 
-class SlurmCluster:
-    """Submits through sbatch and asks the scheduler whether a job ended."""
+def describe(cfg, folder: Path, jobs: int) -> list:
+    """The dry run's lines: the #SBATCH options of the array of `jobs` cells, exactly as
+    submitit writes them for sbatch, and what the cluster decides where nothing is asked."""
+    require_submitit()
+    from submitit.slurm.slurm import _make_sbatch_string
+    params = sbatch_parameters(cfg, folder)
+    text = _make_sbatch_string(command="python -u -m submitit.core._submit", folder=folder,
+                               map_count=jobs if jobs > 1 else None, **params)
+    lines = [f"slurm: {jobs} cell(s) as one job array, each job asking sbatch for:"]
+    keep = ("partition", "cpus-per-task", "gpus-per-node", "mem", "time", "array", "signal",
+            "job-name", "nodes", "ntasks-per-node", *params["additional_parameters"])
+    for line in text.splitlines():
+        key = line.removeprefix("#SBATCH --").partition("=")[0]
+        if line.startswith("#SBATCH ") and key.replace("-", "_") in [k.replace("-", "_")
+                                                                    for k in keep]:
+            lines.append(f"  {line}")
+    defaults = [what for what, given in (("partition", "partition" in params),
+                                         ("memory", "mem" in params)) if not given]
+    if defaults:
+        lines.append(f"  (not asked, so the cluster's default: {', '.join(defaults)})")
+    if "gpus_per_node" not in params:
+        lines.append("  (no GPUs: SLURM_GPUS_PER_JOB=0)")
+    lines.append(f"  the batch script also passes SIGUSR1 on as the checkpoint signal; job "
+                 f"files and logs go to {folder}")
+    return lines
+
+
+# Slurm job states in which a job has not ended (it waits, runs or is being requeued).
+NOT_ENDED = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "RESIZING",
+             "COMPLETING", "CONFIGURING", "SUSPENDED", "PREEMPTED", "SIGNALING", "STAGE_OUT",
+             "RESV_DEL_HOLD", "STOPPED", "UNKNOWN"}
+SACCT_FIELDS = "JobID,State,ExitCode,ElapsedRaw,NodeList"
+
+
+def parse_sacct(text: str) -> dict:
+    """{job id: {"state", "exit_code", "elapsed_s", "node"}} from `sacct --parsable2 -X -o
+    SACCT_FIELDS`; a pending array range ("12_[1-3%2]") gives each of its ids."""
+    from submitit.slurm.slurm import SlurmInfoWatcher
+    info = {}
+    for job_id, row in SlurmInfoWatcher().read_info(text).items():
+        elapsed = row.get("ElapsedRaw", "")
+        info[job_id] = {"state": (row.get("State") or "UNKNOWN").split()[0],
+                        "exit_code": row.get("ExitCode") or None,
+                        "elapsed_s": float(elapsed) if elapsed.isdigit() else None,
+                        "node": row.get("NodeList") or None}
+    return info
+
+
+class Cluster:
+    """What SlurmRunner asks of an engine (SlurmCluster; the tests' stand-ins)."""
+
+    def submit(self, jobs: list) -> list:
+        raise NotImplementedError
+
+    def ended(self, job_id: str) -> bool:
+        raise NotImplementedError
+
+    def watch(self, job_ids: list) -> None:
+        """Prepare to be asked about these jobs (one query for all)."""
+
+    def accounting(self, job_id: str) -> dict:
+        """The scheduler's record of an ended job: "state", "exit_code" ("3:0"),
+        "elapsed_s", "node"; {} where it has none."""
+        return {}
+
+    def state(self, job_id: str) -> str:
+        return "ENDED" if self.ended(job_id) else "RUNNING"
+
+
+class SlurmCluster(Cluster):
+    """Submits through sbatch and asks Slurm's accounting (sacct) about the jobs."""
 
     def __init__(self, cfg, folder: Path):
         self.folder = folder
         self.executor = slurm_executor(cfg, folder)
+        self.info = {}
 
     def submit(self, jobs: list) -> list:
         """Submit callables as one array; their job ids, in order."""
         return [job.job_id for job in self.executor.submit_array(jobs)]
 
+    def watch(self, job_ids: list) -> None:
+        """Ask sacct once about these jobs (and their arrays)."""
+        arrays = sorted({str(j).split("_")[0] for j in job_ids})
+        if not arrays:
+            return
+        try:
+            out = subprocess.run(["sacct", "-X", "--parsable2", "-o", SACCT_FIELDS,
+                                  "-j", ",".join(arrays)], capture_output=True, text=True,
+                                 timeout=120)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise ConfigError(f"sacct, which tells the jobs' states, did not answer ({e}); "
+                              f"run `make test-matrix` again on the cluster's login node") from None
+        if out.returncode != 0:
+            raise ConfigError(f"sacct failed: {out.stderr.strip()[:300]} (the Slurm executor "
+                              f"needs the cluster's job accounting, slurmdbd)")
+        self.info.update(parse_sacct(out.stdout))
+
+    def accounting(self, job_id: str) -> dict:
+        """The job's {"state", "exit_code", "elapsed_s", "node"} from sacct ({} if unknown)."""
+        if job_id not in self.info:
+            self.watch([job_id])
+        return self.info.get(job_id, {})
+
+    def state(self, job_id: str) -> str:
+        return self.accounting(job_id).get("state", "UNKNOWN")
+
     def ended(self, job_id: str) -> bool:
-        submitit = require_submitit()
-        return submitit.SlurmJob(self.folder, job_id).done()
+        state = self.state(job_id)
+        if state == "UNKNOWN":  # not in the accounting (yet): ended if it left a result
+            from submitit.core import utils
+            return utils.JobPaths(self.folder, job_id, 0).result_pickle.exists()
+        return state not in NOT_ENDED
 
 
 # The engines behind SlurmRunner, by name; tests add submitit's LocalExecutor here.
@@ -104,6 +238,25 @@ def job_result(folder: Path, job_id: str):
     return None, f"job {job_id} failed: {last[:200]}"
 
 
+def exit_status(slurm_code):
+    """The exit status of sacct's ExitCode "3:0" (3), or 128 + n of a signal "0:9"; None
+    when there is none."""
+    code, _, sig = (slurm_code or "").partition(":")
+    if not code.isdigit():
+        return None
+    if int(code) == 0 and sig.isdigit() and int(sig):
+        return 128 + int(sig)
+    return int(code)
+
+
+def _ignore_checkpoint_signal():
+    """In the trainer's process, before it starts: ignore submitit's checkpoint signal.
+    Slurm delivers a step's signals (--signal=USR2@90, or srun passing one on) to every
+    process of the step, and SIGUSR2 would end the trainer at once, without a checkpoint;
+    the job's own handler stops it with SIGTERM instead (CellJob.checkpoint)."""
+    signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+
+
 class CellJob:
     """What a job runs: the trainer on one cell's config, its output appended to the cell's
     stdout.log. submitit calls checkpoint() on its pre-timeout signal."""
@@ -120,12 +273,25 @@ class CellJob:
                       f"{time.strftime('%Y-%m-%d %H:%M:%S')}: python -m gpt2.train "
                       f"{self.config}\n".encode())
             log.flush()
-            self._proc = subprocess.Popen([sys.executable, "-m", "gpt2.train", self.config],
-                                          stdout=log, stderr=subprocess.STDOUT,
-                                          stdin=subprocess.DEVNULL, cwd=cfglib.ROOT)
+            self._proc = subprocess.Popen(self.command(), stdout=log,
+                                          stderr=subprocess.STDOUT,
+                                          stdin=subprocess.DEVNULL, cwd=cfglib.ROOT,
+                                          preexec_fn=_ignore_checkpoint_signal)
             code = self._proc.wait()
+        if code not in (0, 130):
+            # The trainer failed: so does the job, with its exit code (a signal's as
+            # 128 + n), for sacct to show; the collector reads it from there.
+            sys.exit(code if code > 0 else 128 - code)
         return {"exit_code": code, "wall_s": time.monotonic() - started,
                 "host": socket.gethostname()}
+
+    def command(self) -> list:
+        """The trainer, or the matrix tests' stand-in failure (scripts.matrix's hook)."""
+        from scripts import matrix
+        patterns = [p for p in os.environ.get(matrix.FAIL_CELLS_ENV, "").split(",") if p]
+        if any(fnmatch.fnmatchcase(self.cell_id, p) for p in patterns):
+            return [sys.executable, "-c", matrix._FAKE_FAILURE, str(Path(self.config).parent)]
+        return [sys.executable, "-m", "gpt2.train", self.config]
 
     def checkpoint(self, *args, **kwargs):
         """Stop the trainer at its next step (it checkpoints), then requeue this cell."""
@@ -175,15 +341,18 @@ class SlurmRunner:
     def _run(self, runner, cluster) -> int:
         m = self.m
         states, todo, running, collected = {}, [], [], []
+        known = {cell.id: runner.read_state(m.state_path(cell)) for cell in m.cells}
+        cluster.watch([s["job_id"] for s in known.values()
+                       if s.get("status") == "running" and s.get("job_id")])
         for cell in m.cells:
             runner.write_cell_config(cell)
-            state = runner.read_state(m.state_path(cell)) or runner.new_state(cell)
+            state = known[cell.id] or runner.new_state(cell)
             if state.get("status") == "running" and state.get("job_id"):
                 if not cluster.ended(state["job_id"]):
                     running.append(cell)
                     states[cell.id] = state
                     continue
-                self.collect(runner, cell, state)
+                self.collect(runner, cell, state, cluster)
                 collected.append(cell)
             elif state.get("status") == "running":  # left by a local runner that stopped
                 runner.close_dead_attempt(state, cell.log)
@@ -201,8 +370,9 @@ class SlurmRunner:
                 line += f"  ({state['reason']}{'; resubmitted' if cell in todo else ''})"
             print(line)
         for cell in running:
-            print(f"  {cell.id}  running (job {states[cell.id]['job_id']})"
-                  f"{self.position(cell)}")
+            job_id = states[cell.id]["job_id"]
+            print(f"  {cell.id}  running (job {job_id} {cluster.state(job_id)}"
+                  f"{self.position(cell)})")
         if todo:
             runner.Runner(m, self.retry_failed).prepare(todo)  # once, not in every job
             self.submit(runner, cluster, todo, states)
@@ -219,20 +389,36 @@ class SlurmRunner:
         runner.Runner(m, self.retry_failed).report()
         return 1 if counts["failed"] else 0
 
-    def collect(self, runner, cell, state) -> None:
-        """Close the cell's attempt from its job's result and its run directory."""
-        result, why = job_result(self.folder, state["job_id"])
+    def collect(self, runner, cell, state, cluster) -> None:
+        """Close the cell's attempt from its job's result, Slurm's accounting of the job and
+        the cell's run directory."""
+        job_id = state["job_id"]
+        result, why = job_result(self.folder, job_id)
+        acct = cluster.accounting(job_id)
         summary = runner.read_summary(cell)
         code = result["exit_code"] if result else None
         if result is None:
+            # The job failed with the trainer's exit code (CellJob), or was cancelled,
+            # killed at its limit or lost with its node: sacct says which.
+            acct_code = exit_status(acct.get("exit_code"))
             stopped = summary.get("status") in ("interrupted", "running")
-            status, reason = ("interrupted" if stopped else "failed"), why
+            if not stopped and acct_code:
+                code = acct_code
+                status, reason = runner.outcome(code, summary)
+                reason = f"job {job_id}: {reason}"
+            else:
+                status, reason = ("interrupted" if stopped else "failed"), why
         else:
             status, reason = runner.outcome(code, summary)
+        if acct and status != "done":
+            reason += f"; sacct: {acct['state']}, exit code {acct['exit_code']}"
         now = time.time()
+        wall = result["wall_s"] if result else acct.get("elapsed_s")
+        host = result["host"] if result else acct.get("node")
         attempt = state["attempts"][-1] if state.get("attempts") else {}
-        attempt.update(finished_at=now, exit_code=code, wall_s=result and result["wall_s"],
-                       host=result and result["host"])
+        attempt.update(finished_at=now, exit_code=code, wall_s=wall, host=host,
+                       slurm_state=acct.get("state"), slurm_exit_code=acct.get("exit_code"))
+        state.update(slurm_state=acct.get("state"), slurm_exit_code=acct.get("exit_code"))
         state.update(status=status, finished_at=now, exit_code=code, reason=reason,
                      error=summary.get("error") if status == "failed" else None,
                      log_tail=runner.log_tail(cell.log) if status == "failed" else [],

@@ -109,7 +109,9 @@ def test_provenance_differences_are_listed(tmp_path):
             "versions": {"python": "3.11.7", "torch": "2.5.1", "numpy": "2.1.0"},
             "device_name": "NVIDIA H100", "cuda": "12.4", "cudnn": 90100, "argv": ["x"]}
     other = {**base, "versions": {**base["versions"], "torch": "2.6.0"}}
-    for cell, prov in zip(ids, (base, base, other)):
+    for i, (cell, prov) in enumerate(zip(ids, (base, base, other))):
+        # each cell's command line names its own config: never listed as a difference
+        prov = {**prov, "argv": ["python", "-m", "gpt2.train", f"{cell}/config{i}"]}
         (mdir / cell / "provenance.json").write_text(json.dumps(prov))
     md = squash(report.write_report(mdir)["report"].read_text())
     section = md[md.index("### Provenance"):]
@@ -117,6 +119,7 @@ def test_provenance_differences_are_listed(tmp_path):
     assert f"  - '2.5.1': `{ids[0]}`, `{ids[1]}`" in section
     assert f"  - '2.6.0': `{ids[2]}`" in section
     assert "git_commit" not in section and "versions.numpy" not in section
+    assert "argv" not in section
     (mdir / ids[2] / "provenance.json").write_text(json.dumps(base))
     md = squash(report.write_report(mdir)["report"].read_text())
     assert "Every cell (3) has the same provenance." in md

@@ -226,7 +226,10 @@ HASH_BASES = ([], ["MATRIX=y", "MATRIX_EXECUTOR=slurm", "MATRIX_PRUNING_STATE=y"
                "DATASET=finewebedu", "MODEL_SIZE=custom"],
               ["OPTIMIZER=adafactor", "DATASET=hf", "TOKENIZER=char"],
               ["OPTIMIZER=adamw-8bit", "DATASET=openwebtext"], ["OPTIMIZER=lion"],
-              ["OPTIMIZER=adam"])
+              ["OPTIMIZER=adam"],
+              ["MATRIX=y", "MATRIX_TUNING_TRIALS=2", "MATRIX_OPTIMIZER_SGD=y",
+               "MATRIX_OPTIMIZER_ADAM=y", "MATRIX_OPTIMIZER_ADAFACTOR=y",
+               "MATRIX_OPTIMIZER_ADAMW_8BIT=y"])
 
 
 def _another_value(sym):

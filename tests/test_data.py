@@ -52,20 +52,24 @@ def _age(directory):
 
 
 def test_char_prepare_round_trip_and_split(text_dir, tmp_path):
-    out = data.prepare("shakespeare-char", str(text_dir), tmp_path / "out", 0.75)
-    assert out == tmp_path / "out" / "shakespeare-char-split0.75"
+    out = data.prepare("shakespeare-char", str(text_dir), tmp_path / "out", 0.75, 0.1)
+    assert out == tmp_path / "out" / "shakespeare-char-split0.75-test0.1"
     meta = json.loads((out / "meta.json").read_text())
     assert meta["vocab"] == "".join(sorted(set(TEXT)))
     assert meta["vocab_size"] == len(set(TEXT)) == data.vocab_size(out)
-    cut = int(len(TEXT) * 0.75)
-    assert (meta["train_tokens"], meta["val_tokens"]) == (cut, len(TEXT) - cut)
+    # nanoGPT's train/val boundary; the test split is the end of its validation part
+    cut, test_start = int(len(TEXT) * 0.75), int(len(TEXT) * 0.9)
+    assert (meta["train_tokens"], meta["val_tokens"], meta["test_tokens"]) == (
+        cut, test_start - cut, len(TEXT) - test_start)
 
     train = np.fromfile(out / "train.bin", dtype=np.uint16)
     val = np.fromfile(out / "val.bin", dtype=np.uint16)
-    assert (train.size, val.size) == (cut, len(TEXT) - cut)
+    test = np.fromfile(out / "test.bin", dtype=np.uint16)
+    assert (train.size, val.size, test.size) == (cut, test_start - cut, len(TEXT) - test_start)
     encode, decode = data.load_tokenizer(out)
-    assert decode(train) + decode(val) == TEXT
-    assert encode(TEXT[cut:]) == val.tolist()
+    assert decode(train) + decode(val) + decode(test) == TEXT
+    assert encode(TEXT[cut:test_start]) == val.tolist()
+    assert encode(TEXT[test_start:]) == test.tolist()
     assert decode(encode("Speak, speak.")) == "Speak, speak."
     with pytest.raises(data.DataError, match="not in the vocabulary"):
         encode("xyz#")
@@ -77,7 +81,7 @@ def test_prepare_is_idempotent(text_dir, tmp_path):
     before = _mtimes(out)
     assert data.prepare("shakespeare-char", str(text_dir), tmp_path / "out", 0.9) == out
     assert _mtimes(out) == before
-    assert sorted(before) == ["meta.json", "train.bin", "val.bin"]
+    assert sorted(before) == ["meta.json", "test.bin", "train.bin", "val.bin"]
 
 
 def test_prepare_redoes_when_input_or_output_changes(text_dir, tmp_path):
@@ -109,7 +113,7 @@ def test_interrupted_prepare_leaves_no_meta_and_is_redone(text_dir, tmp_path, mo
     real_replace = os.replace
 
     def crash_on_val(src, dst):
-        if str(dst).endswith("val.bin"):
+        if str(dst).endswith("test.bin"):
             raise OSError("disk full")
         real_replace(src, dst)
 
@@ -121,10 +125,10 @@ def test_interrupted_prepare_leaves_no_meta_and_is_redone(text_dir, tmp_path, mo
     # The old preparation is left whole; the failed one only in its partial directory.
     out = data.prepared_path(out_root, "shakespeare-char", 0.9)
     _, decode = data.load_tokenizer(out)
-    old = [np.fromfile(out / f"{s}.bin", dtype=np.uint16) for s in ("train", "val")]
-    assert decode(old[0]) + decode(old[1]) == TEXT
+    old = [np.fromfile(out / f"{s}.bin", dtype=np.uint16) for s in ("train", "val", "test")]
+    assert decode(old[0]) + decode(old[1]) + decode(old[2]) == TEXT
     partial = out.with_name(f".{out.name}.partial")
-    assert sorted(p.name for p in partial.iterdir()) == ["train.bin"]  # no meta, no temp
+    assert sorted(p.name for p in partial.iterdir()) == ["train.bin", "val.bin"]  # no meta
     with pytest.raises(data.DataError, match="not prepared"):
         data.Batches(partial, block_size=4, batch_size=2)
 
@@ -132,7 +136,8 @@ def test_interrupted_prepare_leaves_no_meta_and_is_redone(text_dir, tmp_path, mo
     _, decode = data.load_tokenizer(out)
     train = np.fromfile(out / "train.bin", dtype=np.uint16)
     val = np.fromfile(out / "val.bin", dtype=np.uint16)
-    assert decode(train) + decode(val) == TEXT + "new text\n"
+    test = np.fromfile(out / "test.bin", dtype=np.uint16)
+    assert decode(train) + decode(val) + decode(test) == TEXT + "new text\n"
 
 
 def test_bad_arguments(text_dir, tmp_path):
@@ -230,10 +235,13 @@ def test_bpe_prepare(text_dir, tmp_path, gpt2_files):
     assert encode("<|endoftext|>") == [50256]
     train = np.fromfile(out / "train.bin", dtype=np.uint16)
     val = np.fromfile(out / "val.bin", dtype=np.uint16)
-    assert (train.size, val.size) == (meta["train_tokens"], meta["val_tokens"])
+    test = np.fromfile(out / "test.bin", dtype=np.uint16)
+    assert (train.size, val.size, test.size) == (meta["train_tokens"], meta["val_tokens"],
+                                                 meta["test_tokens"])
     assert train.size < int(len(text) * 0.9)  # BPE, not characters
-    assert 50256 not in val
-    assert decode(train) + decode(val) == text
+    assert 50256 not in test  # the literal marker at the very end is text
+    assert decode(train) + decode(val) + decode(test) == text
+    assert decode(test) == text[int(len(text) * 0.95):]
     assert decode(train) == text[: int(len(text) * 0.9)]
 
 
@@ -319,11 +327,15 @@ def test_cli_prepares_what_the_config_selects(text_dir, tmp_path, capsys):
 
     config = tmp_path / "config"
     cfglib.write_config(cfglib.load_kconf(cfglib.ROOT / "defconfigs" / "default", [
-        f"DATA_DIR={text_dir}", f"RESULTS_DIR={tmp_path / 'res'}", "TRAIN_SPLIT=0.8"]), config)
+        f"DATA_DIR={text_dir}", f"RESULTS_DIR={tmp_path / 'res'}", "TRAIN_SPLIT=0.8",
+        "BLOCK_SIZE=16"]), config)
     assert data.main([str(config)]) == 0
-    out = tmp_path / "res" / "_data" / "shakespeare-char-split0.8"
+    out = tmp_path / "res" / "_data" / "shakespeare-char-split0.8-test0.05"
     assert str(out) in capsys.readouterr().out
     assert data.read_meta(out)["train_tokens"] == int(len(TEXT) * 0.8)
+    # every split must hold one BLOCK_SIZE window and its target: said at preparation
+    assert data.main([str(config), "--set", "BLOCK_SIZE=64"]) == 2
+    assert "test split" in capsys.readouterr().err  # 60 characters, fewer than 65
     assert data.main([str(config), "--set", f"DATA_DIR={tmp_path / 'nowhere'}"]) == 2
     assert "KMATRIX_DATA" in capsys.readouterr().err
 
@@ -364,4 +376,4 @@ def test_split_sizes_count_without_writing(text_dir, tmp_path):
     sizes = data.split_sizes("shakespeare-char", str(text_dir), tmp_path / "out", 0.9)
     assert not (tmp_path / "out").exists()
     meta = data.read_meta(data.prepare("shakespeare-char", str(text_dir), tmp_path / "out", 0.9))
-    assert sizes == {"train": meta["train_tokens"], "val": meta["val_tokens"]}
+    assert sizes == {s: meta[f"{s}_tokens"] for s in ("train", "val", "test")}

@@ -82,11 +82,13 @@ def test_segments_cut_where_bpe_does_not_change():
 
 @needs_bpe
 def test_parallel_writer_is_byte_identical_to_one_process(tmp_path):
-    docs, val_docs = _docs(), _docs(12, seed=2)
+    docs, val_docs, test_docs = _docs(), _docs(12, seed=2), _docs(9, seed=3)
     train_file = _write_jsonl(tmp_path / "in" / "train.jsonl", docs)
     val_file = _write_jsonl(tmp_path / "in" / "val.jsonl", val_docs)
+    test_file = _write_jsonl(tmp_path / "in" / "test.jsonl", test_docs)
     spec = data.DataSpec("text-files", str(SHARED), text_files=str(train_file),
-                         text_files_val=str(val_file), shard_tokens=3000)
+                         text_files_val=str(val_file), text_files_test=str(test_file),
+                         shard_tokens=3000)
     two = data.prepare_spec(replace(spec, workers=2), tmp_path / "a")
     one = data.prepare_spec(replace(spec, workers=1), tmp_path / "b")
     meta = data.read_meta(two)
@@ -95,37 +97,44 @@ def test_parallel_writer_is_byte_identical_to_one_process(tmp_path):
         assert (two / name).read_bytes() == (one / name).read_bytes()
     assert np.array_equal(_split(two, "train"), _reference(docs))
     assert np.array_equal(_split(two, "val"), _reference(val_docs))
+    assert np.array_equal(_split(two, "test"), _reference(test_docs))
     assert meta["train_tokens"] == _reference(docs).size
 
 
 @needs_bpe
 def test_parquet_share_split_and_budget_cut(tmp_path):
-    docs = _docs()
+    # many segments of similar size, so that the draw gives every split its share
+    docs = _docs(300)
+    docs[7] = "word. " * 300
     path = _write_parquet(tmp_path / "in" / "corpus.parquet", docs, field="content")
     enc = _gpt2()
     # The reference: segments in order, each drawn by its (document, segment) numbers.
-    expected = {"train": [], "val": []}
+    expected = {"train": [], "val": [], "test": []}
     for d, doc in enumerate(docs):
         pieces = pipeline.segments(doc)
         for s, piece in enumerate(pieces):
             tokens = enc.encode_ordinary(piece) + ([data.GPT2_EOT] if s == len(pieces) - 1 else [])
-            expected[pipeline.drawn_split(5, d, s, 0.8)] += tokens
+            expected[pipeline.drawn_split(5, d, s, 0.8, 0.05)] += tokens
     spec = data.DataSpec("text-files", str(SHARED), train_split=0.8, split_seed=5,
                          text_files=str(path), text_field="content", shard_tokens=2000, workers=1)
     whole = data.prepare_spec(spec, tmp_path / "out")
-    for split in ("train", "val"):
+    for split in ("train", "val", "test"):
         assert _split(whole, split).tolist() == expected[split]
-    draws = [pipeline.drawn_split(5, d, s, 0.8) for d in range(5000) for s in range(2)]
-    assert abs(draws.count("val") / len(draws) - 0.2) < 0.02
+    draws = [pipeline.drawn_split(5, d, s, 0.8, 0.05) for d in range(5000) for s in range(2)]
+    assert abs(draws.count("val") / len(draws) - 0.15) < 0.02
+    assert abs(draws.count("test") / len(draws) - 0.05) < 0.01
+    # the training split does not depend on the test fraction
+    assert [x == "train" for x in draws] == [
+        pipeline.drawn_split(5, d, s, 0.8) == "train" for d in range(5000) for s in range(2)]
 
     # A budget takes the first N tokens of the same stream, train and val together.
-    budget = 5000
+    budget = 20000
     cut = data.prepare_spec(replace(spec, max_tokens=budget),
                             tmp_path / "out")
-    assert cut != whole and "-5ktok-" in cut.name and "split0.8-seed5" in cut.name
+    assert cut != whole and "-20ktok-" in cut.name and "split0.8-test0.05-seed5" in cut.name
     meta = data.read_meta(cut)
-    assert meta["train_tokens"] + meta["val_tokens"] == budget
-    for split in ("train", "val"):
+    assert meta["train_tokens"] + meta["val_tokens"] + meta["test_tokens"] == budget
+    for split in ("train", "val", "test"):
         full = _split(whole, split)
         assert np.array_equal(_split(cut, split), full[:meta[f"{split}_tokens"]])
 
@@ -149,7 +158,8 @@ def test_char_tokenizer_above_uint16_writes_uint32(tmp_path):
     train = _split(out, "train")
     assert train.max() >= 2**16
     encode, decode = data.load_tokenizer(out)
-    assert set(decode(train) + decode(_split(out, "val"))) == set(alphabet)
+    assert set(decode(train) + decode(_split(out, "val"))
+               + decode(_split(out, "test"))) == set(alphabet)
     batches = data.Batches(out, block_size=16, batch_size=4, seed=0)
     x, y = batches.get("train")
     assert x.dtype == torch.int64 and int(x.max()) < 70000
@@ -199,7 +209,7 @@ def test_kill_between_shards_resumes_to_identical_files(tmp_path):
                      "DATA_SHARD_TOKENS=4000", "DATA_WORKERS=1", "DATA_SPLIT_SEED=7")
     cfg = cfglib.load(config)
     out = data.prepared_dir(data.spec_from_config(cfg), tmp_path / "res" / "_data")
-    assert out.name.startswith("text-files-c.jsonl-char-all-split0.9-seed7-")
+    assert out.name.startswith("text-files-c.jsonl-char-all-split0.9-test0.05-seed7-")
 
     killed = _cli(config, {"KMATRIX_TEST_FAULT": "shard@2=KILL"})
     assert killed.returncode == -9, killed.stderr
@@ -242,11 +252,67 @@ def test_hf_source_reads_a_local_dataset_directory_with_a_named_validation_split
     train_docs = [f"train document {i}\n" * (i + 1) for i in range(30)]
     val_docs = [f"held out {i}\n" for i in range(5)]
     _write_parquet(tmp_path / "ds" / "train.parquet", train_docs)
+    test_docs = [f"kept back {i}\n" for i in range(4)]
     _write_parquet(tmp_path / "ds" / "validation.parquet", val_docs)
+    _write_parquet(tmp_path / "ds" / "test.parquet", test_docs)
     spec = data.DataSpec("hf", tokenizer="char", hf_name=str(tmp_path / "ds"),
-                         hf_val_split="validation", workers=1)
+                         hf_val_split="validation", hf_test_split="test", workers=1)
     out = data.prepare_spec(spec, tmp_path / "out")
-    assert "-val-validation-" in out.name
+    assert "-val-validation-test-test-" in out.name
     _, decode = data.load_tokenizer(out)
     assert decode(_split(out, "train")) == "".join(train_docs)
     assert decode(_split(out, "val")) == "".join(val_docs)
+    assert decode(_split(out, "test")) == "".join(test_docs)
+
+
+@needs_bpe
+def test_two_files_that_cannot_fill_every_split_are_cut_by_token_position(tmp_path, capsys):
+    """Two small .txt files are two segments: drawn, val and test would be empty; the
+    token stream is cut as nanoGPT cuts one file instead, and it says so."""
+    texts = ["".join(_docs(40, seed=4)), "".join(_docs(40, seed=5))]
+    for i, text in enumerate(texts):
+        (tmp_path / "in").mkdir(exist_ok=True)
+        (tmp_path / "in" / f"{i}.txt").write_text(text, encoding="utf-8")
+    spec = data.DataSpec("text-files", str(SHARED), text_files=str(tmp_path / "in"),
+                         train_split=0.9, test_fraction=0.05, workers=1)
+    out = data.prepare_spec(spec, tmp_path / "out")
+    assert "splitting the token stream instead" in capsys.readouterr().err
+    stream = _reference(texts)
+    total = stream.size
+    train_end, test_start = int(total * 0.9), int(total * 0.95)
+    assert np.array_equal(_split(out, "train"), stream[:train_end])
+    assert np.array_equal(_split(out, "val"), stream[train_end:test_start])
+    assert np.array_equal(_split(out, "test"), stream[test_start:])
+    assert data.read_meta(out)["split_mode"] == "stream"
+    # prepared once: a second call finds it up to date
+    assert data.prepare_spec(spec, tmp_path / "out") == out
+    data.check_split_sizes(spec, out, block_size=16)
+    with pytest.raises(data.DataError, match="val split .* fewer than BLOCK_SIZE \\+ 1 .*"
+                                             "raise TRAIN_SPLIT and TEST_FRACTION"):
+        data.check_split_sizes(spec, out, block_size=test_start - train_end)
+    assert spec.split_knob("test") == "TEST_FRACTION"
+    assert replace(spec, text_files_test="t").split_knob("test") == "TEXT_FILES_TEST_PATH"
+
+
+def test_named_validation_files_with_a_drawn_test_split(tmp_path):
+    """TEXT_FILES_VAL_PATH names the validation split; the test split is drawn from
+    TEXT_FILES_PATH alone, so no training segment is drawn into val."""
+    docs = ["".join(random.Random(i).choice("abc \n") for _ in range(200)) for i in range(200)]
+    path = _write_jsonl(tmp_path / "in" / "train.jsonl", docs)
+    val = _write_jsonl(tmp_path / "in" / "val.jsonl", ["held out\n"] * 20)
+    spec = data.DataSpec("text-files", tokenizer="char", text_files=str(path),
+                         text_files_val=str(val), test_fraction=0.1, split_seed=3, workers=1)
+    out = data.prepare_spec(spec, tmp_path / "out")
+    _, decode = data.load_tokenizer(out)
+    drawn = [pipeline.drawn_split(3, d, 0, 0.9, 0.1) for d in range(len(docs))]
+    assert "val" not in drawn
+    assert decode(_split(out, "val")) == "held out\n" * 20
+    assert decode(_split(out, "train")) == "".join(d for d, s in zip(docs, drawn) if s == "train")
+    assert decode(_split(out, "test")) == "".join(d for d, s in zip(docs, drawn) if s == "test")
+    assert "-val-files-test0.1-seed3-" in out.name
+
+
+def test_train_split_and_test_fraction_must_leave_a_validation_split():
+    with pytest.raises(data.DataError, match="TRAIN_SPLIT=0.96 \\+ TEST_FRACTION=0.05 leave no "
+                                             "validation split"):
+        data.DataSpec("finewebedu", train_split=0.96, test_fraction=0.05).check()

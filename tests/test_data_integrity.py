@@ -157,10 +157,10 @@ def test_truncated_shard_is_an_error_naming_it_when_opened(tmp_path):
 
 def test_verify_finds_changed_bytes_that_keep_size_and_mtime(tmp_path, monkeypatch):
     out = _shakespeare(tmp_path)
-    assert verify.check(out) == (2, len(TEXT))
+    assert verify.check(out) == (3, len(TEXT))
     _poke(out / "train.bin", 5, int(np.fromfile(out / "train.bin", np.uint16)[6]))  # valid id
     found, shards, _ = verify.problems(out)
-    assert shards == 2 and len(found) == 1
+    assert shards == 3 and len(found) == 1
     assert found[0].startswith(f"{out / 'train.bin'}: sha256 ")
     # The loader's cheap checks cannot see this; DATA_VERIFY at a run's start does.
     data.Batches(out, block_size=8, batch_size=2).get("train")
@@ -188,8 +188,8 @@ def test_make_data_verify_entry_point(tmp_path):
         f"RESULTS_DIR={tmp_path / 'res'}", f"DATA_DIR={tmp_path / 'inputs'}"]), config)
     assert _cli(config).returncode == 0
     ok = _cli("--verify", config)
-    assert ok.returncode == 0 and "2 shards" in ok.stdout and "verified" in ok.stdout
-    out = tmp_path / "res" / "_data" / "shakespeare-char-split0.9"
+    assert ok.returncode == 0 and "3 shards" in ok.stdout and "verified" in ok.stdout
+    out = tmp_path / "res" / "_data" / "shakespeare-char-split0.9-test0.05"
     _poke(out / "val.bin", 0, 65000)
     bad = _cli("--verify", config)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
@@ -201,14 +201,16 @@ def test_damaged_shard_mid_run_fails_the_run_with_one_line_and_its_reason(tiny_c
     config = tiny_config("MAX_ITERS=5", "EVAL_INTERVAL=5")
     cfg = cfglib.load(config)
     out = data.prepare_config(cfg)
-    tokens = np.fromfile(out / "train.bin", dtype=np.uint16)
-    stat = (out / "train.bin").stat()
-    np.full_like(tokens, 65535).tofile(out / "train.bin")
-    os.utime(out / "train.bin", ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    # the validation split: first read by the evaluation at iteration 5 (the first training
+    # batches are read before training starts, for the run's data_hash)
+    tokens = np.fromfile(out / "val.bin", dtype=np.uint16)
+    stat = (out / "val.bin").stat()
+    np.full_like(tokens, 65535).tofile(out / "val.bin")
+    os.utime(out / "val.bin", ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert train.main([str(config)]) == 3
     summary = json.loads(train.RunDir.for_config(cfg).summary.read_text())
     assert summary["status"] == "failed"
-    assert f"{out / 'train.bin'} holds token id 65535" in summary["error"]
+    assert f"{out / 'val.bin'} holds token id 65535" in summary["error"]
     assert "\n" not in summary["error"] and "Traceback" not in capsys.readouterr().err
 
 
@@ -276,14 +278,15 @@ def test_unfinished_or_damaged_final_directory_is_never_taken_for_a_corpus(tmp_p
 
 
 def test_stale_partial_directory_is_cleared_for_shakespeare(tmp_path):
-    partial = tmp_path / "out" / ".shakespeare-char-split0.9.partial"
+    partial = tmp_path / "out" / ".shakespeare-char-split0.9-test0.05.partial"
     partial.mkdir(parents=True)
     (partial / "train.bin").write_bytes(b"junk")
     (partial / "meta.json").write_text("{}")
     out = _shakespeare(tmp_path)
     assert not partial.exists()
-    assert sorted(p.name for p in out.iterdir()) == ["meta.json", "train.bin", "val.bin"]
-    assert verify.check(out) == (2, len(TEXT))
+    assert sorted(p.name for p in out.iterdir()) == ["meta.json", "test.bin", "train.bin",
+                                                     "val.bin"]
+    assert verify.check(out) == (3, len(TEXT))
 
 
 # ------------------------------------------------------------------ 4. no network
@@ -356,7 +359,8 @@ def test_dataset_paths_that_lead_nowhere_name_their_knob(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path / "work")
     # `..` is an ordinary relative path: it works where it resolves ...
     spec = data.DataSpec("text-files", tokenizer="char", text_files="../corpus/c.txt",
-                         text_files_val="../corpus/c.txt", workers=1)
+                         text_files_val="../corpus/c.txt", text_files_test="../corpus/c.txt",
+                         workers=1)
     out = data.prepare_spec(spec, tmp_path / "out")
     assert data.read_meta(out)["train_tokens"] == len(TEXT)
     # ... and is an error naming the knob where it does not.

@@ -19,7 +19,7 @@ QUICK = ["MAX_ITERS=20", "EVAL_INTERVAL=10", "SAMPLE_AFTER_TRAINING=n"]
 SLURM = ["MATRIX=y", "MATRIX_EXECUTOR=slurm"]
 
 
-class LocalCluster:
+class LocalCluster(slurm.Cluster):
     """submitit's LocalExecutor in place of sbatch: jobs run on this machine."""
     jobs = {}
     submitted = []
@@ -168,7 +168,7 @@ def test_a_job_signalled_ahead_of_its_limit_checkpoints_and_resumes_when_requeue
     assert RunDir(cell.dir).read_summary()["iters"] == 200
 
 
-class RecordingCluster:
+class RecordingCluster(slurm.Cluster):
     """Records submissions; every job has ended, with the result the test wrote."""
     submitted = []
 
@@ -223,3 +223,37 @@ def test_preempted_and_lost_jobs_are_resubmitted_failed_ones_only_on_request(
                                                          "host": "n1"})
     assert matrix.main([str(config), "--retry-failed"]) == 0
     assert RecordingCluster.submitted[2] == [preempted.id, crashed.id, lost.id]
+
+
+def test_dry_run_shows_what_each_job_asks_sbatch_for(tiny_config, capsys):
+    config = tiny_config(*SLURM, *QUICK, "MATRIX_SEEDS=3", "SLURM_PARTITION=gpu",
+                         "SLURM_GPUS_PER_JOB=2", "SLURM_CPUS_PER_JOB=12",
+                         "SLURM_MEM_PER_JOB_GB=64", "SLURM_TIME_LIMIT_MIN=90",
+                         "SLURM_ARRAY_PARALLELISM=2", "SLURM_EXTRA_OPTIONS=account=proj qos=high")
+    assert matrix.main([str(config), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    for line in ("#SBATCH --partition=gpu", "#SBATCH --cpus-per-task=12",
+                 "#SBATCH --gpus-per-node=2", "#SBATCH --mem=64GB", "#SBATCH --time=90",
+                 "#SBATCH --array=0-2%2", "#SBATCH --account=proj", "#SBATCH --qos=high",
+                 "3 cell(s) as one job array"):
+        assert line in out, (line, out)
+    assert "cluster's default" not in out
+    assert not (matrix.load_matrix(config).path / "slurm").exists()  # nothing submitted
+
+    config = tiny_config(*SLURM, *QUICK, "SLURM_GPUS_PER_JOB=0", name="defaults")
+    assert matrix.main([str(config), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "--partition" not in out and "--mem" not in out and "--gpus" not in out
+    assert "cluster's default: partition, memory" in out and "no GPUs" in out
+
+
+def test_sacct_records_and_exit_codes():
+    text = ("JobID|State|ExitCode|ElapsedRaw|NodeList\n"
+            "12_0|FAILED|3:0|14|n1\n12_1|CANCELLED by 0|0:15|7|n2\n"
+            "12_[2-3%2]|PENDING|0:0|0|None assigned\n")
+    info = slurm.parse_sacct(text)
+    assert info["12_0"] == {"state": "FAILED", "exit_code": "3:0", "elapsed_s": 14.0,
+                            "node": "n1"}
+    assert info["12_1"]["state"] == "CANCELLED"
+    assert info["12_2"]["state"] == info["12_3"]["state"] == "PENDING"
+    assert [slurm.exit_status(c) for c in ("3:0", "0:15", "0:0", None)] == [3, 143, 0, None]

@@ -5,7 +5,7 @@ batches and evaluation windows read from them.
   huggingface.py   FineWeb-Edu, OpenWebText, any Hugging Face dataset (`datasets`)
   textfiles.py     local .txt, .jsonl and .parquet files (the same `datasets` path)
   pipeline.py      the shared preparation of document corpora: segments, parallel
-                   tokenization, train/val draw, token budget, resumable shard writing
+                   tokenization, train/val/test draw, token budget, resumable shard writing
   shards.py        the prepared format: meta.json, shards, the memory-mapped reader
   tokenizers.py    GPT-2 BPE (tiktoken, local files) and characters
   batches.py       the batch sampler;  evalwindows.py  the evaluation windows
@@ -29,6 +29,7 @@ from gpt2.data.prepare import (
     DATASETS, DataSpec, prepare, prepare_config, prepare_spec, prepared_dir, prepared_path,
     spec_from_config, split_sizes, split_sizes_config, split_sizes_spec,
 )
+from gpt2.data.prepare import check_split_sizes, check_split_sizes_config
 from gpt2.data.shards import META_FORMAT, SPLITS, SplitTokens, read_meta, vocab_size
 from gpt2.data.tokenizers import (
     GPT2_EOT, GPT2_VOCAB_SIZE, TOKENIZERS, _gpt2_encoding, load_tokenizer,
@@ -41,7 +42,7 @@ __all__ = [
     "spec_from_config", "split_sizes", "split_sizes_config", "split_sizes_spec",
     "META_FORMAT", "SPLITS", "SplitTokens", "read_meta", "vocab_size", "GPT2_EOT",
     "GPT2_VOCAB_SIZE", "TOKENIZERS", "_gpt2_encoding", "load_tokenizer",
-    "Batches", "EvalWindows",
+    "Batches", "EvalWindows", "check_split_sizes", "check_split_sizes_config",
 ]
 _LAZY = {"Batches": "gpt2.data.batches", "EvalWindows": "gpt2.data.evalwindows"}
 

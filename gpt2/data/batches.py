@@ -4,7 +4,10 @@ import numpy as np
 import torch
 
 from gpt2.data.errors import DataError
-from gpt2.data.shards import SPLITS, SplitTokens, read_meta
+from gpt2.data.shards import SplitTokens, read_meta
+
+# The splits batches are drawn from; the test split is only ever read whole, at the end.
+SPLITS = ("train", "val")
 
 
 class Batches:

@@ -6,6 +6,7 @@ import sys
 import gpt2.data.verify as verify
 from gpt2.data.errors import DataError
 from gpt2.data.prepare import data_root, prepare_config, prepared_dir, spec_from_config
+from gpt2.data.prepare import check_split_sizes_config
 from gpt2.data.shards import read_meta
 
 
@@ -27,11 +28,13 @@ def main(argv=None) -> int:
         if args.verify:
             return _verify(prepared_dir(spec_from_config(cfg), data_root(cfg)))
         out_dir = prepare_config(cfg)
+        check_split_sizes_config(cfg, out_dir)  # each split holds a BLOCK_SIZE window
     except (cfglib.ConfigError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     meta = read_meta(out_dir)
-    print(f"{out_dir}: {meta['train_tokens']:,} train + {meta['val_tokens']:,} val tokens, "
+    print(f"{out_dir}: {meta['train_tokens']:,} train + {meta['val_tokens']:,} val + "
+          f"{meta['test_tokens']:,} test tokens, "
           f"vocabulary {meta['vocab_size']:,}")
     return 0
 

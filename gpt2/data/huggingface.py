@@ -106,7 +106,8 @@ def _known_rows(ds, split: str):
 
 
 def named(spec) -> Corpus:
-    """HF_NAME (a hub name or a local directory), HF_CONFIG, HF_SPLIT, HF_VAL_SPLIT."""
+    """HF_NAME (a hub name or a local directory), HF_CONFIG, HF_SPLIT, HF_VAL_SPLIT,
+    HF_TEST_SPLIT (a split not named is drawn from HF_SPLIT)."""
     if not spec.hf_name:
         raise DataError("DATASET=hf needs HF_NAME: a Hugging Face dataset name such as "
                         "HuggingFaceFW/fineweb-edu, or a local dataset directory")
@@ -115,14 +116,18 @@ def named(spec) -> Corpus:
         paths.directory(spec.hf_name, "HF_NAME")
     streaming = spec.max_tokens > 0
     streams = [stream(spec.hf_name, spec.hf_config, spec.hf_split, spec.text_field, streaming,
-                      "train" if spec.hf_val_split else None)]
+                      "train" if spec.hf_val_split and spec.hf_test_split else None)]
     if spec.hf_val_split:
         streams.append(stream(spec.hf_name, spec.hf_config, spec.hf_val_split, spec.text_field,
                               streaming, "val"))
+    if spec.hf_test_split:
+        streams.append(stream(spec.hf_name, spec.hf_config, spec.hf_test_split, spec.text_field,
+                              streaming, "test"))
     label = "hf-" + "-".join(p for p in (spec.hf_name.replace("/", "--"), spec.hf_config,
                                          spec.hf_split) if p)
     inputs = {"hf_name": spec.hf_name, "hf_config": spec.hf_config, "hf_split": spec.hf_split,
-              "hf_val_split": spec.hf_val_split, "text_field": spec.text_field}
+              "hf_val_split": spec.hf_val_split, "hf_test_split": spec.hf_test_split,
+              "text_field": spec.text_field}
     return Corpus(label, streams, inputs)
 
 

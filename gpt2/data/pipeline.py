@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+import gpt2.data.splitting as splitting
 import gpt2.data.staging as staging
 from gpt2.data.errors import DataError
 from gpt2.data.shards import META_FORMAT, SPLITS, file_intact, read_meta, write_shard
@@ -61,10 +62,15 @@ def _mix(x: int) -> int:
     return x ^ (x >> 31)
 
 
-def drawn_split(seed: int, doc: int, seg: int, train_split: float) -> str:
-    """train or val for segment `seg` of document `doc`: a fixed function of the three
-    numbers, so it does not depend on batching, workers or resumption."""
+def drawn_split(seed: int, doc: int, seg: int, train_split: float,
+                test_fraction: float = 0.0) -> str:
+    """train, val or test for segment `seg` of document `doc`: a fixed function of the
+    numbers, so it does not depend on batching, workers or resumption. One number u per
+    segment: test when u >= 1 - test_fraction, else train when u < train_split, else val;
+    so the training split does not depend on test_fraction."""
     u = _mix(_mix(_mix(seed) ^ doc) ^ seg) / 2.0**64
+    if u >= 1.0 - test_fraction:
+        return "test"
     return "train" if u < train_split else "val"
 
 
@@ -169,9 +175,11 @@ class ShardWriter:
     about `shard_tokens` tokens (both splits together) at a time, recording each in
     progress.json; resumes from it."""
 
-    def __init__(self, out_dir: Path, key: str, tok: TokenizerSpec, spec, bar=None):
+    def __init__(self, out_dir: Path, key: str, tok: TokenizerSpec, spec, bar=None,
+                 edges=None):
         self.out_dir, self.key, self.tok, self.spec = Path(out_dir), key, tok, spec
         self.bar = bar
+        self.edges = edges  # {stream index: (end of train, start of test)}: cut by position
         self.progress = self._load_progress()
 
     # -- progress ----------------------------------------------------------
@@ -228,6 +236,7 @@ class ShardWriter:
         doc, seg, stream_tokens = ((previous[-1]["next_doc"], previous[-1]["next_seg"],
                                     previous[-1]["stream_tokens"]) if previous else (0, 0, 0))
         budget = spec.max_tokens or None
+        fractions = spec.draw_fractions()
         buffers, buffered = {s: [] for s in SPLITS}, 0
         position = (doc, seg)
         if budget is None or stream_tokens < budget:
@@ -236,8 +245,9 @@ class ShardWriter:
                 for (d, s, _, last), tokens in zip(task, arrays):
                     if budget is not None and stream_tokens + tokens.size > budget:
                         tokens = tokens[:budget - stream_tokens]
-                    split = stream.split or drawn_split(spec.split_seed, d, s, spec.train_split)
-                    buffers[split].append(tokens)
+                    for split, piece in self._route(stream_index, stream, (d, s), tokens,
+                                                    stream_tokens, fractions):
+                        buffers[split].append(piece)
                     buffered += tokens.size
                     stream_tokens += tokens.size
                     position = (d + 1, 0) if last else (d, s + 1)
@@ -257,6 +267,21 @@ class ShardWriter:
             self._flush(stream_index, buffers, position, stream_tokens)
         self.progress["finished_streams"] = stream_index + 1
         self._save_progress()
+
+    def _route(self, index: int, stream, where: tuple, tokens, position: int, fractions):
+        if stream.split:
+            return [(stream.split, tokens)]
+        if self.edges is None:
+            return [(drawn_split(self.spec.split_seed, *where, *fractions), tokens)]
+        return splitting.cut_by_position(tokens, position, self.edges[index])
+
+    def drawn_totals(self, corpus) -> dict:
+        """{index of a drawn stream: its tokens}, from the recorded units."""
+        totals = {i: 0 for i, stream in enumerate(corpus.streams) if stream.split is None}
+        for unit in self.progress["units"]:
+            if unit["stream"] in totals:
+                totals[unit["stream"]] = unit["stream_tokens"]
+        return totals
 
     def write(self, corpus) -> dict:
         """Write every stream not finished yet; {split: [{file, tokens}]} and files."""
@@ -348,21 +373,33 @@ def prepare(spec, corpus, out_dir: Path) -> Path:
             writer = ShardWriter(out_dir, key, tok, spec, bar)
             bar.update(writer.tokens_done())
             written = writer.write(corpus)
+            counts = {s: sum(e["tokens"] for e in written["splits"][s]) for s in SPLITS}
+            split_mode, short = "draw", splitting.starved(spec, counts)
+            if short:
+                splitting.say(corpus.label, short, counts)
+                edges = {i: splitting.bounds(spec, n)
+                         for i, n in writer.drawn_totals(corpus).items()}
+                bar.reset(total=budget)
+                writer = ShardWriter(out_dir, key + "-stream", tok, spec, bar, edges)
+                written, split_mode = writer.write(corpus), "stream"
         counts = {s: sum(e["tokens"] for e in written["splits"][s]) for s in SPLITS}
         empty = [s for s in SPLITS if counts[s] == 0]
         if empty:
             raise DataError(
-                f"The {' and '.join(empty)} split of {corpus.label} is empty "
-                f"({counts['train']:,} train and {counts['val']:,} val tokens): "
-                + ("lower TRAIN_SPLIT, set DATA_MAX_TOKENS higher or to 0 (the whole corpus), "
-                   "or name a validation split (HF_VAL_SPLIT, TEXT_FILES_VAL_PATH)"
-                   if any(s.split is None for s in corpus.streams)
-                   else "the named split holds no text"))
+                f"The {' and '.join(empty)} split of {corpus.label} is empty ("
+                + ", ".join(f"{counts[s]:,} {s}" for s in SPLITS) + " tokens): "
+                + ("; ".join(f"{spec.split_knob(s)} names a split that holds no text"
+                             if spec.named(s) else f"raise {spec.split_knob(s)}" for s in empty)
+                   + ", set DATA_MAX_TOKENS higher or to 0 (the whole corpus), or name the "
+                     "split (HF_VAL_SPLIT/HF_TEST_SPLIT, TEXT_FILES_VAL_PATH/"
+                     "TEXT_FILES_TEST_PATH)"))
         meta = {
             "format": META_FORMAT, "key": key, "dataset": spec.dataset,
             "tokenizer": tok.kind, "vocab_size": tok.vocab_size, "dtype": tok.dtype.name,
-            "train_split": spec.train_split, "train_tokens": counts["train"],
-            "val_tokens": counts["val"], "splits": written["splits"], "files": written["files"],
+            "train_split": spec.train_split, "test_fraction": spec.test_fraction,
+            "split_mode": split_mode,
+            **{f"{s}_tokens": counts[s] for s in SPLITS}, "splits": written["splits"],
+            "files": written["files"],
             "inputs": corpus.inputs, "spec": spec.identity(),
         }
         if tok.kind == "char":

@@ -1,6 +1,7 @@
 """Tiny Shakespeare, the smoke-test corpus: one text, small enough to tokenize in memory,
-split by characters (the first TRAIN_SPLIT of the text trains, the rest validates) into
-one shard per split, train.bin and val.bin. shakespeare-char uses its own characters as
+split by characters into one shard per split, train.bin, val.bin and test.bin: the first
+TRAIN_SPLIT of the text trains (nanoGPT's boundary), the last TEST_FRACTION is the test
+split, the part between validates. shakespeare-char uses its own characters as
 the vocabulary, shakespeare GPT-2's BPE (no end-of-text token: it is one document).
 """
 from pathlib import Path
@@ -15,8 +16,17 @@ from lib.fsutil import atomic_write_json
 TOKENIZER = {"shakespeare-char": "char", "shakespeare": "gpt2"}
 
 
-def dir_name(dataset: str, train_split: float) -> str:
-    return f"{dataset}-split{train_split!r}"
+def dir_name(dataset: str, train_split: float, test_fraction: float) -> str:
+    return f"{dataset}-split{train_split!r}-test{test_fraction!r}"
+
+
+def char_ranges(n: int, train_split: float, test_fraction: float) -> dict:
+    """{split: (start, end)} character ranges of a text of n characters."""
+    cut, test_start = int(n * train_split), int(n * (1.0 - test_fraction))
+    if test_start <= cut:
+        raise DataError(f"TRAIN_SPLIT={train_split!r} + TEST_FRACTION={test_fraction!r} leave "
+                        f"no validation split: lower TEST_FRACTION below {1 - train_split:.6g}")
+    return {"train": (0, cut), "val": (cut, test_start), "test": (test_start, n)}
 
 
 def _read_inputs(dataset: str, data_dir: str):
@@ -28,7 +38,8 @@ def _read_inputs(dataset: str, data_dir: str):
     return input_paths, raw, {name: sha256(data) for name, data in raw.items()}
 
 
-def _is_prepared(out_dir: Path, dataset: str, split: float, input_hashes: dict) -> bool:
+def _is_prepared(out_dir: Path, dataset: str, split: float, test: float,
+                 input_hashes: dict) -> bool:
     try:
         meta = read_meta(out_dir)
     except DataError:
@@ -36,23 +47,25 @@ def _is_prepared(out_dir: Path, dataset: str, split: float, input_hashes: dict) 
     try:
         recorded_inputs = {name: entry["sha256"] for name, entry in meta["inputs"].items()}
         if (meta["format"] != META_FORMAT or meta["dataset"] != dataset
-                or meta["train_split"] != split or recorded_inputs != input_hashes):
+                or meta["train_split"] != split or meta.get("test_fraction") != test
+                or recorded_inputs != input_hashes):
             return False
         return all(file_intact(out_dir / f"{s}.bin", meta["files"][f"{s}.bin"]) for s in SPLITS)
     except (KeyError, TypeError):
         return False
 
 
-def _tokenize(dataset: str, input_paths: dict, raw: dict, split: float) -> tuple:
+def _tokenize(dataset: str, input_paths: dict, raw: dict, split: float, test: float) -> tuple:
     """({split: tokens}, meta without the file entries)."""
     try:
         text = raw[TEXT_FILE].decode("utf-8")
     except UnicodeDecodeError as e:
         raise DataError(f"{input_paths[TEXT_FILE]} is not UTF-8 text: {e}") from e
-    cut = int(len(text) * split)
-    parts = {"train": text[:cut], "val": text[cut:]}
+    ranges = char_ranges(len(text), split, test)
+    parts = {s: text[a:b] for s, (a, b) in ranges.items()}
     kind = TOKENIZER[dataset]
-    meta = {"format": META_FORMAT, "dataset": dataset, "train_split": split, "tokenizer": kind}
+    meta = {"format": META_FORMAT, "dataset": dataset, "train_split": split,
+            "test_fraction": test, "char_ranges": ranges, "tokenizer": kind}
     if kind == "char":
         spec = TokenizerSpec("char", vocab="".join(sorted(set(text))))
         meta["vocab"] = spec.vocab
@@ -65,7 +78,8 @@ def _tokenize(dataset: str, input_paths: dict, raw: dict, split: float) -> tuple
     for s in SPLITS:
         if tokens[s].size == 0:
             raise DataError(f"The {s} split of {input_paths[TEXT_FILE]} is empty "
-                            f"(text of {len(text)} characters, train_split {split})")
+                            f"(text of {len(text)} characters, TRAIN_SPLIT={split}, "
+                            f"TEST_FRACTION={test}): raise TEST_FRACTION or TRAIN_SPLIT")
     return tokens, meta
 
 
@@ -73,11 +87,13 @@ def prepare(spec, out_dir: Path) -> Path:
     """Tokenize into out_dir unless it is already up to date: written in its partial
     directory, renamed at the end."""
     input_paths, raw, input_hashes = _read_inputs(spec.dataset, spec.data_dir)
-    if _is_prepared(out_dir, spec.dataset, spec.train_split, input_hashes):
+    if _is_prepared(out_dir, spec.dataset, spec.train_split, spec.test_fraction, input_hashes):
         return out_dir
-    tokens, meta = _tokenize(spec.dataset, input_paths, raw, spec.train_split)
+    tokens, meta = _tokenize(spec.dataset, input_paths, raw, spec.train_split,
+                             spec.test_fraction)
     with staging.locked(out_dir, wait=True):
-        if _is_prepared(out_dir, spec.dataset, spec.train_split, input_hashes):
+        if _is_prepared(out_dir, spec.dataset, spec.train_split, spec.test_fraction,
+                        input_hashes):
             return out_dir  # prepared by another process while this one waited
         work = staging.fresh_partial(out_dir)
         _write(work, tokens, meta, input_paths, input_hashes)
@@ -89,8 +105,7 @@ def _write(out_dir: Path, tokens: dict, meta: dict, input_paths: dict, input_has
     """The shards and, last, meta.json (the completion marker) into out_dir."""
     files = {f"{s}.bin": write_shard(out_dir / f"{s}.bin", tokens[s]) for s in SPLITS}
     meta.update(
-        train_tokens=int(tokens["train"].size),
-        val_tokens=int(tokens["val"].size),
+        **{f"{s}_tokens": int(tokens[s].size) for s in SPLITS},
         splits={s: [{"file": f"{s}.bin", "tokens": int(tokens[s].size)}] for s in SPLITS},
         inputs={name: {"sha256": input_hashes[name], "path": str(input_paths[name].absolute())}
                 for name in input_paths},
@@ -100,11 +115,11 @@ def _write(out_dir: Path, tokens: dict, meta: dict, input_paths: dict, input_has
 
 
 def split_sizes(spec, out_dir: Path) -> dict:
-    """{"train": tokens, "val": tokens}, from meta.json when up to date, else by
+    """{split: tokens}, from meta.json when up to date, else by
     tokenizing in memory: writes nothing."""
     input_paths, raw, input_hashes = _read_inputs(spec.dataset, spec.data_dir)
-    if _is_prepared(out_dir, spec.dataset, spec.train_split, input_hashes):
+    if _is_prepared(out_dir, spec.dataset, spec.train_split, spec.test_fraction, input_hashes):
         meta = read_meta(out_dir)
         return {s: int(meta[f"{s}_tokens"]) for s in SPLITS}
-    tokens, _ = _tokenize(spec.dataset, input_paths, raw, spec.train_split)
+    tokens, _ = _tokenize(spec.dataset, input_paths, raw, spec.train_split, spec.test_fraction)
     return {s: int(tokens[s].size) for s in SPLITS}

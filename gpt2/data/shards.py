@@ -4,7 +4,7 @@ last and marks the preparation complete. Readers memory-map the shards on demand
 split of many GB is never loaded into RAM.
 
 meta.json: format, dataset, tokenizer, vocab_size (vocab for characters, eot_token for
-GPT-2), dtype, train_tokens, val_tokens, splits {split: [{file, tokens}]}, files
+GPT-2), dtype, train_tokens, val_tokens, test_tokens, splits {split: [{file, tokens}]}, files
 {file: {bytes, sha256, mtime_ns}}, inputs, and how it was made (spec).
 """
 import hashlib
@@ -17,8 +17,8 @@ import numpy as np
 
 from gpt2.data.errors import DataError, sha256_file
 
-META_FORMAT = 2
-SPLITS = ("train", "val")
+META_FORMAT = 3  # 3: a test split beside train and val
+SPLITS = ("train", "val", "test")
 
 
 def read_meta(prepared_dir) -> dict:
@@ -83,9 +83,10 @@ def shard_lists(meta: dict) -> dict:
     """{split: [(file name, tokens)]}; a format-1 preparation had one {split}.bin each."""
     try:
         if "splits" in meta:
-            return {s: [(e["file"], int(e["tokens"])) for e in meta["splits"][s]]
+            return {s: [(e["file"], int(e["tokens"])) for e in meta["splits"].get(s, [])]
                     for s in SPLITS}
-        return {s: [(f"{s}.bin", int(meta[f"{s}_tokens"]))] for s in SPLITS}
+        return {s: [(f"{s}.bin", int(meta[f"{s}_tokens"]))] for s in SPLITS
+                if f"{s}_tokens" in meta}
     except (KeyError, TypeError, ValueError) as e:
         raise DataError(f"meta.json lacks or garbles the shard list ({type(e).__name__}: "
                         f"{e}); delete the prepared directory and run make data") from None
@@ -99,7 +100,7 @@ class SplitTokens:
         if split not in SPLITS:
             raise DataError(f"Unknown split {split!r}; valid: {', '.join(SPLITS)}")
         meta = meta if meta is not None else read_meta(prepared_dir)
-        shards = [(name, n) for name, n in shard_lists(meta)[split] if n > 0]
+        shards = [(name, n) for name, n in shard_lists(meta).get(split, []) if n > 0]
         self.paths = [Path(prepared_dir) / name for name, _ in shards]
         self.sizes = np.array([n for _, n in shards], dtype=np.int64)
         self.offsets = np.concatenate([[0], np.cumsum(self.sizes)])

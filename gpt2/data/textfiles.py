@@ -99,19 +99,26 @@ def _fingerprint(files: list) -> dict:
 
 
 def corpus(spec) -> Corpus:
-    """TEXT_FILES_PATH, and TEXT_FILES_VAL_PATH as the validation split when set."""
+    """TEXT_FILES_PATH, and TEXT_FILES_VAL_PATH / TEXT_FILES_TEST_PATH as the validation /
+    test split when set (a split not named is drawn from TEXT_FILES_PATH)."""
     if not spec.text_files:
         raise DataError("DATASET=text-files needs TEXT_FILES_PATH: a file, a directory or a "
                         "glob of .txt, .jsonl or .parquet files")
     train = resolve(spec.text_files, "TEXT_FILES_PATH")
     streams = [stream(train, "TEXT_FILES_PATH", spec.text_field,
-                      "train" if spec.text_files_val else None, spec.text_decode)]
+                      "train" if spec.text_files_val and spec.text_files_test else None,
+                      spec.text_decode)]
     inputs = {"train": _fingerprint(train), "text_field": spec.text_field}
     if spec.text_files_val:
         val = resolve(spec.text_files_val, "TEXT_FILES_VAL_PATH")
         streams.append(stream(val, "TEXT_FILES_VAL_PATH", spec.text_field, "val",
                               spec.text_decode))
         inputs["val"] = _fingerprint(val)
+    if spec.text_files_test:
+        test = resolve(spec.text_files_test, "TEXT_FILES_TEST_PATH")
+        streams.append(stream(test, "TEXT_FILES_TEST_PATH", spec.text_field, "test",
+                              spec.text_decode))
+        inputs["test"] = _fingerprint(test)
     if spec.text_decode != "strict":  # the policy changes only files with bad bytes
         inputs["decode"] = spec.text_decode
     name = Path(spec.text_files.rstrip("/")).name.replace("*", "").strip(".-_") or "files"

@@ -97,6 +97,13 @@ class Entry:
     build: Callable  # (param_groups, cfg, lr) -> torch.optim.Optimizer
     lr: str  # the symbol holding its peak learning rate
     weight_decay: str = "WEIGHT_DECAY"  # the symbol holding its weight decay
+    tuned: tuple = ()  # further symbols tuning may draw (each has a <SYMBOL>_SEARCH range)
+
+    @property
+    def search(self) -> tuple:
+        """The <SYMBOL>_SEARCH symbols of its tuning search space (scripts.tuning):
+        its learning rate, its weight decay, then its own knobs."""
+        return tuple(f"{s}_SEARCH" for s in (self.lr, self.weight_decay, *self.tuned))
 
 
 OPTIMIZERS = {
@@ -106,7 +113,7 @@ OPTIMIZERS = {
     "adamw-8bit": Entry(_adamw_8bit, "ADAMW_8BIT_LR"),
     "lion": Entry(_lion, "LION_LR", "LION_WEIGHT_DECAY"),
     "adafactor": Entry(_adafactor, "ADAFACTOR_LR"),
-    "adamwspam": Entry(_adamwspam, "ADAMWSPAM_LR"),
+    "adamwspam": Entry(_adamwspam, "ADAMWSPAM_LR", tuned=("SPAM_THETA",)),
 }
 
 
