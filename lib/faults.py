@@ -1,8 +1,8 @@
 """Test hook for the fault-injection tests: send a signal to this process at a named
 point of training. The one seam between the tests and the product's code: the
 environment variable is read once, at import, and unset (always, outside tests) every
-point() is a no-op. The matrix runner has no hook of its own: its tests monkeypatch
-scripts.matrix.command.
+point() is a no-op. (The matrix runner's stand-in failing trainer, FAIL_CELLS_ENV in
+scripts/matrix.py, is the other hook; scripts/slurm.py and the tuning tests use it.)
 
   KMATRIX_TEST_FAULT="step@7=TERM,ckpt@7=TERM"  SIGTERM after step 7, again while
                                                 its checkpoint is being written

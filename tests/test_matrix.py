@@ -28,7 +28,8 @@ def matrix_config(tiny_config):
 
 
 def run_matrix(config, *args, env_extra=None, timeout=240):
-    env = {**os.environ, **(env_extra or {})}
+    env = {k: v for k, v in os.environ.items() if k != matrix.FAIL_CELLS_ENV}
+    env.update(env_extra or {})
     return subprocess.run([sys.executable, "-m", "scripts.matrix", str(config), *args],
                           cwd=cfglib.ROOT, env=env, capture_output=True, text=True,
                           timeout=timeout)
@@ -40,36 +41,6 @@ def states(m) -> dict:
 
 def summary(cell) -> dict:
     return json.loads((cell.dir / "summary.json").read_text())
-
-
-# A trainer that fails: it prints a log, writes a failed summary.json and exits 3.
-STAND_IN = """\
-import json, pathlib, sys
-run = pathlib.Path(sys.argv[1])
-for i in range(30):
-    print(f"stand-in trainer line {i}")
-print("stand-in trainer: injected failure", file=sys.stderr)
-(run / "summary.json").write_text(json.dumps(
-    {"status": "failed", "error": "injected failure (stand-in trainer)"}))
-sys.exit(3)
-"""
-
-
-def run_matrix_failing(config, pattern, monkeypatch, capsys, tmp_path):
-    """The matrix, in this process, with the cells whose id matches `pattern` run by the
-    stand-in trainer (monkeypatched: the runner's code is the product's)."""
-    import fnmatch
-
-    stand_in = tmp_path / "stand_in.py"
-    stand_in.write_text(STAND_IN)
-    product = matrix.command
-    monkeypatch.setattr(matrix, "command", lambda cell: (
-        [sys.executable, str(stand_in), str(cell.dir)]
-        if fnmatch.fnmatchcase(cell.id, pattern) else product(cell)))
-    capsys.readouterr()
-    code = matrix.main([str(config)])
-    monkeypatch.setattr(matrix, "command", product)
-    return code, capsys.readouterr().out
 
 
 # ---------------------------------------------------------------- the grid
@@ -392,6 +363,7 @@ def lock_is_free(m) -> bool:
 
 def start_runner(config):
     env = dict(os.environ)
+    env.pop(matrix.FAIL_CELLS_ENV, None)
     return subprocess.Popen([sys.executable, "-m", "scripts.matrix", str(config)],
                             cwd=cfglib.ROOT, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
@@ -436,22 +408,21 @@ def test_kill_9_mid_matrix_loses_and_duplicates_nothing(matrix_config):
         [c.id for c in m.cells] + ["plots", "state"])
 
 
-def test_a_failed_cell_is_isolated_recorded_and_retried_on_request(matrix_config, monkeypatch,
-                                                                   capsys, tmp_path):
+def test_a_failed_cell_is_isolated_recorded_and_retried_on_request(matrix_config):
     config = matrix_config(*QUICK, "MATRIX_SEEDS=3", "MATRIX_JOBS=2")
     m = matrix.load_matrix(config)
     bad = m.cells[1]
-    code, out = run_matrix_failing(config, "*-seed1338-*", monkeypatch, capsys, tmp_path)
-    assert code == 1
+    result = run_matrix(config, env_extra={matrix.FAIL_CELLS_ENV: "*-seed1338-*"})
+    assert result.returncode == 1
     st = states(m)
     assert [st[c.id]["status"] for c in m.cells] == ["done", "failed", "done"]
     failure = st[bad.id]
     assert failure["exit_code"] == 3 and failure["reason"] == "exit 3 (training failed)"
-    assert failure["error"] == "injected failure (stand-in trainer)"
+    assert failure["error"] == "injected failure (KMATRIX_TEST_FAIL_CELLS)"
     assert len(failure["log_tail"]) == matrix.LOG_TAIL_LINES
     assert failure["log_tail"][-2:] == ["stand-in trainer line 29",
                                         "stand-in trainer: injected failure"]
-    assert f"failed: {bad.id} (exit 3 (training failed))" in out
+    assert f"failed: {bad.id} (exit 3 (training failed))" in result.stdout
     report_md = (m.path / "report.md").read_text()
     failures = report_md[report_md.index("## Failures"):]
     assert bad.id in failures and "exit 3 (training failed)" in failures
@@ -468,15 +439,15 @@ def test_a_failed_cell_is_isolated_recorded_and_retried_on_request(matrix_config
     assert summary(bad)["status"] == "complete"
 
 
-def test_on_failure_stop_starts_no_more_cells(matrix_config, monkeypatch, capsys, tmp_path):
+def test_on_failure_stop_starts_no_more_cells(matrix_config):
     config = matrix_config(*QUICK, "MATRIX_SEEDS=3", "MATRIX_ON_FAILURE=stop")
     m = matrix.load_matrix(config)
-    code, out = run_matrix_failing(config, "*-seed1337-*", monkeypatch, capsys, tmp_path)
-    assert code == 1
+    result = run_matrix(config, env_extra={matrix.FAIL_CELLS_ENV: "*-seed1337-*"})
+    assert result.returncode == 1
     st = states(m)
     assert [st[c.id]["status"] for c in m.cells] == ["failed", "pending", "pending"]
     assert not m.cells[1].log.exists() and not (m.cells[1].dir / "summary.json").exists()
-    assert "starting no more cells" in out
+    assert "starting no more cells" in result.stdout
 
 
 def test_ctrl_c_interrupts_every_cell_and_the_next_run_resumes(matrix_config):
