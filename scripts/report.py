@@ -28,7 +28,7 @@ from lib import config as cfglib
 from lib.config import ConfigError
 from lib.fsutil import atomic_write_text
 from lib.run import dir_of_config
-from scripts import caveats, tuning
+from scripts import caveats, tuning_report
 from scripts import report_load as load
 from scripts import report_plots as plots_
 from scripts import report_sections as sec
@@ -44,7 +44,7 @@ SECTIONS = [
     sec.against_baseline,
     sec.speed,
     sec.time_to_target,
-    lambda r: tuning.report_section(r.matrix_dir),  # the trials, selections, early stops
+    lambda r: tuning_report.report_section(r.matrix_dir),  # the trials, selections, early stops
     sec.caveat_list,
     sec.extra_budget,
     sec.cells,

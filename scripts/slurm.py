@@ -32,6 +32,7 @@ from lib import config as cfglib
 from lib.config import ConfigError
 from lib.fsutil import LockHeld, atomic_write_json, atomic_write_text, lock_directory
 from lib.run import RunDir
+from scripts.fail_cells import stand_in
 
 OPTION = re.compile(r"^[a-z][a-z0-9_-]*=[A-Za-z0-9_.,:@%|+/=\-]+$")
 
@@ -287,11 +288,8 @@ class CellJob:
 
     def command(self) -> list:
         """The trainer, or the matrix tests' stand-in failure (scripts.matrix's hook)."""
-        from scripts import matrix
-        patterns = [p for p in os.environ.get(matrix.FAIL_CELLS_ENV, "").split(",") if p]
-        if any(fnmatch.fnmatchcase(self.cell_id, p) for p in patterns):
-            return [sys.executable, "-c", matrix._FAKE_FAILURE, str(Path(self.config).parent)]
-        return [sys.executable, "-m", "gpt2.train", self.config]
+        return (stand_in(self.cell_id, Path(self.config).parent)
+                or [sys.executable, "-m", "gpt2.train", self.config])
 
     def checkpoint(self, *args, **kwargs):
         """Stop the trainer at its next step (it checkpoints), then requeue this cell."""

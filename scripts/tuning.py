@@ -8,12 +8,10 @@ MATRIX_TUNING_SEED, mapped onto the group's ranges: the same draw on every machi
 MATRIX_LR_MULTIPLIERS listing several multipliers, they are the trials instead.
 
 The runner (scripts.tuning_runner) runs the trials, writes the selection to
-<matrix>/tuning.json and runs the confirmations; report_section() lays tuning.json out for
-the report."""
-import json
+<matrix>/tuning.json and runs the confirmations; scripts.tuning_report lays tuning.json out
+for the report."""
 import math
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 from scipy.stats import qmc
 
@@ -162,12 +160,3 @@ def select(trials: list, val_loss: dict):
     earlier trial), or None when none did."""
     finished = [t for t in trials if val_loss.get(t) is not None and math.isfinite(val_loss[t])]
     return min(finished, key=lambda t: (val_loss[t], trials.index(t)), default=None)
-
-
-def report_section(matrix_dir) -> list:
-    """Markdown lines for the report from <matrix_dir>/tuning.json ([] without tuning)."""
-    from scripts.tuning_report import section
-    path = Path(matrix_dir) / "tuning.json"
-    if not path.exists():
-        return []
-    return section(json.loads(path.read_text()))

@@ -1,12 +1,16 @@
 """<matrix>/tuning.json: what the tuning runner records after its trials (record), and the
 report's section about it (section)."""
+import json
+from pathlib import Path
+
 from gpt2 import budget
 from lib import config as cfglib
-from scripts import matrix as mx, tuning
+from scripts import tuning
+from scripts.matrix_state import read_summary
 
 
 def trial_row(cell, state) -> dict:
-    summary = mx.read_summary(cell)
+    summary = read_summary(cell)
     return {"cell": cell.id, "trial": cell.spec.trial, "values": tuning.values_of(cell.spec),
             "lr_multiplier": cell.spec.lr_multiplier, "status": state["status"],
             "val_loss": summary.get("val_loss") if state["status"] == "done" else None,
@@ -92,3 +96,11 @@ def section(data: dict) -> list:
               f"{c['iters_saved']:,} iterations and {c['tokens_saved']:,} tokens ({share:.0%}) "
               f"against running every trial to the end.", ""]
     return lines
+
+
+def report_section(matrix_dir) -> list:
+    """Markdown lines for the report from <matrix_dir>/tuning.json ([] without tuning)."""
+    path = Path(matrix_dir) / "tuning.json"
+    if not path.exists():
+        return []
+    return section(json.loads(path.read_text()))

@@ -13,6 +13,7 @@ Phases, each resumable from the files alone (state/<cell>.json, each trial's sum
    stopped. A rerun of a finished matrix starts nothing.
 """
 import math
+import signal
 import time
 
 from tqdm import tqdm
@@ -22,7 +23,8 @@ from gpt2.data import DataError
 from lib import config as cfglib
 from lib.config import ConfigError
 from lib.fsutil import atomic_write_json, atomic_write_text
-from scripts import asha, matrix as mx, tuning
+from scripts import asha, tuning
+from scripts import matrix_cells, matrix_runner, matrix_state
 
 
 def total_iters(cell):
@@ -58,7 +60,7 @@ def check(m) -> None:
                           "set MATRIX_TUNING_TRIALS=0")
     group_rungs(m)
     # the confirmations' seeds take, before any trial runs (the last one is the largest)
-    mx.make_cells(m, tuning.confirm_specs(m.cfg, [m.cells[0].spec])[-1:])
+    matrix_cells.make_cells(m, tuning.confirm_specs(m.cfg, [m.cells[0].spec])[-1:])
 
 
 def dry_run_lines(m) -> list:
@@ -75,14 +77,14 @@ def dry_run_lines(m) -> list:
     return lines
 
 
-class TuningRunner(mx.Runner):
+class TuningRunner(matrix_runner.Runner):
     @staticmethod
     def outcome(exit_code, summary, runner_signalled=False) -> tuple:
         """A trial stopped at a rung (--stop-at) is "stopped": paused, or stopped early."""
         if exit_code == 0 and summary.get("status") == "stopped":
             return "stopped", (summary.get("stop_reason")
                                or f"paused at iteration {summary.get('iters')}")
-        return mx.outcome(exit_code, summary, runner_signalled)
+        return matrix_state.outcome(exit_code, summary, runner_signalled)
 
     def _run(self) -> int:
         m = self.m
@@ -96,9 +98,10 @@ class TuningRunner(mx.Runner):
               f"(rungs {', '.join(str(r) for r in next(iter(self.rungs.values())))}), then "
               f"{m.cfg.MATRIX_SEEDS} confirmation seeds per group; {self.jobs} at once",
               flush=True)
-        cpu = None if mx.visible_gpus(m.cfg.DEVICE) else max(1, mx.cpu_cores() // self.jobs)
-        self.where = (mx.visible_gpus(m.cfg.DEVICE), cpu)
-        old = {sig: mx.signal.signal(sig, self.on_signal) for sig in mx.STOP_SIGNALS}
+        gpus = matrix_runner.visible_gpus(m.cfg.DEVICE)
+        cpu = None if gpus else max(1, matrix_runner.cpu_cores() // self.jobs)
+        self.where = (gpus, cpu)
+        old = {sig: signal.signal(sig, self.on_signal) for sig in matrix_state.STOP_SIGNALS}
         bar = tqdm(unit="run", desc="tuning", dynamic_ncols=True, disable=None)
         try:
             self.prepare(self.trials)
@@ -111,15 +114,15 @@ class TuningRunner(mx.Runner):
         finally:
             bar.close()
             for sig, handler in old.items():
-                mx.signal.signal(sig, handler)
+                signal.signal(sig, handler)
         self.report()
         return self.summarize(confirms)
 
     def load(self, cell) -> None:
-        mx.write_cell_config(cell)
-        state = mx.read_state(self.m.state_path(cell)) or mx.new_state(cell)
+        matrix_cells.write_cell_config(cell)
+        state = matrix_state.read_state(self.m.state_path(cell)) or matrix_state.new_state(cell)
         if state.get("status") == "running":
-            mx.close_dead_attempt(state, cell.log)
+            matrix_state.close_dead_attempt(state, cell.log)
             state["status"] = "interrupted"
         if state.get("status") == "failed" and self.retry_failed:
             state.update(status="pending", rungs={})
@@ -143,9 +146,9 @@ class TuningRunner(mx.Runner):
             while todo and len(self.running) < self.jobs and not halt:
                 cell, (rung, args) = todo.pop(0)
                 self.expected[cell.id] = rung
-                gpu = mx.pick_gpu(gpus, [g for (*_, g) in self.running.values()])
+                gpu = matrix_runner.pick_gpu(gpus, [g for (*_, g) in self.running.values()])
                 self.start(cell, self.states[cell.id], gpu, threads, args)
-            time.sleep(mx.POLL_S)
+            time.sleep(matrix_runner.POLL_S)
             for proc in [p for p in self.running if p.poll() is not None]:
                 cell = self.running[proc][0]
                 self.finish(proc, bar)
@@ -156,7 +159,7 @@ class TuningRunner(mx.Runner):
         state, rung = self.states[cell.id], self.expected.pop(cell.id, None)
         if state["status"] not in ("stopped", "done") or rung is None:
             return
-        summary = mx.read_summary(cell)
+        summary = matrix_state.read_summary(cell)
         target = self.rungs[cell.spec.group][rung]
         if target is not None and summary.get("eval_iter") != target:
             state.update(status="failed", reason=f"no validation loss at rung {rung} "
@@ -203,7 +206,7 @@ class TuningRunner(mx.Runner):
     def confirmations(self, data) -> list:
         by_id = {c.id: c for c in self.trials}
         chosen = [by_id[g["selected"]].spec for g in data["groups"].values() if g["selected"]]
-        cells = mx.make_cells(self.m, tuning.confirm_specs(self.m.cfg, chosen))
+        cells = matrix_cells.make_cells(self.m, tuning.confirm_specs(self.m.cfg, chosen))
         self.m.cells = self.trials + cells
         for cell in cells:
             self.load(cell)
@@ -214,7 +217,7 @@ class TuningRunner(mx.Runner):
 
     def confirm_actions(self, cells) -> list:
         return [(c, (None, [])) for c in cells
-                if mx.should_run(self.states[c.id], self.retry_failed)[0]
+                if matrix_state.should_run(self.states[c.id], self.retry_failed)[0]
                 and c.id not in {f.id for f in self.new_failures}]
 
     def summarize(self, confirms) -> int:

@@ -13,7 +13,7 @@ from scipy.stats import qmc
 
 from gpt2 import budget, data
 from lib import config as cfglib
-from scripts import asha, matrix, tuning
+from scripts import asha, matrix, tuning, tuning_report
 
 TUNE = ["MATRIX=y", "MATRIX_TUNING_TRIALS=5"]
 
@@ -264,7 +264,7 @@ def test_a_tuned_matrix_stops_trials_selects_confirms_and_resumes(tune_config):
     (confirm,) = group["confirmations"]
     state = json.loads((m.state_dir / f"{confirm}.json").read_text())
     assert state["role"] == "confirm" and state["seed"] == 1338 and state["status"] == "done"
-    section = "\n".join(tuning.report_section(m.path))
+    section = "\n".join(tuning_report.report_section(m.path))
     assert "stopped early at iteration 5 (ASHA rung 0)" in section and "saved 30" in section
 
     # a rerun of a finished matrix starts nothing
