@@ -100,6 +100,11 @@ def _compute(r, base, ctx) -> list:
     return [("C", "more compute than the baseline: " + "; ".join(more))] if more else []
 
 
+def _tuned_symbols() -> set:
+    """The symbols a tuning search may draw: every optimizer's rate, decay and own knobs."""
+    return {s for e in optim.OPTIMIZERS.values() for s in (e.lr, e.weight_decay, *e.tuned)}
+
+
 def _hyperparameters(r, base, ctx) -> list:
     diff = hyperparameter_diff(ctx["values"][r.cell], ctx["values"][base["cell"]])
     lr, base_lr = r.learning_rate, base["learning_rate"]
@@ -107,6 +112,11 @@ def _hyperparameters(r, base, ctx) -> list:
         lr, base_lr = float(lr), float(base_lr)
         own = {entry.lr for entry in optim.OPTIMIZERS.values()}  # the same fact again
         diff = {"learning rate": (lr, base_lr), **{k: v for k, v in diff.items() if k not in own}}
+    if getattr(r, "role", None) == "confirm":
+        # each setting's values were chosen by the tuning protocol on the same budget as the
+        # baseline's: a different rate is the point, not a caveat (see Tuning)
+        tuned = _tuned_symbols() | {"learning rate"}
+        diff = {k: v for k, v in diff.items() if k not in tuned}
     if not diff:
         return []
     return [("H", "differs from the baseline in " + ", ".join(

@@ -133,3 +133,27 @@ def test_a_clean_matrix_says_so(tmp_path):
         add_cell(mdir, "adamw", "none", seed, 10.0 + seed)
     md = squash(report.write_report(mdir)["report"].read_text())
     assert "## Caveats\n\nNone:" in md
+
+
+def test_tuned_rates_of_confirmation_cells_are_not_a_caveat(tmp_path):
+    """A confirmation cell's rate was chosen by the tuning protocol on the baseline's budget:
+    it is not flagged H; the same rate difference in an ordinary grid cell is."""
+    config = write_matrix_config(tmp_path)
+    mdir = dir_of_config(config)
+    mdir.mkdir(parents=True)
+    confirm = {"status": "done", "exit_code": 0, "wall_s": 1.0, "role": "confirm"}
+    for seed in (1, 2):
+        add_cell(mdir, "adamw", "none", seed, 10.0 + seed, state=confirm)
+        add_cell(mdir, "lion", "none", seed, 11.0 + seed, state=confirm,
+                 extra=("LION_LR=3e-4",))
+    found = report.write_report(mdir)["caveats"]
+    assert "H" not in set(found["flag"])
+    grid = tmp_path / "grid"
+    grid.mkdir()
+    mdir = dir_of_config(write_matrix_config(grid))
+    mdir.mkdir(parents=True)
+    for seed in (1, 2):
+        add_cell(mdir, "adamw", "none", seed, 10.0 + seed)
+        add_cell(mdir, "lion", "none", seed, 11.0 + seed, extra=("LION_LR=3e-4",))
+    found = report.write_report(mdir)["caveats"]
+    assert "learning rate" in " ".join(found.loc[found["flag"] == "H", "text"])
