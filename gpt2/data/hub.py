@@ -2,6 +2,7 @@
 the proxy that would carry it), no retries, so a machine without a network fails at
 once instead of after huggingface_hub's retries."""
 import os
+import re
 import socket
 import urllib.parse
 import urllib.request
@@ -45,3 +46,37 @@ def check_reachable(what: str, cache: str, local_route: str) -> None:
             f"({reason}; not retried); set HF_HUB_OFFLINE=1 to read only the cache "
             f"{cache}, set HF_ENDPOINT to a reachable "
             f"mirror, {local_route}")
+
+
+FULL_COMMIT = re.compile(r"[0-9a-f]{40}")
+
+
+def commit_of(name: str, revision: str) -> str:
+    """The commit hash the hub gives for dataset `name` at `revision` ("" = its default
+    branch): the one request of this module to the hub's API (tests replace it)."""
+    from huggingface_hub import HfApi
+    return HfApi(endpoint=endpoint()).dataset_info(name, revision=revision or None).sha
+
+
+def resolve(name: str, revision: str, what: str, cache: str, local_route: str):
+    """The commit hash of `revision` of hub dataset `name`, or None when the hub has no
+    such dataset (loading it then says so). A full 40-hex hash is its own commit, no
+    request made; otherwise the hub is reached first (one connection, no retries)."""
+    if FULL_COMMIT.fullmatch(revision):
+        return revision
+    check_reachable(what, cache, local_route)
+    from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
+    try:
+        return commit_of(name, revision) or None
+    except RevisionNotFoundError:
+        raise DataError(f"DATASET_REVISION={revision!r} is not a branch, tag or commit of "
+                        f"Hugging Face dataset {name}: set DATASET_REVISION to one of its "
+                        f"revisions, or empty for its default branch") from None
+    except RepositoryNotFoundError:
+        return None
+    except Exception as e:  # any failure of the request ends in this one line
+        raise DataError(f"Cannot ask the hub {endpoint()} which commit "
+                        f"{revision or 'the default branch'} of {name} is "
+                        f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                        f"set DATASET_REVISION to a full 40-hex commit hash, or "
+                        f"HF_HUB_OFFLINE=1 to read only the cache {cache}") from None

@@ -5,6 +5,7 @@ partly (DATA_MAX_TOKENS) is streamed when online, so nothing beyond the budget i
 downloaded.
 """
 import os
+import sys
 from pathlib import Path
 
 import gpt2.data.hub as hub
@@ -45,10 +46,10 @@ LOCAL_ROUTE = ("or prepare local files instead: DATASET=text-files with TEXT_FIL
                "or DATASET=hf with HF_NAME=<a local dataset directory>")
 
 
-def load(name: str, config: str, split: str, streaming: bool, what: str):
+def load(name: str, config: str, split: str, streaming: bool, what: str, revision=None):
     """datasets.load_dataset, every failure to find the data one DataError saying what is
     missing and how to fetch it. A hub name is not tried when the hub cannot be reached
-    (one connection attempt, no retries)."""
+    (one connection attempt, no retries). `revision`: the hub commit, branch or tag read."""
     import datasets
 
     local = is_local(name)
@@ -56,7 +57,8 @@ def load(name: str, config: str, split: str, streaming: bool, what: str):
         hub.check_reachable(what, hf_home(), LOCAL_ROUTE)
     try:
         return datasets.load_dataset(name, config or None, split=split,
-                                     streaming=streaming and not offline())
+                                     streaming=streaming and not offline(),
+                                     revision=None if local else revision)
     except (ConnectionError, FileNotFoundError, OSError, ValueError,
             datasets.exceptions.DatasetNotFoundError) as e:
         if offline() and not local:
@@ -80,11 +82,14 @@ def is_local(name: str) -> bool:
 
 
 def stream(name: str, config: str, split: str, text_field: str, streaming: bool,
-           target_split) -> Stream:
+           target_split, inputs: dict) -> Stream:
+    """`inputs`: the corpus's inputs, read when the stream opens, after pin() has set the
+    commit to read."""
     what = f"{name}{f' ({config})' if config else ''} split {split}"
 
     def open_at(skip: int):
-        ds = load(name, config, split, streaming, what)
+        ds = load(name, config, split, streaming, what,
+                  inputs.get("revision_sha") or inputs.get("revision") or None)
         columns = ds.column_names
         if columns is not None and text_field not in columns:
             raise DataError(f"{what} has no field {text_field!r} (TEXT_FIELD); its fields: "
@@ -111,37 +116,82 @@ def named(spec) -> Corpus:
     if not spec.hf_name:
         raise DataError("DATASET=hf needs HF_NAME: a Hugging Face dataset name such as "
                         "HuggingFaceFW/fineweb-edu, or a local dataset directory")
-    if is_local(spec.hf_name):
+    local = is_local(spec.hf_name)
+    if local:
         paths.existing(spec.hf_name, "HF_NAME")
         paths.directory(spec.hf_name, "HF_NAME")
-    streaming = spec.max_tokens > 0
-    streams = [stream(spec.hf_name, spec.hf_config, spec.hf_split, spec.text_field, streaming,
-                      "train" if spec.hf_val_split and spec.hf_test_split else None)]
-    if spec.hf_val_split:
-        streams.append(stream(spec.hf_name, spec.hf_config, spec.hf_val_split, spec.text_field,
-                              streaming, "val"))
-    if spec.hf_test_split:
-        streams.append(stream(spec.hf_name, spec.hf_config, spec.hf_test_split, spec.text_field,
-                              streaming, "test"))
-    label = "hf-" + "-".join(p for p in (spec.hf_name.replace("/", "--"), spec.hf_config,
-                                         spec.hf_split) if p)
+        if spec.revision:
+            raise DataError(f"DATASET_REVISION={spec.revision!r} names a hub revision, but "
+                            f"HF_NAME={spec.hf_name} is a local directory, which has none: "
+                            f"set DATASET_REVISION empty")
     inputs = {"hf_name": spec.hf_name, "hf_config": spec.hf_config, "hf_split": spec.hf_split,
               "hf_val_split": spec.hf_val_split, "hf_test_split": spec.hf_test_split,
               "text_field": spec.text_field}
+    if not local:
+        inputs.update(revision=spec.revision, revision_sha=None)
+    streaming = spec.max_tokens > 0
+    streams = [stream(spec.hf_name, spec.hf_config, spec.hf_split, spec.text_field, streaming,
+                      "train" if spec.hf_val_split and spec.hf_test_split else None, inputs)]
+    if spec.hf_val_split:
+        streams.append(stream(spec.hf_name, spec.hf_config, spec.hf_val_split, spec.text_field,
+                              streaming, "val", inputs))
+    if spec.hf_test_split:
+        streams.append(stream(spec.hf_name, spec.hf_config, spec.hf_test_split, spec.text_field,
+                              streaming, "test", inputs))
+    label = "hf-" + "-".join(p for p in (spec.hf_name.replace("/", "--"), spec.hf_config,
+                                         spec.hf_split) if p)
     return Corpus(label, streams, inputs)
 
 
 def finewebedu(spec) -> Corpus:
     """HuggingFaceFW/fineweb-edu, the sample named by FINEWEBEDU_CONFIG; one split
     (train), so the validation split is drawn from it."""
-    inputs = {"hf_name": FINEWEBEDU, "hf_config": spec.hf_config, "hf_split": "train"}
+    inputs = {"hf_name": FINEWEBEDU, "hf_config": spec.hf_config, "hf_split": "train",
+              "revision": spec.revision, "revision_sha": None}
     return Corpus(f"finewebedu-{spec.hf_config}",
-                  [stream(FINEWEBEDU, spec.hf_config, "train", "text", spec.max_tokens > 0, None)],
-                  inputs)
+                  [stream(FINEWEBEDU, spec.hf_config, "train", "text", spec.max_tokens > 0, None,
+                          inputs)], inputs)
 
 
 def openwebtext(spec) -> Corpus:
     """Skylion007/openwebtext (8M web documents, about 9B GPT-2 tokens); one split."""
-    inputs = {"hf_name": OPENWEBTEXT, "hf_split": "train"}
+    inputs = {"hf_name": OPENWEBTEXT, "hf_split": "train", "revision": spec.revision,
+              "revision_sha": None}
     return Corpus("openwebtext",
-                  [stream(OPENWEBTEXT, "", "train", "text", spec.max_tokens > 0, None)], inputs)
+                  [stream(OPENWEBTEXT, "", "train", "text", spec.max_tokens > 0, None, inputs)],
+                  inputs)
+
+
+REVISION_FIELDS = ("revision", "revision_sha")
+
+
+def _source(inputs: dict) -> dict:
+    return {k: v for k, v in inputs.items() if k not in REVISION_FIELDS}
+
+
+def pin(corpus: Corpus, recorded, out_name: str, resolve: bool) -> None:
+    """Set the commit a hub corpus reads (corpus.inputs' revision_sha, which enters its
+    key): a full commit hash is itself; otherwise, when `resolve` and online, the commit
+    the hub gives for the revision, and one line when it differs from the one `recorded`
+    (the prepared corpus's inputs, or None), which is then prepared anew. Offline, or
+    when not resolving, the prepared corpus of the same source is taken as it is."""
+    inputs = corpus.inputs
+    if "revision" not in inputs:
+        return  # a local directory: no revisions
+    name, revision = inputs["hf_name"], inputs["revision"]
+    same_source = isinstance(recorded, dict) and _source(recorded) == _source(inputs)
+    if hub.FULL_COMMIT.fullmatch(revision):
+        inputs["revision_sha"] = revision
+        return
+    if not resolve or offline():
+        if same_source:
+            inputs.clear()
+            inputs.update(recorded)
+        return
+    sha = hub.resolve(name, revision, f"{name} at revision {revision or '(default branch)'}",
+                      hf_home(), LOCAL_ROUTE)
+    inputs["revision_sha"] = sha
+    if same_source and sha is not None and recorded.get("revision_sha") != sha:
+        old = recorded.get("revision_sha") or "an unrecorded commit"
+        print(f"{out_name}: {name} {revision or 'default branch'} is now commit {sha}, the "
+              f"prepared corpus was of {old}: preparing it anew", file=sys.stderr)

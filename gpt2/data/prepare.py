@@ -52,10 +52,14 @@ class DataSpec:
     shard_tokens: int = 100_000_000
     workers: int = 0
     text_decode: str = "strict"
+    revision: str = ""  # DATASET_REVISION of a hub dataset
 
     def identity(self) -> dict:
+        """What names the prepared directory; an empty revision is left out, so names
+        prepared before DATASET_REVISION existed stay the same."""
         return {k: v for k, v in dataclasses.asdict(self).items()
-                if k not in NOT_IDENTITY and k != "data_dir"}
+                if k not in NOT_IDENTITY and k != "data_dir"
+                and not (k == "revision" and not v)}
 
     def check(self) -> "DataSpec":
         if self.dataset not in DATASETS:
@@ -133,6 +137,7 @@ def spec_from_config(cfg) -> DataSpec:
         shard_tokens=_opt(cfg.get("DATA_SHARD_TOKENS"), DataSpec.shard_tokens),
         workers=_opt(cfg.get("DATA_WORKERS"), 0),
         text_decode=_opt(cfg.get("TEXT_FILES_DECODE"), DataSpec.text_decode),
+        revision=_opt(cfg.get("DATASET_REVISION"), ""),
     )
 
 
@@ -169,6 +174,18 @@ def prepared_dir(spec: DataSpec, out_root) -> Path:
     return Path(out_root) / dir_name(spec.check())
 
 
+def pinned_corpus(spec: DataSpec, out_dir: Path, resolve: bool):
+    """The Corpus of a document dataset, a hub one pinned to a commit (huggingface.pin):
+    asked of the hub when `resolve`, else the prepared corpus's own."""
+    corpus = CORPORA[spec.dataset](spec)
+    try:
+        recorded = read_meta(out_dir).get("inputs")
+    except (DataError, AttributeError):
+        recorded = None
+    huggingface.pin(corpus, recorded, out_dir.name, resolve)
+    return corpus
+
+
 def prepare_spec(spec: DataSpec, out_root) -> Path:
     """Prepare the dataset `spec` describes under out_root (nothing when it is up to
     date; resuming an interrupted preparation) and return its directory."""
@@ -176,7 +193,7 @@ def prepare_spec(spec: DataSpec, out_root) -> Path:
     out_dir = prepared_dir(spec, out_root)
     if spec.dataset in shakespeare.TOKENIZER:
         return shakespeare.prepare(spec, out_dir)
-    return pipeline.prepare(spec, CORPORA[spec.dataset](spec), out_dir)
+    return pipeline.prepare(spec, pinned_corpus(spec, out_dir, resolve=True), out_dir)
 
 
 @functools.lru_cache(maxsize=8)
@@ -187,7 +204,8 @@ def split_sizes_spec(spec: DataSpec, out_root) -> dict:
     out_dir = prepared_dir(spec, out_root)
     if spec.dataset in shakespeare.TOKENIZER:
         return shakespeare.split_sizes(spec, out_dir)
-    if not pipeline.is_prepared(out_dir, pipeline.corpus_key(spec, CORPORA[spec.dataset](spec))):
+    corpus = pinned_corpus(spec, out_dir, resolve=False)
+    if not pipeline.is_prepared(out_dir, pipeline.corpus_key(spec, corpus)):
         raise DataError(f"The size of DATASET={spec.dataset} is known once it is prepared "
                         f"(BUDGET=epochs needs it): run `make data` first ({out_dir})")
     meta = read_meta(out_dir)
