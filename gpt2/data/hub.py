@@ -11,6 +11,7 @@ from gpt2.data.errors import DataError
 
 DEFAULT_ENDPOINT = "https://huggingface.co"  # huggingface_hub's own, when HF_ENDPOINT is unset
 CONNECT_TIMEOUT_S = 5.0
+REQUEST_TIMEOUT_S = 30.0  # the one API request that resolves a revision
 
 
 def endpoint() -> str:
@@ -55,7 +56,8 @@ def commit_of(name: str, revision: str) -> str:
     """The commit hash the hub gives for dataset `name` at `revision` ("" = its default
     branch): the one request of this module to the hub's API (tests replace it)."""
     from huggingface_hub import HfApi
-    return HfApi(endpoint=endpoint()).dataset_info(name, revision=revision or None).sha
+    return HfApi(endpoint=endpoint()).dataset_info(
+        name, revision=revision or None, timeout=REQUEST_TIMEOUT_S).sha
 
 
 def resolve(name: str, revision: str, what: str, cache: str, local_route: str):
