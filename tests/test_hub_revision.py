@@ -8,7 +8,8 @@ import datasets
 import pytest
 
 from gpt2 import data
-from gpt2.data import huggingface, hub
+from gpt2.data import huggingface, hub, pipeline
+from gpt2.data.corpus import Corpus
 from lib import config as cfglib
 
 A, B = "a" * 40, "b" * 40
@@ -153,3 +154,20 @@ def test_a_local_directory_refuses_a_revision(tmp_path, monkeypatch):
                                           workers=1), tmp_path / "out")
     assert fake.asked == [] and fake.loads[0]["revision"] is None
     assert "revision" not in json.loads((out / "meta.json").read_text())["inputs"]
+
+
+def test_a_corpus_prepared_before_revisions_were_recorded_is_prepared_anew(
+        tmp_path, monkeypatch, capsys):
+    fake = Hub(monkeypatch, {"": A})
+    out = data.prepare_spec(_spec(), tmp_path)
+    meta = data.read_meta(out)
+    for field in huggingface.REVISION_FIELDS:
+        del meta["inputs"][field]
+    meta["key"] = pipeline.corpus_key(_spec().check(), Corpus("old", [], meta["inputs"]))
+    (out / "meta.json").write_text(json.dumps(meta))
+    capsys.readouterr()
+    loads = len(fake.loads)
+    data.prepare_spec(_spec(), tmp_path)
+    moved = [line for line in capsys.readouterr().err.splitlines() if "anew" in line]
+    assert len(moved) == 1 and "an unrecorded commit" in moved[0] and A in moved[0]
+    assert len(fake.loads) > loads and data.read_meta(out)["inputs"]["revision_sha"] == A
