@@ -2,7 +2,8 @@
 `datasets` library. Offline-first: the Hugging Face cache ($HF_HOME) answers first; with
 HF_HUB_OFFLINE=1 (or HF_DATASETS_OFFLINE=1) only the cache is read. A corpus read
 partly (DATA_MAX_TOKENS) is streamed when online, so nothing beyond the budget is
-downloaded.
+downloaded. A hub corpus is read at one commit (pin(): DATASET_REVISION, resolved by the
+hub), recorded in its inputs, so a moved branch prepares it anew.
 """
 import os
 import sys
