@@ -39,7 +39,9 @@ def test_every_metrics_record_and_the_config_reach_the_tracker(tiny_config, monk
     assert init["project"] == "study" and init["name"] == run.path.name
     assert init["config"]["N_LAYER"] == 2 and init["config"]["TRACKER"] == choice
     records = [json.loads(line) for line in run.metrics.read_text().splitlines()]
-    assert len(logged) == len(records) == 4 + 2
+    # 4 train and 2 eval records, then the one test-split record at the end
+    assert [r["kind"] for r in records].count("test") == 1
+    assert len(logged) == len(records) == 4 + 2 + 1
     for (_, values, step), record in zip(logged, records):
         assert step == record["iter"]
         assert values == {f"{record['kind']}/{k}": v for k, v in record.items()
