@@ -1,0 +1,74 @@
+"""make gpu-check's frame on the CPU: the no-CUDA line, row selection, the report writer.
+Its rows need CUDA and cannot run here."""
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from lib import config as cfglib
+from scripts import gpu_check
+from scripts.gpu_check import Row
+
+
+def test_make_gpu_check_without_cuda_is_one_line_and_exit_0(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: make gpu-check would run the rows")
+    done = subprocess.run(["make", "--no-print-directory", "-C", str(cfglib.ROOT), "INSTALL=",
+                           f"PY={sys.executable}", f"KCONFIG_CONFIG={tmp_path / '.config'}",
+                           "gpu-check"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    printed = [line for line in done.stdout.splitlines() if not line.startswith(sys.executable)]
+    assert printed == [gpu_check.NO_CUDA]
+
+
+def test_no_cuda_runs_no_row(monkeypatch, capsys):
+    ran = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(gpu_check, "registry", lambda: {"a": lambda w: ran.append(w)})
+    assert gpu_check.main([]) == 0
+    assert ran == [] and capsys.readouterr().out.strip() == gpu_check.NO_CUDA
+
+
+def test_list_names_every_registered_row(capsys):
+    assert gpu_check.main(["--list"]) == 0
+    names = capsys.readouterr().out.split()
+    assert names == list(gpu_check.registry())
+    for needed in ("train-fp32", "train-bf16", "train-fp16", "fp16-overflow-skipped",
+                   "compile-vs-eager", "attention-backends", "optimizer-adamw-8bit-paged",
+                   "optimizer-adamwspam-fused", "prune-state-bitter2", "peak-memory-vs-estimate",
+                   "mfu-gpt2-124m", "ddp-nccl"):
+        assert needed in names
+
+
+def test_bad_row_name_is_one_line_and_exit_2(capsys):
+    assert gpu_check.main(["--rows", "train-fp32,trian-bf16"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--rows" in err[0] and "'trian-bf16'" in err[0]
+
+
+def test_rows_picks_rows_in_order_and_writes_the_report(monkeypatch, tmp_path, capsys):
+    def boom(workdir):
+        raise RuntimeError("trainer exit 3\nmore")
+    rows = {"a": lambda w: Row("a", True, "loss 3 -> 2"), "b": boom,
+            "c": lambda w: Row("c", True, "unused")}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(gpu_check, "registry", lambda: rows)
+    monkeypatch.setattr(gpu_check, "device_facts", lambda: {
+        "device": "Fake GPU", "driver": "555.1", "cuda": "12.4", "torch": "2.x", "gpus": 1})
+    report = tmp_path / "r" / "report.md"
+    assert gpu_check.main(["--rows", "b,a", "--report", str(report)]) == 1  # b failed
+    text = report.read_text()
+    assert "- device: Fake GPU (x1)" in text and "- driver: 555.1" in text
+    assert "- CUDA: 12.4" in text and "- passed: 1 of 2" in text
+    table = [line for line in text.splitlines() if line.startswith("| ") and "---" not in line]
+    assert table[1:] == ["| b | FAIL | error: RuntimeError: trainer exit 3 |",
+                         "| a | pass | loss 3 -> 2 |"]
+    assert "unused" not in text
+
+
+def test_report_escapes_pipes_and_counts_passes():
+    facts = {"device": "d", "driver": "v", "cuda": "c", "torch": "t", "gpus": 2}
+    text = gpu_check.format_report(facts, [Row("x", True, "a|b"), Row("y", False, "f")])
+    assert "| x | pass | a\\|b |" in text and "| y | FAIL | f |" in text
+    assert "- passed: 1 of 2" in text and "(x2)" in text
