@@ -170,16 +170,36 @@ def mfu(workdir: Path) -> Row:
 
 
 def ddp(workdir: Path) -> Row:
+    """The trainer with DDP_NPROC_PER_NODE = GPUs (it starts torchrun over NCCL) vs one process."""
     gpus = torch.cuda.device_count()
     if gpus < 2:
         return Row("ddp-nccl", True, "skipped: one GPU")
     one = train(workdir / "one", [*SMALL, "PRECISION=bf16"])
-    many = train(workdir / "many", [*SMALL, "PRECISION=bf16"],
-                 launcher=[sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={gpus}"])
+    many = train(workdir / "many", [*SMALL, "PRECISION=bf16", f"DDP_NPROC_PER_NODE={gpus}"])
     diff = abs(one["train_loss"] - many["train_loss"])
     return Row("ddp-nccl", falls(many) and many["processes"] == gpus,
                f"{gpus} processes; loss {many['train_loss']:.3f} vs one process "
                f"{one['train_loss']:.3f} (diff {diff:.3f})")
+
+
+def matrix_overrides(gpus: int) -> list:
+    return [*SMALL, "PRECISION=bf16", "MATRIX=y", "MATRIX_SEEDS=4", f"MATRIX_JOBS={gpus}"]
+
+
+def matrix_pinned(workdir: Path) -> Row:
+    """A 4-cell matrix (four seeds) with MATRIX_JOBS = GPUs: every cell done, one per GPU."""
+    gpus = torch.cuda.device_count()
+    if gpus < 2:
+        return Row("matrix-one-cell-per-gpu", True, "skipped: one GPU")
+    config = write_config(workdir, matrix_overrides(gpus))
+    done = subprocess.run([sys.executable, "-m", "scripts.matrix", str(config)],
+                          capture_output=True, text=True, cwd=cfglib.ROOT)
+    states = [json.loads(p.read_text()) for p in (workdir / "results").glob("*/state/*.json")]
+    pinned = sorted({str(s.get("gpu")) for s in states})
+    ok = (done.returncode == 0 and len(states) == 4 and all(s["status"] == "done" for s in states)
+          and len(pinned) == min(gpus, 4))
+    return Row("matrix-one-cell-per-gpu", ok,
+               f"exit {done.returncode}; {len(states)} cells on GPUs {','.join(pinned)}")
 
 
 ROWS = {
@@ -199,4 +219,15 @@ ROWS = {
     "peak-memory-vs-estimate": peak_memory,
     "mfu-gpt2-124m": mfu,
     "ddp-nccl": ddp,
+    "matrix-one-cell-per-gpu": matrix_pinned,
 }
+
+# Every override list a row writes a config from (tests/test_gpu_check.py checks each takes).
+OVERRIDE_SETS = [SMALL, GPT2, [*SMALL, "PRECISION=fp16"], [*SMALL, "COMPILE=y"],
+                 [*SMALL, "OPTIMIZER=adamw-8bit", "ADAMW_8BIT_PAGED=y"],
+                 [*SMALL, "OPTIMIZER=adamwspam", "OPTIMIZER_IMPL=fused"],
+                 *([*SMALL, "PRUNING=state", "TARGET_SPARSITY=0.5", f"ADAMWPRUNE_VARIANT={v}"]
+                   for v in ("bitter0", "bitter1", "bitter2")),
+                 [*SMALL, "PRUNING=magnitude", "TARGET_SPARSITY=0.5"],
+                 [*SMALL, "PRUNING=movement", "TARGET_SPARSITY=0.5"],
+                 [*SMALL, "DDP_NPROC_PER_NODE=2"], matrix_overrides(2)]

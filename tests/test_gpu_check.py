@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from lib import config as cfglib
-from scripts import gpu_check
+from scripts import gpu_check, gpu_check_rows
 from scripts.gpu_check import Row
 
 
@@ -72,3 +72,15 @@ def test_report_escapes_pipes_and_counts_passes():
     text = gpu_check.format_report(facts, [Row("x", True, "a|b"), Row("y", False, "f")])
     assert "| x | pass | a\\|b |" in text and "| y | FAIL | f |" in text
     assert "- passed: 1 of 2" in text and "(x2)" in text
+
+
+@pytest.mark.parametrize("overrides", gpu_check_rows.OVERRIDE_SETS)
+def test_every_rows_overrides_make_a_valid_config(tmp_path, overrides):
+    """Each row's settings take (strictly) and read back as set: no typo waits for a GPU."""
+    config = gpu_check_rows.write_config(tmp_path, overrides)
+    cfg = cfglib.load(config)
+    for setting in overrides:
+        name, value = setting.split("=", 1)
+        if value in ("y", "n") or value.replace(".", "").isdigit():
+            continue
+        assert str(getattr(cfg, name)).lower().replace("_", "-") == value.lower().replace("_", "-"), setting
