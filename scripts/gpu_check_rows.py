@@ -24,7 +24,10 @@ SMALL = ["DEVICE=cuda", "MODEL_SIZE=custom", "N_LAYER=4", "N_HEAD=4", "N_EMBD=12
 GPT2 = ["DEVICE=cuda", "MODEL_SIZE=gpt2", "PRECISION=bf16", "COMPILE=y",
         "ATTENTION_BACKEND=flash", "EVAL_ITERS=1", "SAMPLE_AFTER_TRAINING=n", "LOG_INTERVAL=5",
         "CHECKPOINT_INTERVAL=100000"]
+DEVICE = "cuda"  # tests/test_gpu_check.py runs some rows on the CPU with a tiny SMALL
 LOSS_TOL = 0.05  # compile on vs off: |loss difference| after the same steps
+# pruning within SMALL's iterations: ramp from iteration 5, masks updated every 5
+PRUNE = ["TARGET_SPARSITY=0.5", "PRUNING_START=5", "PRUNING_FREQUENCY=5"]
 
 
 def write_config(workdir: Path, overrides: list) -> Path:
@@ -70,12 +73,13 @@ def precision_row(precision: str):
 def fp16_overflow(workdir: Path) -> Row:
     """A forced inf gradient through torch.amp.GradScaler as the trainer builds it."""
     from lib import runtime
-    model = torch.nn.Linear(8, 8).cuda()
+    device = torch.device(DEVICE)
+    model = torch.nn.Linear(8, 8).to(device)
     opt = torch.optim.AdamW(model.parameters())
-    scaler = runtime.grad_scaler(torch.device("cuda"), "fp16")
+    scaler = runtime.grad_scaler(device, "fp16")
     before, weight = scaler.get_scale(), model.weight.detach().clone()
-    with runtime.autocast(torch.device("cuda"), "fp16"):
-        loss = model(torch.randn(4, 8, device="cuda")).float().sum()
+    with runtime.autocast(device, "fp16"):
+        loss = model(torch.randn(4, 8, device=device)).float().sum()
     scaler.scale(loss).backward()
     model.weight.grad[0, 0] = float("inf")
     scaler.step(opt)
@@ -122,7 +126,7 @@ def optimizer_row(name: str, *extra):
 
 def prune_row(method: str, *extra):
     def row(workdir: Path) -> Row:
-        s = train(workdir, [*SMALL, f"PRUNING={method}", "TARGET_SPARSITY=0.5", *extra])
+        s = train(workdir, [*SMALL, f"PRUNING={method}", *PRUNE, *extra])
         ok = abs(s.get("sparsity", 0.0) - 0.5) < 0.02
         return Row(f"prune-{method}{'-' + extra[-1].split('=')[-1] if extra else ''}", ok,
                    f"sparsity {s.get('sparsity', 0.0):.3f} (target 0.5)")
@@ -226,8 +230,8 @@ ROWS = {
 OVERRIDE_SETS = [SMALL, GPT2, [*SMALL, "PRECISION=fp16"], [*SMALL, "COMPILE=y"],
                  [*SMALL, "OPTIMIZER=adamw-8bit", "ADAMW_8BIT_PAGED=y"],
                  [*SMALL, "OPTIMIZER=adamwspam", "OPTIMIZER_IMPL=fused"],
-                 *([*SMALL, "PRUNING=state", "TARGET_SPARSITY=0.5", f"ADAMWPRUNE_VARIANT={v}"]
+                 *([*SMALL, "PRUNING=state", *PRUNE, f"ADAMWPRUNE_VARIANT={v}"]
                    for v in ("bitter0", "bitter1", "bitter2")),
-                 [*SMALL, "PRUNING=magnitude", "TARGET_SPARSITY=0.5"],
-                 [*SMALL, "PRUNING=movement", "TARGET_SPARSITY=0.5"],
+                 [*SMALL, "PRUNING=magnitude", *PRUNE],
+                 [*SMALL, "PRUNING=movement", *PRUNE],
                  [*SMALL, "DDP_NPROC_PER_NODE=2"], matrix_overrides(2)]

@@ -84,3 +84,31 @@ def test_every_rows_overrides_make_a_valid_config(tmp_path, overrides):
         if value in ("y", "n") or value.replace(".", "").isdigit():
             continue
         assert str(getattr(cfg, name)).lower().replace("_", "-") == value.lower().replace("_", "-"), setting
+
+
+@pytest.fixture
+def rows_on_the_cpu(monkeypatch):
+    """The rows' own code with SMALL shrunk to the tiny CPU model (the rows say DEVICE=cuda)."""
+    from conftest import TINY
+    monkeypatch.setattr(gpu_check_rows, "DEVICE", "cpu")
+    monkeypatch.setattr(gpu_check_rows, "SMALL", [*TINY, "MAX_ITERS=30", "EVAL_INTERVAL=30",
+                                                  "SAMPLE_AFTER_TRAINING=n"])
+    return gpu_check_rows.ROWS
+
+
+@pytest.mark.parametrize("name", ["train-fp16", "fp16-overflow-skipped", "optimizer-adamw-8bit",
+                                  "prune-state-bitter2"])
+def test_rows_run_through_the_trainer_on_a_tiny_cpu_model(rows_on_the_cpu, tmp_path, name):
+    row = gpu_check.run_row(name, rows_on_the_cpu[name], tmp_path)
+    assert row.ok and row.name == name, row
+    if name == "fp16-overflow-skipped":
+        assert row.figure == "step skipped: True; scale 65536 -> 32768"
+    if name.startswith("prune"):
+        assert row.figure.startswith("sparsity 0.50")
+
+
+def test_a_row_whose_trainer_fails_is_a_failed_row_with_the_reason(rows_on_the_cpu, tmp_path,
+                                                                   monkeypatch):
+    monkeypatch.setattr(gpu_check_rows, "SMALL", [*gpu_check_rows.SMALL, "MAX_ITERS=3"])
+    row = gpu_check.run_row("prune-magnitude", rows_on_the_cpu["prune-magnitude"], tmp_path)
+    assert not row.ok and "trainer exit 2" in row.figure and "TARGET_SPARSITY" in row.figure
