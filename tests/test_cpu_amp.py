@@ -43,11 +43,17 @@ def test_autocast_precisions_train_on_the_cpu(tiny_config, precision):
         assert state["scaler"] == {}
 
 
-def test_fp16_autocast_really_computes_in_fp16_on_the_cpu():
-    model = torch.nn.Linear(8, 8)
-    with runtime.autocast(torch.device("cpu"), "fp16"):
-        out = model(torch.randn(2, 8))
-    assert out.dtype == torch.float16
+@pytest.mark.parametrize("precision,dtype", [("fp16", torch.float16), ("bf16", torch.bfloat16),
+                                             ("fp32", torch.float32)])
+def test_the_trainers_forward_really_computes_in_its_precision_on_the_cpu(tiny_config, tmp_path,
+                                                                         precision, dtype):
+    cfg = cfglib.load(tiny_config("MAX_ITERS=5", f"PRECISION={precision}"))
+    trainer = Trainer(cfg, RunDir(tmp_path / "run"), logging.getLogger("t"))
+    x, y = next(iter(trainer.batches.step("train", 1, 0, 1)))
+    with trainer.autocast:
+        logits, loss = trainer.forward(x, y)
+    assert logits.dtype == dtype and loss.dtype == torch.float32
+    assert trainer.scaler.is_enabled() == (precision == "fp16")
 
 
 def test_forced_overflow_skips_the_step_and_halves_the_scale(tiny_config, tmp_path):
