@@ -7,27 +7,21 @@ The table is printed and written to results/gpu-check/report.md with the device 
 driver, CUDA and torch versions. Without CUDA it prints one line and exits 0.
 """
 import argparse
-import dataclasses
 import sys
 import tempfile
 from pathlib import Path
 
 import torch
 
+from scripts import gpu_check_rows
+from scripts.gpu_check_rows import Row
+
 REPORT = Path("results") / "gpu-check" / "report.md"
 NO_CUDA = "gpu-check: no CUDA device here (torch.cuda.is_available() is False); nothing run"
 
 
-@dataclasses.dataclass
-class Row:
-    name: str
-    ok: bool
-    figure: str  # the measured figure, in words with units
-
-
 def registry() -> dict:
     """{row name: function(workdir: Path) -> Row}, in the order they run."""
-    from scripts import gpu_check_rows
     return gpu_check_rows.ROWS
 
 

@@ -5,6 +5,7 @@ on defconfigs/default plus overrides, and reads the run directory it writes (sum
 metrics.jsonl): the same path users run. Add a row: write its function, add it to ROWS.
 These rows need CUDA and cannot run on a CPU-only machine; the tests cover the frame.
 """
+import dataclasses
 import json
 import math
 import os
@@ -16,7 +17,15 @@ import torch
 
 from lib import config as cfglib
 from lib import devices
-from scripts.gpu_check import Row
+
+
+
+@dataclasses.dataclass
+class Row:
+    name: str
+    ok: bool
+    figure: str  # the measured figure, in words with units
+
 
 SMALL = ["DEVICE=cuda", "MODEL_SIZE=custom", "N_LAYER=4", "N_HEAD=4", "N_EMBD=128",
          "BLOCK_SIZE=128", "BATCH_SIZE=16", "MAX_ITERS=60", "EVAL_INTERVAL=60", "EVAL_ITERS=2",
