@@ -80,23 +80,24 @@ def precision_row(precision: str):
 
 
 def fp16_overflow(workdir: Path) -> Row:
-    """A forced inf gradient through torch.amp.GradScaler as the trainer builds it."""
-    from lib import runtime
-    device = torch.device(DEVICE)
-    model = torch.nn.Linear(8, 8).to(device)
-    opt = torch.optim.AdamW(model.parameters())
-    scaler = runtime.grad_scaler(device, "fp16")
-    before, weight = scaler.get_scale(), model.weight.detach().clone()
-    with runtime.autocast(device, "fp16"):
-        loss = model(torch.randn(4, 8, device=device)).float().sum()
-    scaler.scale(loss).backward()
-    model.weight.grad[0, 0] = float("inf")
-    scaler.step(opt)
-    scaler.update()
-    skipped = torch.equal(weight, model.weight.detach())
-    ok = skipped and scaler.get_scale() == before / 2
-    return Row("fp16-overflow-skipped", ok,
-               f"step skipped: {skipped}; scale {before:g} -> {scaler.get_scale():g}")
+    """The trainer's own fp16 step (its GradScaler) with a forced inf gradient: skipped, and
+    the scale halves."""
+    import logging
+    from gpt2.train import Trainer
+    from lib.run import RunDir
+    cfg = cfglib.load(write_config(workdir, [*SMALL, f"DEVICE={DEVICE}", "PRECISION=fp16"]))
+    trainer = Trainer(cfg, RunDir(workdir / "run"), logging.getLogger("gpu-check"))
+    trainer.train_step()
+    before = trainer.scaler.get_scale()
+    weights = [p.detach().clone() for p in trainer.model.parameters()]
+    first = next(trainer.model.parameters())
+    hook = first.register_hook(lambda g: torch.full_like(g, math.inf))
+    trainer.train_step()
+    hook.remove()
+    skipped = all(torch.equal(w, p.detach()) for w, p in zip(weights, trainer.model.parameters()))
+    after = trainer.scaler.get_scale()
+    return Row("fp16-overflow-skipped", skipped and after == before / 2,
+               f"step skipped: {skipped}; scale {before:g} -> {after:g}")
 
 
 def compile_on_off(workdir: Path) -> Row:
