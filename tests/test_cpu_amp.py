@@ -4,8 +4,6 @@ torch.compile through inductor's CPU backend, and bitsandbytes' CPU AdamW8bit.""
 import json
 import logging
 import math
-import tempfile
-from pathlib import Path
 
 import pytest
 import torch
