@@ -171,12 +171,16 @@ def peak_memory(workdir: Path) -> Row:
                f"{e['peak_bytes'] / 2**30:.2f} GiB = {ratio:.2f}")
 
 
+def device_name() -> str:
+    return torch.cuda.get_device_name(0) if DEVICE == "cuda" else DEVICE
+
+
 def mfu(workdir: Path) -> Row:
     batch, s = largest_batch(workdir, 40)
     e = estimate_json(workdir / "estimate", [*GPT2, f"BATCH_SIZE={batch}"])
-    peak = devices.peak_flops(torch.cuda.get_device_name(0), "bf16", False)
+    peak = devices.peak_flops(device_name(), "bf16", False)
     if not peak or not s.get("tokens_per_s"):
-        return Row("mfu-gpt2-124m", False, f"no peak FLOP/s for {torch.cuda.get_device_name(0)}")
+        return Row("mfu-gpt2-124m", False, f"no peak FLOP/s for {device_name()}")
     value = s["tokens_per_s"] * e["flops_per_token"] / peak
     return Row("mfu-gpt2-124m", value > 0.2,
                f"MFU {value:.1%} at micro-batch {batch} ({s['tokens_per_s']:.0f} tok/s, "

@@ -1,5 +1,6 @@
 """make gpu-check's frame on the CPU: the no-CUDA line, row selection, the report writer.
 Its rows need CUDA and cannot run here."""
+import json
 import subprocess
 import sys
 
@@ -112,3 +113,22 @@ def test_a_row_whose_trainer_fails_is_a_failed_row_with_the_reason(rows_on_the_c
     monkeypatch.setattr(gpu_check_rows, "SMALL", [*gpu_check_rows.SMALL, "MAX_ITERS=3"])
     row = gpu_check.run_row("prune-magnitude", rows_on_the_cpu["prune-magnitude"], tmp_path)
     assert not row.ok and "trainer exit 2" in row.figure and "TARGET_SPARSITY" in row.figure
+
+
+def test_memory_and_mfu_rows_read_the_run_and_the_estimate(rows_on_the_cpu, tmp_path,
+                                                           monkeypatch):
+    """The GPT-2 124M rows on the tiny model: the measured peak (here the process's resident
+    set) over make estimate's, and MFU = tokens/s x FLOPs per token / the card's peak."""
+    from conftest import TINY
+    monkeypatch.setattr(gpu_check_rows, "GPT2", [*TINY, "SAMPLE_AFTER_TRAINING=n"])
+    row = gpu_check.run_row("m", rows_on_the_cpu["peak-memory-vs-estimate"], tmp_path / "mem")
+    assert row.name == "peak-memory-vs-estimate" and "GiB / estimate" in row.figure, row
+    monkeypatch.setattr(gpu_check_rows.devices, "peak_flops",
+                        lambda name, precision, tf32: 1e9 if name == "cpu" else None)
+    row = gpu_check.run_row("f", rows_on_the_cpu["mfu-gpt2-124m"], tmp_path / "mfu")
+    assert "at micro-batch 64" in row.figure and "peak 0.001 TFLOP/s" in row.figure, row
+    summary = json.loads(next((tmp_path / "mfu" / "b64").glob("results/**/summary.json")).read_text())
+    flops = json.loads(subprocess.run(
+        [sys.executable, "-m", "scripts.estimate", str(tmp_path / "mfu" / "estimate" / "config"),
+         "--json"], capture_output=True, text=True, cwd=cfglib.ROOT).stdout)["flops_per_token"]
+    assert f"MFU {summary['tokens_per_s'] * flops / 1e9:.1%}" in row.figure
