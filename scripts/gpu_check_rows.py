@@ -35,6 +35,8 @@ GPT2 = ["DEVICE=cuda", "MODEL_SIZE=gpt2", "PRECISION=bf16", "COMPILE=y",
         "CHECKPOINT_INTERVAL=100000"]
 DEVICE = "cuda"  # tests/test_gpu_check.py runs some rows on the CPU with a tiny SMALL
 LOSS_TOL = 0.05  # compile on vs off: |loss difference| after the same steps
+ATTENTION = ("flash", "memory-efficient", "math")  # ATTENTION_BACKEND choices compared
+ATTENTION_TOL = 0.1  # bf16 logits: max |difference| against math
 # pruning within SMALL's iterations: ramp from iteration 5, masks updated every 5
 PRUNE = ["TARGET_SPARSITY=0.5", "PRUNING_START=5", "PRUNING_FREQUENCY=5"]
 
@@ -110,20 +112,24 @@ def compile_on_off(workdir: Path) -> Row:
 
 
 def attention_backends(workdir: Path) -> Row:
-    """flash, memory-efficient and math on the same bf16 input: max |logit difference|."""
-    from gpt2 import build
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-    cfg = cfglib.load(write_config(workdir, SMALL))
+    """The trainer's forward context (bf16 autocast + ATTENTION_BACKEND's kernel) for each
+    backend on the same input: max |logit difference| against math."""
+    from gpt2.build import build_model
+    from lib import runtime
+    cfg = cfglib.load(write_config(workdir, [*SMALL, f"DEVICE={DEVICE}", "DROPOUT=0"]))
+    device = torch.device(DEVICE)
     torch.manual_seed(0)
-    model = build.build_model(cfg, 256).cuda().eval()
-    x = torch.randint(0, 256, (4, 128), device="cuda")
+    model = build_model(cfg, 256).to(device).eval()
+    x = torch.randint(0, 256, (4, cfg.BLOCK_SIZE), device=device)
     out = {}
-    for name, backend in (("flash", SDPBackend.FLASH_ATTENTION),
-                          ("efficient", SDPBackend.EFFICIENT_ATTENTION), ("math", SDPBackend.MATH)):
-        with torch.no_grad(), sdpa_kernel(backend), torch.autocast("cuda", torch.bfloat16):
-            out[name] = model(x)[0].float()
-    worst = max((out[a] - out["math"]).abs().max().item() for a in ("flash", "efficient"))
-    return Row("attention-backends", worst < 0.1, f"max |logit diff| vs math {worst:.4f} (tol 0.1)")
+    for choice in ATTENTION:
+        kernel = runtime.attention_kernel(device, choice, cfg.N_EMBD // cfg.N_HEAD, "bf16")
+        with torch.no_grad(), runtime.ForwardContext(runtime.autocast(device, "bf16"), kernel):
+            out[choice] = model(x)[0].float()
+    worst = max((out[c] - out["math"]).abs().max().item() for c in ATTENTION if c != "math")
+    return Row("attention-backends", worst < ATTENTION_TOL,
+               f"{', '.join(c for c in ATTENTION if c != 'math')}: max |logit diff| vs math "
+               f"{worst:.4f} (tol {ATTENTION_TOL})")
 
 
 def optimizer_row(name: str, *extra):

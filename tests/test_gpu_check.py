@@ -132,3 +132,15 @@ def test_memory_and_mfu_rows_read_the_run_and_the_estimate(rows_on_the_cpu, tmp_
         [sys.executable, "-m", "scripts.estimate", str(tmp_path / "mfu" / "estimate" / "config"),
          "--json"], capture_output=True, text=True, cwd=cfglib.ROOT).stdout)["flops_per_token"]
     assert f"MFU {summary['tokens_per_s'] * flops / 1e9:.1%}" in row.figure
+
+
+def test_attention_row_goes_through_the_trainers_kernel_check(rows_on_the_cpu, tmp_path,
+                                                             monkeypatch):
+    # the CPU has no memory-efficient kernel: the project's own check names the knob
+    row = gpu_check.run_row("attention-backends", rows_on_the_cpu["attention-backends"],
+                            tmp_path / "all")
+    assert not row.ok and "CONFIG_ATTENTION_BACKEND_MEMORY_EFFICIENT=y" in row.figure
+    monkeypatch.setattr(gpu_check_rows, "ATTENTION", ("flash", "math"))
+    row = gpu_check.run_row("attention-backends", rows_on_the_cpu["attention-backends"],
+                            tmp_path / "two")
+    assert row.ok and row.figure.startswith("flash: max |logit diff| vs math 0.0"), row
