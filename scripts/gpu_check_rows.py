@@ -198,10 +198,11 @@ def ddp(workdir: Path) -> Row:
     gpus = torch.cuda.device_count()
     if gpus < 2:
         return Row("ddp-nccl", True, "skipped: one GPU")
-    one = train(workdir / "one", [*SMALL, "PRECISION=bf16"])
-    many = train(workdir / "many", [*SMALL, "PRECISION=bf16", f"DDP_NPROC_PER_NODE={gpus}"])
+    same = [*SMALL, "PRECISION=bf16", f"GRADIENT_ACCUMULATION={gpus}"]  # the same batch
+    one = train(workdir / "one", same)
+    many = train(workdir / "many", [*same, f"DDP_NPROC_PER_NODE={gpus}"])
     diff = abs(one["train_loss"] - many["train_loss"])
-    return Row("ddp-nccl", falls(many) and many["processes"] == gpus,
+    return Row("ddp-nccl", falls(many) and many["processes"] == gpus and diff <= LOSS_TOL,
                f"{gpus} processes; loss {many['train_loss']:.3f} vs one process "
                f"{one['train_loss']:.3f} (diff {diff:.3f})")
 
@@ -254,4 +255,4 @@ OVERRIDE_SETS = [SMALL, GPT2, [*SMALL, "PRECISION=fp16"], [*SMALL, "COMPILE=y"],
                    for v in ("bitter0", "bitter1", "bitter2")),
                  [*SMALL, "PRUNING=magnitude", *PRUNE],
                  [*SMALL, "PRUNING=movement", *PRUNE],
-                 [*SMALL, "DDP_NPROC_PER_NODE=2"], matrix_overrides(2)]
+                 [*SMALL, "GRADIENT_ACCUMULATION=2", "DDP_NPROC_PER_NODE=2"], matrix_overrides(2)]

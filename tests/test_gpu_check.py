@@ -144,3 +144,16 @@ def test_attention_row_goes_through_the_trainers_kernel_check(rows_on_the_cpu, t
     row = gpu_check.run_row("attention-backends", rows_on_the_cpu["attention-backends"],
                             tmp_path / "two")
     assert row.ok and row.figure.startswith("flash: max |logit diff| vs math 0.0"), row
+
+
+def test_ddp_and_matrix_rows_on_two_cpu_processes(rows_on_the_cpu, tmp_path, monkeypatch):
+    """With device_count() saying 2, the DDP row runs the trainer's own torchrun launch (gloo
+    here) against one process on the same batch; the matrix row runs 4 cells and reads their
+    state files, which on the CPU name no GPU, so the pinning check fails as it should."""
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(gpu_check_rows, "SMALL", [*gpu_check_rows.SMALL, "MAX_ITERS=20",
+                                                  "EVAL_INTERVAL=20"])
+    row = gpu_check.run_row("ddp-nccl", rows_on_the_cpu["ddp-nccl"], tmp_path / "ddp")
+    assert row.ok and row.figure.startswith("2 processes; loss "), row
+    row = gpu_check.run_row("m", rows_on_the_cpu["matrix-one-cell-per-gpu"], tmp_path / "m")
+    assert not row.ok and row.figure == "exit 0; 4 cells on GPUs None", row
