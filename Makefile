@@ -90,6 +90,11 @@ bench: $(INSTALL) $(KCONFIG_CONFIG)
 estimate: $(INSTALL) $(KCONFIG_CONFIG)
 	$(PY) -m scripts.estimate $(KCONFIG_CONFIG)
 
+# The GPU check: run once on a CUDA machine after cloning (GPU_CHECK_ARGS="--rows a,b" or --list).
+.PHONY: gpu-check
+gpu-check: $(INSTALL)
+	$(PY) -m scripts.gpu_check $(GPU_CHECK_ARGS)
+
 # Data preparation speed and memory on a generated local corpus (BENCH_DATA_ARGS="--mb 50").
 .PHONY: bench-data
 bench-data: $(INSTALL)
@@ -148,6 +153,8 @@ help:
 	@echo '  test              - run the test suite'
 	@echo '  estimate          - print what .config will cost: parameters, memory, tokens, FLOPs, time'
 	@echo '  bench             - the benchmark list of this device (BENCH=current: .config; COMPARE=<dir>; BENCH_ARGS="--rounds N")'
+	@echo '  gpu-check         - once on a CUDA machine: precisions, compile, attention, optimizers, pruning,'
+	@echo '                      memory, MFU, DDP; table in results/gpu-check/report.md (GPU_CHECK_ARGS=--list)'
 	@echo '  bench-data        - time data preparation against a one-process tiktoken loop (BENCH_DATA_ARGS=...)'
 	@echo '  clean             - remove build leftovers (caches, egg-info)'
 	@echo '  mrproper          - clean, and remove .config, .config.old and .venv'
