@@ -103,6 +103,14 @@ class Runner:
         if result.returncode != 0 and self.signal is None:
             raise ConfigError(f"preparing the data failed:\n{result.stderr.strip()}")
 
+    def placement(self, to_run: int) -> tuple:
+        """(GPUs to pin cells to round-robin, CPU threads per cell) for to_run cells."""
+        # A cell that trains over several processes (torchrun) takes all the node's GPUs.
+        cfg = self.m.cfg
+        gpus = visible_gpus(cfg.DEVICE) if to_run and distributed.world_size(cfg) == 1 else []
+        threads = None if gpus else max(1, cpu_cores() // max(1, min(self.jobs, to_run)))
+        return gpus, threads
+
     def write_state(self, cell, state) -> None:
         atomic_write_json(self.m.state_path(cell), state)
 
@@ -190,10 +198,7 @@ class Runner:
             else:
                 old_failures += 1
             self.write_state(cell, state)
-        parallel = max(1, min(self.jobs, len(todo)))
-        # A cell that trains over several processes (torchrun) takes all the node's GPUs.
-        gpus = visible_gpus(m.cfg.DEVICE) if todo and distributed.world_size(m.cfg) == 1 else []
-        threads = None if gpus else max(1, cpu_cores() // parallel)
+        gpus, threads = self.placement(len(todo))
         where = (f"GPUs {','.join(gpus)} round-robin" if gpus
                  else f"{threads} CPU thread{'s' if threads != 1 else ''} per cell")
         earlier = f", {old_failures} failed earlier (--retry-failed reruns)" if old_failures else ""

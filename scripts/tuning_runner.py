@@ -98,9 +98,7 @@ class TuningRunner(matrix_runner.Runner):
               f"(rungs {', '.join(str(r) for r in next(iter(self.rungs.values())))}), then "
               f"{m.cfg.MATRIX_SEEDS} confirmation seeds per group; {self.jobs} at once",
               flush=True)
-        gpus = matrix_runner.visible_gpus(m.cfg.DEVICE)
-        cpu = None if gpus else max(1, matrix_runner.cpu_cores() // self.jobs)
-        self.where = (gpus, cpu)
+        self.where = self.placement(len(self.trials))
         old = {sig: signal.signal(sig, self.on_signal) for sig in matrix_state.STOP_SIGNALS}
         bar = tqdm(unit="run", desc="tuning", dynamic_ncols=True, disable=None)
         try:
