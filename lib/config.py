@@ -41,15 +41,16 @@ def default_config_path() -> Path:
     return Path(os.environ.get("KCONFIG_CONFIG", ".config"))
 
 
-def require(module: str, symbol: str, package: str, instead: str):
+def require(module: str, symbol: str, package: str, instead: str, install: str = None):
     """Import the optional package that CONFIG_<symbol>=y needs; when it is missing, a
-    ConfigError naming the knob, the pip command and `instead` (the other way out)."""
+    ConfigError naming the knob, the pip command (`pip install <install>`, by default the
+    package) and `instead` (the other way out)."""
     try:
         return importlib.import_module(module)
     except ImportError as e:
         raise ConfigError(f"CONFIG_{symbol}=y needs the {package} package, which is not "
-                          f"installed ({e}): pip install {package} (into the project's "
-                          f".venv), or {instead}") from None
+                          f"installed ({e}): pip install {install or package} (into the "
+                          f"project's .venv), or {instead}") from None
 
 
 def config_description(path) -> str:
