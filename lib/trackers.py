@@ -5,6 +5,7 @@ naming the knob and the pip command, before the run directory is touched. Each t
 says where it writes (where()); the run's log gets those lines when it starts and when it
 ends."""
 import math
+from shlex import quote
 from pathlib import Path
 
 from lib.config import ConfigError, require
@@ -46,7 +47,7 @@ class Wandb:
     def where(self) -> list:
         if self.mode == "offline":
             return [f"wandb: offline run in {self.sync_dir}",
-                    f"wandb: upload it with: wandb sync {self.sync_dir}"]
+                    f"wandb: upload it with: wandb sync {quote(str(self.sync_dir))}"]
         return [f"wandb: {self.url}", f"wandb: local copy in {self.sync_dir}"]
 
 
@@ -67,7 +68,7 @@ class Trackio:
 
     def where(self) -> list:
         lines = [f"trackio: project {self.project!r} in {self.store}",
-                 f"trackio: open its dashboard with: trackio show --project '{self.project}'"]
+                 f"trackio: open its dashboard with: trackio show --project {quote(self.project)}"]
         if self.run.url:  # a Space or a server (TRACKIO_SPACE_ID, TRACKIO_SERVER_URL)
             lines.append(f"trackio: also at {self.run.url}")
         return lines
@@ -90,7 +91,7 @@ class TensorBoard:
 
     def where(self) -> list:
         return [f"tensorboard: event files in {self.log_dir}",
-                f"tensorboard: view with: tensorboard --logdir {self.log_dir}"]
+                f"tensorboard: view with: tensorboard --logdir {quote(str(self.log_dir))}"]
 
 
 class Announced:

@@ -145,7 +145,7 @@ def test_trackio_local_store_holds_every_metric_and_the_log_says_where(tiny_conf
     store = tmp_path / "trackio" / "study.db"
     assert said_where(messages, "trackio") == [
         f"trackio: project 'study' in {store}",
-        "trackio: open its dashboard with: trackio show --project 'study'"]
+        "trackio: open its dashboard with: trackio show --project study"]
     assert store.is_file()
     read = subprocess.run([sys.executable, "-c", TRACKIO_READ, "study", run.path.name],
                           env={**os.environ, "TRACKIO_DIR": str(tmp_path / "trackio")},
