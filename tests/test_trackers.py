@@ -22,17 +22,22 @@ RUN = ("MAX_ITERS=4", "LOG_INTERVAL=1", "EVAL_INTERVAL=2", "SAMPLE_AFTER_TRAININ
        "TRACKER_PROJECT=study")
 
 
-def train_child(config, tmp_path, **env):
-    """Train `config` in its own process, every tracker's files kept under tmp_path; the
-    run's directory and its log's messages."""
+def child_env(tmp_path, **env) -> dict:
+    """The environment of a training process whose trackers keep every file under
+    tmp_path."""
     home = tmp_path / "home"
-    env = {**os.environ, "PYTHONPATH": str(cfglib.ROOT), "HF_HOME": str(home / "hf"),
-           "TRACKIO_DIR": str(tmp_path / "trackio"), "XDG_CONFIG_HOME": str(home / "config"),
-           **{f"WANDB_{d}_DIR": str(home / f"wandb-{d.lower()}")
-              for d in ("CONFIG", "CACHE", "DATA", "ARTIFACT")}, **env}
-    result = subprocess.run([sys.executable, "-m", "gpt2.train", str(config)], env=env,
-                            cwd=cfglib.ROOT, capture_output=True, text=True,
-                            timeout=EVENT_LIMIT_S)
+    return {**os.environ, "PYTHONPATH": str(cfglib.ROOT), "HF_HOME": str(home / "hf"),
+            "TRACKIO_DIR": str(tmp_path / "trackio"), "XDG_CONFIG_HOME": str(home / "config"),
+            **{f"WANDB_{d}_DIR": str(home / f"wandb-{d.lower()}")
+               for d in ("CONFIG", "CACHE", "DATA", "ARTIFACT")}, **env}
+
+
+def train_child(config, tmp_path, **env):
+    """Train `config` in its own process (child_env); the run's directory and its log's
+    messages."""
+    result = subprocess.run([sys.executable, "-m", "gpt2.train", str(config)],
+                            env=child_env(tmp_path, **env), cwd=cfglib.ROOT,
+                            capture_output=True, text=True, timeout=EVENT_LIMIT_S)
     assert result.returncode == 0, result.stderr
     run = RunDir.for_config(cfglib.load(config))
     messages = [line.split(" INFO ", 1)[1] for line in run.log.read_text().splitlines()
@@ -129,6 +134,26 @@ def test_wandb_offline_run_holds_every_metric_and_the_log_says_where(tiny_config
     for record in records(run):
         expected[record["iter"]].update(numbers(record))
     assert rows == list(expected.items())
+
+
+def test_wandb_online_without_a_login_is_one_line_naming_the_way_out(tiny_config, tmp_path):
+    pytest.importorskip("wandb", reason="wandb is not installed: pip install -e '.[trackers]'")
+    config = tiny_config(*RUN, "TRACKER=wandb", "TRACKER_WANDB_MODE=online")
+    env = child_env(tmp_path, HOME=str(tmp_path / "home"), NETRC=str(tmp_path / "no-netrc"),
+                    WANDB_MODE="offline",  # the knob decides, not this
+                    XDG_CACHE_HOME=os.environ.get("XDG_CACHE_HOME",
+                                                  str(Path.home() / ".cache")))
+    env.pop("WANDB_API_KEY", None)
+    result = subprocess.run([sys.executable, "-m", "gpt2.train", str(config)], env=env,
+                            cwd=cfglib.ROOT, stdin=subprocess.DEVNULL, capture_output=True,
+                            text=True, timeout=EVENT_LIMIT_S)
+    assert result.returncode == 2, result.stderr
+    (line,) = [e for e in result.stderr.splitlines() if e.startswith("error: ")]
+    assert "CONFIG_TRACKER_WANDB_MODE_ONLINE=y" in line and "API key" in line
+    assert "wandb login" in line and "TRACKER_WANDB_MODE_OFFLINE" in line
+    assert "Traceback" not in result.stderr
+    run = RunDir.for_config(cfglib.load(config))
+    assert not list((run.path / "wandb").glob("offline-run-*"))
 
 
 TRACKIO_READ = """import json, sys
