@@ -27,7 +27,7 @@ def extra_of(module: str):
 def install_hint(module: str, package: str) -> str:
     """The pip command that installs what brings `module`."""
     extra = extra_of(module.split(".")[0])
-    return f"pip install 'kmatrix[{extra}]'" if extra else f"pip install {package}"
+    return f"pip install -e '.[{extra}]'" if extra else f"pip install {package}"
 
 
 def selected(cfg) -> dict:

@@ -66,10 +66,10 @@ def test_install_runs_pip_on_the_missing_extras_only(tiny_config, monkeypatch, c
 
 def test_a_missing_extra_is_named_in_the_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "submitit", None)  # `import submitit` raises ImportError
-    with pytest.raises(cfglib.ConfigError, match=r"pip install 'kmatrix\[slurm\]'"):
+    with pytest.raises(cfglib.ConfigError, match=r"pip install -e '\.\[slurm\]'"):
         cfglib.require("submitit", "MATRIX_EXECUTOR_SLURM", "submitit", "select another")
     monkeypatch.setitem(sys.modules, "datasets", None)
-    with pytest.raises(DataError, match=r"DATASET_HF .*pip install 'kmatrix\[hub\]'"):
+    with pytest.raises(DataError, match=r"DATASET_HF .*pip install -e '\.\[hub\]'"):
         import_datasets("DATASET_HF (a hub dataset)")
     monkeypatch.setitem(sys.modules, "lion_pytorch", None)  # a core requirement: its own name
     with pytest.raises(cfglib.ConfigError, match="pip install lion-pytorch"):
