@@ -11,7 +11,6 @@ from pathlib import Path
 from lib.config import ConfigError, require
 
 STEP_KEYS = ("kind", "iter")  # the record's kind prefixes its keys; iter is the step
-EXTRA = "-e '.[trackers]'"  # the pip arguments that install every tracker's package
 
 
 def _scalars(record: dict) -> dict:
@@ -124,8 +123,7 @@ TRACKERS = {
 
 def _import(choice: str):
     module, package, _ = TRACKERS[choice]
-    return require(module, f"TRACKER_{choice.upper()}", package, "select TRACKER_NONE",
-                   install=EXTRA)
+    return require(module, f"TRACKER_{choice.upper()}", package, "select TRACKER_NONE")
 
 
 def check(cfg) -> None:
