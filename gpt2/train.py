@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from gpt2 import data, loaders, pairing
+from gpt2 import batch_fit, data, loaders, pairing
 from gpt2.budget import Budget, batch_size, check_pruning, extra_budget, spam_problems
 from gpt2.build import build_model
 from gpt2.sample import generate_text
@@ -98,11 +98,12 @@ def setup_logging(run: RunDir) -> logging.Logger:
     return log
 
 
-def eval_windows(prepared, cfg, device) -> dict:
+def eval_windows(prepared, cfg, device, batch=None) -> dict:
     """{split: data.EvalWindows}, fixed for the run: EVAL_ITERS batches at most, the whole
-    validation split with EVAL_WHOLE_SPLIT."""
+    validation split with EVAL_WHOLE_SPLIT; read `batch` windows at a time (default
+    BATCH_SIZE: the count stays the asked config's whatever micro-batch trains)."""
     most = cfg.EVAL_ITERS * cfg.BATCH_SIZE
-    return {split: data.EvalWindows(prepared, split, cfg.BLOCK_SIZE, cfg.BATCH_SIZE,
+    return {split: data.EvalWindows(prepared, split, cfg.BLOCK_SIZE, batch or cfg.BATCH_SIZE,
                                     None if whole else most, device)
             for split, whole in (("train", False), ("val", cfg.EVAL_WHOLE_SPLIT))}
 
@@ -151,10 +152,14 @@ class Trainer:
         with ranks.main_first():
             self.prepared = data.prepare_config(cfg)
         data.check_split_sizes_config(cfg, self.prepared)
+        self.asked = cfg  # BATCH_SIZE_AUTO trains with a fitted copy (gpt2/batch_fit.py)
+        cfg, self.batch_choice = batch_fit.fitted(cfg, data.vocab_size(self.prepared),
+                                                  self.device, ranks, run)
+        self.cfg = cfg
         self.batch_size = batch_size(cfg)
         self.batches = loaders.LOADERS[cfg.DATA_LOADER](self.prepared, cfg.BLOCK_SIZE,
                                                         self.batch_size, self.device, cfg.SEED)
-        self.eval_windows = eval_windows(self.prepared, cfg, self.device)
+        self.eval_windows = eval_windows(self.prepared, self.asked, self.device, cfg.BATCH_SIZE)
         self.test_windows = data.EvalWindows(self.prepared, "test", cfg.BLOCK_SIZE,
                                              cfg.BATCH_SIZE, None, self.device)
         self.model = build_model(cfg, data.vocab_size(self.prepared)).to(self.device)
@@ -446,7 +451,10 @@ class Trainer:
             **optim.stats(self.optimizer),
             **self.pruner.stats(),
             "target_sparsity": self.cfg.TARGET_SPARSITY,
-            "batch_size": self.batch_size,
+            "batch_size": batch_size(self.asked),
+            "batch_size_used": self.batch_size,
+            "gradient_accumulation_used": self.cfg.GRADIENT_ACCUMULATION,
+            "batch_size_auto": self.batch_choice.how,
             "extra_budget": extra_budget(self.cfg)[2],
             "startup_s": p.startup_s,
             "device": str(self.device),
@@ -516,12 +524,14 @@ def _train_logged(trainer, run, stop_after, stop_at=StopAt()) -> int:
     resumed = trainer.resume()
     if resumed:
         log.info(f"resuming {run.path} at iteration {trainer.progress.iter}"
-                 + (f" from {resumed.name}" if resumed != run.ckpt else ""))
+                 + (f" from {resumed.name}" if resumed != run.ckpt else "")
+                 + f", {batch_fit.describe(trainer.batch_choice)}")
     else:
         log.info(f"training {run.path} on {trainer.device}"
                  + (f" x {processes} processes" if processes > 1 else "") + ": "
                  f"{trainer.model.num_params():,} parameters, "
-                 f"{trainer.tokens_per_iter:,} tokens per iteration")
+                 f"{trainer.tokens_per_iter:,} tokens per iteration, "
+                 f"{batch_fit.describe(trainer.batch_choice)}")
     run.write_summary(trainer.summary("running"))
     started = time.perf_counter()
     try:
