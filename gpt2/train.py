@@ -163,8 +163,10 @@ class Trainer:
         self.test_windows = data.EvalWindows(self.prepared, "test", cfg.BLOCK_SIZE,
                                              cfg.BATCH_SIZE, None, self.device)
         self.model = build_model(cfg, data.vocab_size(self.prepared)).to(self.device)
+        # the asked split: BATCH_SIZE_AUTO reads the same sequences in the same order
         self.pairing = {"init_hash": pairing.init_hash(self.model), "data_hash": pairing.data_hash(
-            self.prepared, cfg.BLOCK_SIZE, self.batch_size, cfg.GRADIENT_ACCUMULATION, cfg.SEED)}
+            self.prepared, cfg.BLOCK_SIZE, batch_size(self.asked),
+            self.asked.GRADIENT_ACCUMULATION, cfg.SEED)}
         self.ddp = ranks.wrap(self.model, self.device)  # the model, or DDP around it
         self.optimizer = optim.build(cfg, self.model)
         self.scaler = runtime.grad_scaler(self.device, cfg.PRECISION)
