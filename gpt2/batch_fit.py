@@ -140,14 +140,16 @@ def cuda_probe(cfg, trial: Trial, budget_bytes):
 def cpu_probe(cfg, trial: Trial, budget_bytes):
     """fits(b): the weights, gradients and optimizer state measured on the trial after one
     step at b = 1, plus `make estimate`'s activation formula for b (gpt2/activations.py),
-    within the memory available (MemAvailable, the cgroup limit) and the cap."""
+    within the memory available (MemAvailable, the cgroup limit; a share of it for each
+    of the node's processes) and the cap (per process)."""
     trial.step(1)
     fixed = sum(2 * p.numel() * p.element_size() for p in trial.model.parameters()
                 if p.requires_grad) + optim.state_bytes(trial.optimizer)
     fixed += sum(p.numel() * p.element_size() for p in trial.model.parameters()
                  if not p.requires_grad)
     shape = model_config(cfg, trial.vocab)
-    known = [x for x in (available_bytes(), budget_bytes) if x is not None]
+    free = available_bytes()  # shared by the node's DDP processes, each planning alike
+    known = [x for x in (free and free // cfg.DDP_NPROC_PER_NODE, budget_bytes) if x is not None]
     if not known:
         raise cfglib.ConfigError("BATCH_SIZE_AUTO=y: the free memory cannot be read here "
                                  "(/proc/meminfo); set BATCH_SIZE_AUTO_MEMORY_MB")

@@ -275,7 +275,8 @@ def estimate(cfg, optimizer_cfgs=None) -> dict:
             "process_bytes": process_bytes,
             "activation_bytes": acts["blocks"], "activation_checkpointed_bytes":
             acts["checkpointed"], "head_bytes": acts["head"], "peak_bytes": peak,
-            "micro_batch": batch_size(cfg), "tokens_per_iter": per_iter,
+            "micro_batch": batch_size(cfg), "batch_size_auto": bool(cfg.BATCH_SIZE_AUTO),
+            "tokens_per_iter": per_iter,
             "total_iters": total_iters, "total_tokens": total_tokens,
             "flops_per_token": flops_per_token,
             "total_flops": flops_per_token * total_tokens if total_tokens else None,
@@ -308,6 +309,10 @@ def format_estimate(e: dict) -> str:
               f"activations         {_mib(e['activation_bytes'])} per micro-batch of "
               f"{e['micro_batch']} sequences; {_mib(e['activation_checkpointed_bytes'])} "
               f"with activation checkpointing; plus {_mib(e['head_bytes'])} for the loss"]
+    if e["batch_size_auto"]:
+        lines.append("                    BATCH_SIZE_AUTO: the trainer picks the largest "
+                     "micro-batch that fits at start (gpt2/batch_fit.py); figures here are "
+                     "for BATCH_SIZE")
     if e["data_bytes"]:
         lines.append(f"data in memory      {_mib(e['data_bytes'])}")
     if e["process_bytes"]:
