@@ -16,7 +16,9 @@ from pathlib import Path
 
 import torch
 
+from gpt2 import data
 from gpt2.activations import activation_bytes
+from gpt2.data.batches import SPLITS as SAMPLED_SPLITS
 from gpt2.build import build_model, model_config
 from lib import checkpoint, optim, runtime
 from lib import config as cfglib
@@ -77,17 +79,19 @@ class Trial:
     run's own initialisation and data order are untouched) that takes one training step at
     a given micro-batch of random tokens; the copy's weights are never the run's."""
 
-    def __init__(self, cfg, vocab_size: int, device: torch.device):
+    def __init__(self, cfg, vocab_size: int, device: torch.device, reserved_bytes: int = 0):
         self.cfg, self.vocab, self.device = cfg, vocab_size, device
+        self.reserved_bytes = reserved_bytes
         self.rng = torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
         self.rng.__enter__()
-        try:
+        try:  # on CUDA the held bytes are taken for real while the trial steps
+            self.held = torch.empty(reserved_bytes if device.type == "cuda" else 0,
+                                    dtype=torch.uint8, device=device)
             self.model = build_model(cfg, vocab_size).to(device)
             self.optimizer = optim.build(cfg, self.model)
         except BaseException:
             self.rng.__exit__(None, None, None)
             raise
-        self.scaler = runtime.grad_scaler(device, cfg.PRECISION)
         self.forward = runtime.ForwardContext(
             runtime.autocast(device, cfg.PRECISION),
             runtime.attention_kernel(device, cfg.ATTENTION_BACKEND, cfg.N_EMBD // cfg.N_HEAD,
@@ -96,6 +100,7 @@ class Trial:
     def step(self, micro_batch: int) -> None:
         """One forward, backward and optimizer step; gradients dropped after it."""
         x = torch.randint(self.vocab, (micro_batch, self.cfg.BLOCK_SIZE + 1), device=self.device)
+        self.scaler = runtime.grad_scaler(self.device, self.cfg.PRECISION)  # fresh per try
         try:
             with self.forward:
                 _, loss = self.model(x[:, :-1], x[:, 1:])
@@ -111,7 +116,7 @@ class Trial:
             torch.cuda.synchronize(self.device)
 
     def close(self) -> None:
-        self.model = self.optimizer = self.scaler = None
+        self.model = self.optimizer = self.scaler = self.held = None
         self.rng.__exit__(None, None, None)
         gc.collect()
         if self.device.type == "cuda":
@@ -146,7 +151,7 @@ def cpu_probe(cfg, trial: Trial, budget_bytes):
     fixed = sum(2 * p.numel() * p.element_size() for p in trial.model.parameters()
                 if p.requires_grad) + optim.state_bytes(trial.optimizer)
     fixed += sum(p.numel() * p.element_size() for p in trial.model.parameters()
-                 if not p.requires_grad)
+                 if not p.requires_grad) + trial.reserved_bytes
     shape = model_config(cfg, trial.vocab)
     free = available_bytes()  # shared by the node's DDP processes, each planning alike
     known = [x for x in (free and free // cfg.DDP_NPROC_PER_NODE, budget_bytes) if x is not None]
@@ -189,6 +194,14 @@ def available_bytes():
     return min(found) if found else None
 
 
+def resident_data_bytes(cfg, prepared) -> int:
+    """The sampled splits that DATA_LOADER=preloaded will hold on the device (int32), which
+    the trial must leave room for; 0 for memory-mapped batches."""
+    if cfg.DATA_LOADER != "preloaded":
+        return 0
+    return 4 * sum(len(data.SplitTokens(prepared, s)) for s in SAMPLED_SPLITS)
+
+
 # -- the choice --------------------------------------------------------------------------
 def with_batch(cfg, micro_batch: int, accumulation: int):
     """cfg training with this micro-batch and accumulation; its text and hash stay those
@@ -209,7 +222,7 @@ def recorded(run, step_batch: int, processes: int):
     return Choice(micro, accum, "resumed") if accum % processes == 0 else None
 
 
-def choose(cfg, vocab_size: int, device: torch.device, ranks, run) -> Choice:
+def choose(cfg, prepared, device: torch.device, ranks, run) -> Choice:
     """The micro-batch and accumulation to train with (see the module's docstring). With
     several processes a size fits only where it fits on every one of them."""
     if not cfg.BATCH_SIZE_AUTO:
@@ -219,7 +232,7 @@ def choose(cfg, vocab_size: int, device: torch.device, ranks, run) -> Choice:
     if earlier is not None:
         return earlier
     cap = cfg.BATCH_SIZE_AUTO_MEMORY_MB * MIB or None
-    trial = Trial(cfg, vocab_size, device)
+    trial = Trial(cfg, data.vocab_size(prepared), device, resident_data_bytes(cfg, prepared))
     try:
         probe = PROBES[device.type](cfg, trial, cap)
         best = search(candidates(step_batch, ranks.world_size),
@@ -236,9 +249,9 @@ def choose(cfg, vocab_size: int, device: torch.device, ranks, run) -> Choice:
     return Choice(best, step_batch // best, "searched")
 
 
-def fitted(cfg, vocab_size: int, device: torch.device, ranks, run):
+def fitted(cfg, prepared, device: torch.device, ranks, run):
     """(the Config to train with, the Choice it was made with)."""
-    choice = choose(cfg, vocab_size, device, ranks, run)
+    choice = choose(cfg, prepared, device, ranks, run)
     if choice.how == "asked":
         return cfg, choice
     return with_batch(cfg, choice.micro_batch, choice.accumulation), choice

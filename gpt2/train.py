@@ -153,8 +153,7 @@ class Trainer:
             self.prepared = data.prepare_config(cfg)
         data.check_split_sizes_config(cfg, self.prepared)
         self.asked = cfg  # BATCH_SIZE_AUTO trains with a fitted copy (gpt2/batch_fit.py)
-        cfg, self.batch_choice = batch_fit.fitted(cfg, data.vocab_size(self.prepared),
-                                                  self.device, ranks, run)
+        cfg, self.batch_choice = batch_fit.fitted(cfg, self.prepared, self.device, ranks, run)
         self.cfg = cfg
         self.batch_size = batch_size(cfg)
         self.batches = loaders.LOADERS[cfg.DATA_LOADER](self.prepared, cfg.BLOCK_SIZE,

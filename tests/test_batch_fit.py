@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from gpt2 import batch_fit, data, train
+from gpt2 import batch_fit, data, loaders, train
 from lib import config as cfglib
 from lib.distributed import Distributed
 from lib.run import RunDir
@@ -56,10 +56,10 @@ def test_cpu_probe_backs_off_under_a_cap_and_leaves_no_trace(tiny_config):
     capped = cfglib.load(tiny_config(*ASKED, "BATCH_SIZE_AUTO=y", CAP, name="capped"))
     free = cfglib.load(tiny_config(*ASKED, "BATCH_SIZE_AUTO=y", name="free"))
     prepared = data.prepare_config(capped)
-    vocab, cpu = data.vocab_size(prepared), torch.device("cpu")
+    cpu = torch.device("cpu")
     torch.manual_seed(0)
     rng = torch.get_rng_state()
-    choices = [batch_fit.choose(c, vocab, cpu, Distributed(), RunDir.for_config(c))
+    choices = [batch_fit.choose(c, prepared, cpu, Distributed(), RunDir.for_config(c))
                for c in (capped, free)]
     assert torch.equal(torch.get_rng_state(), rng)  # the trial drew from a forked RNG
     (low, high) = choices
@@ -124,3 +124,13 @@ def test_trainer_with_a_cap_trains_the_asked_steps_and_resume_reuses_the_choice(
     assert plain["batch_size_auto"] == "asked" and plain["data_hash"] == done["data_hash"]
     for key in ("train_loss", "val_loss", "test_loss"):
         assert done[key] == pytest.approx(plain[key], rel=1e-4), key
+
+
+def test_preloaded_data_is_left_room_for(tiny_config):
+    cfg = cfglib.load(tiny_config(*ASKED, "BATCH_SIZE_AUTO=y", "DATA_LOADER=preloaded"))
+    prepared = data.prepare_config(cfg)
+    held = loaders.PreloadedBatches(prepared, 64, 4)._tokens.values()
+    assert batch_fit.resident_data_bytes(cfg, prepared) == sum(
+        t.numel() * t.element_size() for t in held)
+    memmap = cfglib.load(tiny_config(*ASKED, "BATCH_SIZE_AUTO=y", name="memmap"))
+    assert batch_fit.resident_data_bytes(memmap, prepared) == 0
