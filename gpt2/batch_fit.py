@@ -231,6 +231,10 @@ def choose(cfg, prepared, device: torch.device, ranks, run) -> Choice:
     earlier = recorded(run, step_batch, ranks.world_size)
     if earlier is not None:
         return earlier
+    if device.type not in PROBES:
+        raise cfglib.ConfigError(f"BATCH_SIZE_AUTO=y: no way to probe {device.type} memory "
+                                 f"(only {', '.join(PROBES)}); set BATCH_SIZE_AUTO=n and "
+                                 f"BATCH_SIZE yourself")
     cap = cfg.BATCH_SIZE_AUTO_MEMORY_MB * MIB or None
     trial = Trial(cfg, data.vocab_size(prepared), device, resident_data_bytes(cfg, prepared))
     try:

@@ -225,7 +225,7 @@ HASH_BASES = ([], ["MATRIX=y", "MATRIX_EXECUTOR=slurm", "MATRIX_PRUNING_STATE=y"
                "ADAMWPRUNE_VARIANT=bitter2", "BITTER2_SPEND_BATCH=y", "MLP=bio",
                "DATASET=finewebedu", "MODEL_SIZE=custom"],
               ["OPTIMIZER=adafactor", "DATASET=hf", "TOKENIZER=char"],
-              ["OPTIMIZER=adamw-8bit", "DATASET=openwebtext"], ["OPTIMIZER=lion"],
+              ["OPTIMIZER=adamw-8bit", "DATASET=openwebtext"], ["OPTIMIZER=lion", "BATCH_SIZE_AUTO=y"],
               ["OPTIMIZER=adam"],
               ["MATRIX=y", "MATRIX_TUNING_TRIALS=2", "MATRIX_OPTIMIZER_SGD=y",
                "MATRIX_OPTIMIZER_ADAM=y", "MATRIX_OPTIMIZER_ADAFACTOR=y",
