@@ -122,6 +122,7 @@ def test_trainer_with_a_cap_trains_the_asked_steps_and_resume_reuses_the_choice(
     assert train.main([str(asked)]) == 0
     plain = _summary(asked)
     assert plain["batch_size_auto"] == "asked" and plain["data_hash"] == done["data_hash"]
+    assert plain["init_hash"] == done["init_hash"]  # the trial model drew no RNG of the run
     for key in ("train_loss", "val_loss", "test_loss"):
         assert done[key] == pytest.approx(plain[key], rel=1e-4), key
 
@@ -134,3 +135,15 @@ def test_preloaded_data_is_left_room_for(tiny_config):
         t.numel() * t.element_size() for t in held)
     memmap = cfglib.load(tiny_config(*ASKED, "BATCH_SIZE_AUTO=y", name="memmap"))
     assert batch_fit.resident_data_bytes(memmap, prepared) == 0
+
+
+def test_the_recorded_choice_is_reused_only_for_a_checkpoint_it_still_splits(tmp_path):
+    run = RunDir(tmp_path / "run")
+    run.path.mkdir()
+    run.write_summary({"batch_size_used": 2, "gradient_accumulation_used": 4})
+    assert batch_fit.recorded(run, 8, 1) is None  # no checkpoint: a fresh start searches
+    run.ckpt.write_bytes(b"")
+    assert batch_fit.recorded(run, 8, 1) == batch_fit.Choice(2, 4, "resumed")
+    assert batch_fit.recorded(run, 8, 4) == batch_fit.Choice(2, 4, "resumed")
+    assert batch_fit.recorded(run, 8, 8) is None  # 4 micro-batches cannot feed 8 processes
+    assert batch_fit.recorded(run, 16, 1) is None  # another step batch
