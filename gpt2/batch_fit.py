@@ -223,14 +223,14 @@ def recorded(run, step_batch: int, processes: int):
 
 
 def choose(cfg, prepared, device: torch.device, ranks, run) -> Choice:
-    """The micro-batch and accumulation to train with (see the module's docstring). With
+    """The micro-batch and accumulation to train with (see the module's docstring). A
+    resume keeps the split its run recorded while that still fits (on another device or
+    under a lower cap it searches again: the sequences per step stay the same). With
     several processes a size fits only where it fits on every one of them."""
     if not cfg.BATCH_SIZE_AUTO:
         return Choice(cfg.BATCH_SIZE, cfg.GRADIENT_ACCUMULATION, "asked")
     step_batch = cfg.BATCH_SIZE * cfg.GRADIENT_ACCUMULATION
     earlier = recorded(run, step_batch, ranks.world_size)
-    if earlier is not None:
-        return earlier
     if device.type not in PROBES:
         raise cfglib.ConfigError(f"BATCH_SIZE_AUTO=y: no way to probe {device.type} memory "
                                  f"(only {', '.join(PROBES)}); set BATCH_SIZE_AUTO=n and "
@@ -239,8 +239,10 @@ def choose(cfg, prepared, device: torch.device, ranks, run) -> Choice:
     trial = Trial(cfg, data.vocab_size(prepared), device, resident_data_bytes(cfg, prepared))
     try:
         probe = PROBES[device.type](cfg, trial, cap)
-        best = search(candidates(step_batch, ranks.world_size),
-                      lambda b: not ranks.any(not probe(b)), cfg.BATCH_SIZE)
+        fits = lambda b: not ranks.any(not probe(b))  # noqa: E731
+        if earlier is not None and fits(earlier.micro_batch):
+            return earlier  # exactly the split the checkpoint was trained with
+        best = search(candidates(step_batch, ranks.world_size), fits, cfg.BATCH_SIZE)
     finally:
         trial.close()
     if best is None:
@@ -265,3 +267,12 @@ def describe(choice: Choice) -> str:
     """The choice for the run's log line."""
     text = f"micro-batch {choice.micro_batch} x {choice.accumulation} accumulation"
     return text if choice.how == "asked" else f"{text} (BATCH_SIZE_AUTO, {choice.how})"
+
+
+def out_of_memory_hint(choice: Choice) -> str:
+    """What to change when training ran out of memory all the same."""
+    if choice.how == "asked":
+        return ("lower BATCH_SIZE (raise GRADIENT_ACCUMULATION to keep tokens per step) or "
+                "BLOCK_SIZE, or set BATCH_SIZE_AUTO=y")
+    return (f"BATCH_SIZE_AUTO chose micro-batch {choice.micro_batch}; set "
+            f"BATCH_SIZE_AUTO_MEMORY_MB below the device's memory to leave more headroom")

@@ -542,8 +542,8 @@ def _train_logged(trainer, run, stop_after, stop_at=StopAt()) -> int:
     except (TrainingFailed, optim.FusedKernelError, torch.OutOfMemoryError,
             data.DataError) as e:  # a DataError here: a shard found damaged mid-run
         reason = str(e) if not isinstance(e, torch.OutOfMemoryError) else (
-            f"out of memory at iteration {trainer.progress.iter}: lower BATCH_SIZE (raise "
-            f"GRADIENT_ACCUMULATION to keep tokens per step) or BLOCK_SIZE")
+            f"out of memory at iteration {trainer.progress.iter}: "
+            + batch_fit.out_of_memory_hint(trainer.batch_choice))
         run.write_summary(trainer.summary("failed", reason))
         log.error(f"training failed: {reason}")
         return 3

@@ -147,3 +147,14 @@ def test_the_recorded_choice_is_reused_only_for_a_checkpoint_it_still_splits(tmp
     assert batch_fit.recorded(run, 8, 4) == batch_fit.Choice(2, 4, "resumed")
     assert batch_fit.recorded(run, 8, 8) is None  # 4 micro-batches cannot feed 8 processes
     assert batch_fit.recorded(run, 16, 1) is None  # another step batch
+
+
+def test_a_resume_that_no_longer_fits_searches_again(tiny_config):
+    cfg = cfglib.load(tiny_config(*ASKED, "BATCH_SIZE_AUTO=y", CAP))
+    run = RunDir.for_config(cfg)
+    run.path.mkdir(parents=True)
+    run.ckpt.write_bytes(b"")
+    run.write_summary({"batch_size_used": 8, "gradient_accumulation_used": 1})
+    choice = batch_fit.choose(cfg, data.prepare_config(cfg), torch.device("cpu"),
+                              Distributed(), run)
+    assert choice == batch_fit.Choice(2, 4, "searched")
