@@ -12,8 +12,9 @@ the memory-mapped data, and what training adds.
 The model is the trainer's (gpt2.build.model_config, built on the meta device: no
 memory), the optimizers are the registry's (lib.optim.OPTIMIZERS), each stepped once on
 a real tensor of every distinct parameter shape, so their state is measured, not
-assumed. Activation memory is a formula (below) of the tensors autograd keeps; its
-accuracy is checked against a measured CPU run in tests/test_estimate.py.
+assumed. Activation memory is a formula of the tensors autograd keeps
+(gpt2/activations.py, shared with BATCH_SIZE_AUTO's finder); its accuracy is checked
+against a measured CPU run in tests/test_estimate.py.
 
 FLOPs per token are 6N + 12 L H Q T (PaLM, appendix B; nanoGPT's estimate_mfu), N the
 parameters without the position embedding: the model's FLOPs, without the recomputation
@@ -32,14 +33,15 @@ from pathlib import Path
 import torch
 
 from gpt2 import data
+from gpt2.activations import FP32, activation_bytes
 from gpt2.budget import Budget, batch_size, tokens_per_iter
 from gpt2.build import model_config
-from gpt2.activations import FP32, activation_bytes
 from gpt2.model import GPT
 from lib import config as cfglib
 from lib import devices, distributed, optim, prune, runtime
 from lib.run import results_dir
 from scripts import estimate_measure
+
 
 def facts_of(cfg) -> dict:
     """{"vocab_size", "train_tokens", "val_tokens"} of the config's dataset, writing nothing
