@@ -158,3 +158,15 @@ def test_a_resume_that_no_longer_fits_searches_again(tiny_config):
     choice = batch_fit.choose(cfg, data.prepare_config(cfg), torch.device("cpu"),
                               Distributed(), run)
     assert choice == batch_fit.Choice(2, 4, "searched")
+
+
+@pytest.mark.parametrize("auto,fix", [((), "set BATCH_SIZE_AUTO=y"),
+                                      (("BATCH_SIZE_AUTO=y",), "BATCH_SIZE_AUTO_MEMORY_MB")])
+def test_out_of_memory_in_training_names_the_knob_that_helps(tiny_config, monkeypatch, auto, fix):
+    def out_of_memory(self):
+        raise torch.OutOfMemoryError("CUDA out of memory (fake)")
+    monkeypatch.setattr(train.Trainer, "train_step", out_of_memory)
+    config = tiny_config(*ASKED, *auto)
+    assert train.main([str(config)]) == 3
+    summary = _summary(config)
+    assert summary["status"] == "failed" and fix in summary["error"]
