@@ -134,12 +134,23 @@ def cuda_probe(cfg, trial: Trial, budget_bytes):
         try:
             trial.step(micro_batch)
             return True
-        except torch.OutOfMemoryError:
-            pass  # leave the except block first: its traceback holds the trial's tensors
-        gc.collect()
+        except RuntimeError as e:  # torch.OutOfMemoryError is one
+            if not is_out_of_memory(e):
+                raise
+        gc.collect()  # out of the except block: its traceback held the trial's tensors
         torch.cuda.empty_cache()
         return False
     return fits
+
+
+# What CUDA libraries raise when an allocation of theirs fails (as Lightning's finder reads).
+OUT_OF_MEMORY_MESSAGES = ("CUDA out of memory", "CUDA error: out of memory",
+                          "CUBLAS_STATUS_ALLOC_FAILED", "CUDNN_STATUS_ALLOC_FAILED")
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    return isinstance(e, torch.OutOfMemoryError) or (
+        isinstance(e, RuntimeError) and any(m in str(e) for m in OUT_OF_MEMORY_MESSAGES))
 
 
 def cpu_probe(cfg, trial: Trial, budget_bytes):

@@ -83,6 +83,22 @@ def test_cuda_probe_treats_out_of_memory_as_does_not_fit():
     assert FakeTrial.tried[0] == 12
 
 
+@pytest.mark.parametrize("message,too_big", [
+    ("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`", True),
+    ("CUDA error: out of memory", True), ("mat1 and mat2 shapes cannot be multiplied", False)])
+def test_cuda_probe_reads_library_allocation_failures_and_raises_real_errors(message, too_big):
+    class FailingTrial:
+        def step(self, micro_batch):
+            raise RuntimeError(message)
+
+    fits = batch_fit.cuda_probe(None, FailingTrial(), None)
+    if too_big:
+        assert fits(1) is False
+    else:
+        with pytest.raises(RuntimeError, match="shapes"):  # a bug is not "does not fit"
+            fits(1)
+
+
 def test_a_step_draws_the_same_sequences_whatever_its_split(tiny_config):
     prepared = data.prepare_config(cfglib.load(tiny_config(*ASKED)))
     steps = {}
