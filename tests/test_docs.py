@@ -49,6 +49,9 @@ NOT_RUN = {
 FULL_SIZE = "a full-size recipe trains for minutes to hours; `make -n` only"
 # Training length of the tiny runs.
 TINY_RUN = ["MAX_ITERS=10", "EVAL_INTERVAL=5"]
+# Dry runs already made, by (config text, arguments): a block that repeats another's (the
+# same matrix in README and docs, `make test-matrix` typed twice) does not pay twice.
+DONE = set()
 
 
 def fenced_blocks(page):
@@ -145,6 +148,13 @@ class Session:
             f"\n{result.stderr[-3000:]}")
         return result
 
+    def make_once(self, *args):
+        """make, unless a block made the same on the same config (it leaves nothing behind)."""
+        key = (self.config.read_text() if self.config.exists() else "", frozenset(args))
+        if key not in DONE:
+            self.make(*args)
+            DONE.add(key)
+
     def recipe(self):
         return cfglib.load(self.config).RECIPE if self.config.exists() else "default"
 
@@ -164,10 +174,10 @@ class Session:
             extra = ["GPU_CHECK_ARGS=--list"] if "gpu-check" in targets and cuda() else []
             return self.make(*words[1:], *extra)
         if kind == "dry":
-            return self.make("-n", *words[1:])
+            return self.make_once("-n", *words[1:])
         if kind == "matrix":
             self.make_tiny()
-            return self.make(*words[1:], "DRY_RUN=1")
+            return self.make_once(*words[1:], "DRY_RUN=1")
         self.make_tiny(*TINY_RUN)
         return self.make(*words[1:])
 
