@@ -203,3 +203,75 @@ def test_documented_block_runs(tmp_path, results, page, start, lines):
     for line in lines:
         for words in make_commands(line):
             session.run(words)
+
+
+# Upper-case words in backquotes that are not Kconfig symbols nor Makefile variables, and why.
+NOT_SYMBOLS = {
+    "ADAMW_RL": "the misspelling in the example of a did-you-mean error",
+    "NAME": "the placeholder of NAME=VALUE",
+    "ROWS": "the list in scripts/gpu_check_rows.py",
+    "CUDA_VISIBLE_DEVICES": "environment", "HF_HOME": "environment",
+    "HF_HUB_OFFLINE": "environment", "KMATRIX_OFFLINE": "environment",
+    "KMATRIX_SLURM": "environment",
+}
+# Paths in backquotes that are not files of the checkout, and why.
+NOT_IN_CHECKOUT = {"gpt2/encoder.json": "looked up like the data (docs/datasets.md)",
+                   "gpt2/vocab.bpe": "looked up like the data (docs/datasets.md)"}
+
+
+def quoted():
+    """(page, text) of every `quoted` span of every page."""
+    return [(page, span) for page in PAGES
+            for span in re.findall(r"`([^`\n]+)`", page.read_text())]
+
+
+def test_every_quoted_symbol_is_in_the_kconfig_tree():
+    kconf = cfglib.load_tree()
+    names = {n for n, s in kconf.syms.items() if s.nodes} | set(kconf.named_choices)
+    for page, span in quoted():
+        match = re.fullmatch(r"([A-Z][A-Z0-9_]*[A-Z0-9])(\*|_\*|=.*)?", span)
+        if not match or match.group(1) in NOT_SYMBOLS or makefile_honours(match.group(1)):
+            continue
+        name, wildcard = match.group(1), (match.group(2) or "").endswith("*")
+        known = any(n.startswith(name) for n in names) if wildcard else name in names
+        assert known, f"{page.relative_to(ROOT)}: `{span}`: no such Kconfig symbol"
+
+
+def test_every_quoted_path_and_defconfig_exists():
+    for page, span in quoted():
+        where = f"{page.relative_to(ROOT)}: `{span}`"
+        if re.fullmatch(r"(gpt2|lib|scripts|tests|benchmarks|defconfigs|docs|\.ci)/[\w./-]*", span):
+            assert span in NOT_IN_CHECKOUT or (ROOT / span).exists(), f"{where}: no such path"
+    for page in PAGES:
+        for name in re.findall(r"(?<![\w/])defconfigs?[-/]([a-z0-9][\w.-]*[a-z0-9])", page.read_text()):
+            assert name in DEFCONFIGS, f"{page.relative_to(ROOT)}: no defconfig {name}"
+
+
+def test_every_inline_make_command_names_real_targets_and_variables(tmp_path):
+    session = Session(tmp_path, tmp_path / "results")
+    for page, span in quoted():
+        if not re.match(r"make(\s|$)", span) or "<" in span or "..." in span:
+            continue
+        for words in make_commands(span):
+            targets, assigns = split_args(words)
+            for assign in assigns:
+                assert makefile_honours(assign.split("=")[0]), f"{page.name}: `{span}`"
+            session.make_once("-n", *targets)
+
+
+def anchors(page):
+    """GitHub's anchors of the headings of `page`."""
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-")
+            for h in re.findall(r"^#+ (.+)$", page.read_text(), re.M)}
+
+
+def test_every_link_between_the_pages_leads_somewhere():
+    for page in PAGES:
+        for target in re.findall(r"\]\(([^)\s]+)\)", page.read_text()):
+            if re.match(r"[a-z]+:", target):
+                continue
+            path, _, anchor = target.partition("#")
+            linked = (page.parent / path).resolve() if path else page
+            assert linked.exists(), f"{page.relative_to(ROOT)}: link to {target}: no such file"
+            assert not anchor or anchor in anchors(linked), (
+                f"{page.relative_to(ROOT)}: link to {target}: no such heading")
