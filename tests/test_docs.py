@@ -29,8 +29,10 @@ DEFCONFIGS = {p.name for p in (ROOT / "defconfigs").iterdir()}
 # Targets that only read or write .config (or print): run exactly as written.
 CONFIG_TARGETS = {"defconfig", "setconfig", "olddefconfig", "savedefconfig", "listnewconfig",
                   "checkconfig", "help", "gpu-check"}  # gpu-check: one line, exit 0, without CUDA
-# Targets that train or read data: run on the block's config made tiny.
-TINY_TARGETS = {"all", "train", "data", "data-verify", "sample", "estimate"}
+# Targets that train or read data: run on the block's config made tiny (the default recipe).
+TINY_TARGETS = {"all", "train", "data", "data-verify", "sample"}
+# Targets that only estimate: run on any recipe's config with the tiny model.
+ESTIMATE_TARGETS = {"estimate"}
 # The matrix: its dry run (every cell generated, validated and estimated; nothing trains).
 MATRIX_TARGETS = {"test-matrix"}
 # Documented targets that cannot run in a test, and why; they run as `make -n`.
@@ -101,6 +103,8 @@ def how(target, recipe):
         return "config", None
     if target in MATRIX_TARGETS:
         return "matrix", None
+    if target in ESTIMATE_TARGETS:
+        return "estimate", None
     if target in TINY_TARGETS:
         return ("tiny", None) if recipe == "default" else ("dry", FULL_SIZE)
     if target in NOT_RUN:
@@ -178,6 +182,9 @@ class Session:
         if kind == "matrix":
             self.make_tiny()
             return self.make_once(*words[1:], "DRY_RUN=1")
+        if kind == "estimate":
+            self.make_tiny()
+            return self.make_once(*words[1:])
         self.make_tiny(*TINY_RUN)
         return self.make(*words[1:])
 
@@ -209,6 +216,7 @@ def test_documented_block_runs(tmp_path, results, page, start, lines):
 NOT_SYMBOLS = {
     "ADAMW_RL": "the misspelling in the example of a did-you-mean error",
     "NAME": "the placeholder of NAME=VALUE",
+    "NOT_RUN": "the table in tests/test_docs.py",
     "ROWS": "the list in scripts/gpu_check_rows.py",
     "CUDA_VISIBLE_DEVICES": "environment", "HF_HOME": "environment",
     "HF_HUB_OFFLINE": "environment", "KMATRIX_OFFLINE": "environment",
