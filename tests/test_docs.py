@@ -130,7 +130,8 @@ def test_every_documented_command_is_run_or_listed():
             if target.startswith("defconfig-"):
                 assert target[len("defconfig-"):] in DEFCONFIGS, f"{where}: no such defconfig"
         for assign in assigns:
-            assert makefile_honours(assign.split("=")[0]), f"{where}: the Makefile reads no {assign}"
+            assert makefile_honours(assign.split("=")[0]), (
+                f"{where}: the Makefile reads no {assign}")
 
 
 class Session:
@@ -251,7 +252,8 @@ def test_every_quoted_path_and_defconfig_exists():
         if re.fullmatch(r"(gpt2|lib|scripts|tests|benchmarks|defconfigs|docs|\.ci)/[\w./-]*", span):
             assert span in NOT_IN_CHECKOUT or (ROOT / span).exists(), f"{where}: no such path"
     for page in PAGES:
-        for name in re.findall(r"(?<![\w/])defconfigs?[-/]([a-z0-9][\w.-]*[a-z0-9])", page.read_text()):
+        named = re.findall(r"(?<![\w/])defconfigs?[-/]([a-z0-9][\w.-]*[a-z0-9])", page.read_text())
+        for name in named:
             assert name in DEFCONFIGS, f"{page.relative_to(ROOT)}: no defconfig {name}"
 
 
