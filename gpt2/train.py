@@ -503,7 +503,7 @@ def _train_claimed(trainer, run, stop_after, stop_at=StopAt()) -> int:
         log.warning(mismatch)
     for problem in spam_problems(cfg, trainer.budget.total_iters):  # a matrix refuses them
         log.warning(problem)
-    trainer.metrics.tracker = trackers.start(cfg, run.path, run.path.name)
+    trainer.metrics.tracker = trackers.start(cfg, run.path, run.path.name, log)
     try:
         return _train_logged(trainer, run, stop_after, stop_at)
     finally:

@@ -134,9 +134,14 @@ def optimizer_state_bytes(optimizer_cfgs: dict, shapes: tuple) -> dict:
 def registry_configs(config_path, overrides) -> dict:
     """{optimizer: its Config} for every optimizer of the registry: the same config with
     OPTIMIZER=<name> (and PRUNING=none where the pruning method does not allow it), or
-    the reason it cannot be configured."""
+    the reason it cannot be configured or is not measured (an optimizer whose package
+    is imported only when it is the selected one)."""
     out = {}
-    for name in optim.OPTIMIZERS:
+    selected = cfglib.load(config_path, overrides).OPTIMIZER
+    for name, entry in optim.OPTIMIZERS.items():
+        if entry.package and name != selected:
+            out[name] = f"n/a (select it to measure; {entry.package} loads only then)"
+            continue
         for extra in ([f"OPTIMIZER={name}"], [f"OPTIMIZER={name}", "PRUNING=none"]):
             try:
                 out[name] = cfglib.load(config_path, [*overrides, *extra])
