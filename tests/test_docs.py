@@ -221,7 +221,7 @@ NOT_SYMBOLS = {
     "ROWS": "the list in scripts/gpu_check_rows.py",
     "CUDA_VISIBLE_DEVICES": "environment", "HF_HOME": "environment",
     "HF_HUB_OFFLINE": "environment", "KMATRIX_OFFLINE": "environment",
-    "KMATRIX_SLURM": "environment",
+    "KMATRIX_SLURM": "environment", "WANDB_MODE": "environment", "TRACKIO_DIR": "environment",
 }
 # Paths in backquotes that are not files of the checkout, and why.
 NOT_IN_CHECKOUT = {"gpt2/encoder.json": "looked up like the data (docs/datasets.md)",
