@@ -2,7 +2,9 @@
 
 Module and parameter names follow Hugging Face's GPT2LMHeadModel
 (transformer.wte, transformer.h.0.attn.c_attn, ..., lm_head), so checkpoints
-map onto this model key for key.
+map onto this model key for key. Each architecture choice (NORM, POSITIONS, FUSED_QKV,
+MLP, GELU) picks a small class or function from its registry; the loss options live in
+gpt2/losses.py.
 """
 
 from __future__ import annotations
@@ -491,14 +493,8 @@ _HF_BUFFER_SUFFIXES = (".attn.bias", ".attn.masked_bias")
 
 def load_hf_state_dict(model: GPT, state_dict: dict[str, torch.Tensor]) -> None:
     """Copy a Hugging Face GPT2LMHeadModel state dict into model, in place."""
-    source = {}
-    for key, tensor in state_dict.items():
-        if key.endswith(_HF_BUFFER_SUFFIXES):
-            continue
-        name = key if key == "lm_head.weight" or key.startswith("transformer.") else "transformer." + key
-        source[name] = tensor
+    source = _hf_names(state_dict)
     hf_lm_head = source.pop("lm_head.weight", None)
-
     # The output layer is handled separately: HF often omits it when tied.
     targets = {k: v for k, v in model.state_dict(keep_vars=True).items() if k != "lm_head.weight"}
     missing = sorted(targets.keys() - source.keys())
@@ -507,7 +503,33 @@ def load_hf_state_dict(model: GPT, state_dict: dict[str, torch.Tensor]) -> None:
         raise ValueError(
             f"state dict does not match the model: missing keys {missing}, unexpected keys {unexpected}"
         )
+    converted = _hf_converted(model, source, targets, hf_lm_head)
+    vocab, wte_name = model.config.vocab_size, "transformer.wte.weight"
+    with torch.no_grad():
+        for name, target in targets.items():
+            if name == wte_name:
+                target[:vocab].copy_(converted[name])
+            else:
+                target.copy_(converted[name])
+        if not model.config.tie_weights:
+            lm_head = hf_lm_head if hf_lm_head is not None else converted[wte_name]
+            model.lm_head.weight[:vocab].copy_(lm_head)
 
+
+def _hf_names(state_dict: dict) -> dict:
+    """The HF tensors under our names (transformer.-prefixed), buffers left out."""
+    source = {}
+    for key, tensor in state_dict.items():
+        if key.endswith(_HF_BUFFER_SUFFIXES):
+            continue
+        name = key if key == "lm_head.weight" or key.startswith("transformer.") else "transformer." + key
+        source[name] = tensor
+    return source
+
+
+def _hf_converted(model: GPT, source: dict, targets: dict, hf_lm_head) -> dict:
+    """source's tensors in our layout (Conv1D transposed), after checking every shape and,
+    for a tied model, that the checkpoint's head is its embedding."""
     vocab = model.config.vocab_size
     wte_name = "transformer.wte.weight"
     converted = {}
@@ -527,7 +549,6 @@ def load_hf_state_dict(model: GPT, state_dict: dict[str, torch.Tensor]) -> None:
         )
     if mismatches:
         raise ValueError("shape mismatch: " + "; ".join(mismatches))
-
     if model.config.tie_weights and hf_lm_head is not None and not torch.equal(
         hf_lm_head.to(converted[wte_name].dtype), converted[wte_name]
     ):
@@ -535,16 +556,7 @@ def load_hf_state_dict(model: GPT, state_dict: dict[str, torch.Tensor]) -> None:
             "checkpoint's lm_head.weight differs from transformer.wte.weight; "
             "build the model with tie_weights=False to load it"
         )
-
-    with torch.no_grad():
-        for name, target in targets.items():
-            if name == wte_name:
-                target[:vocab].copy_(converted[name])
-            else:
-                target.copy_(converted[name])
-        if not model.config.tie_weights:
-            lm_head = hf_lm_head if hf_lm_head is not None else converted[wte_name]
-            model.lm_head.weight[:vocab].copy_(lm_head)
+    return converted
 
 
 def load_pretrained(path: str | Path, dropout: float = 0.0) -> GPT:
