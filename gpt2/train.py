@@ -158,7 +158,7 @@ class Trainer:
         self.test_windows = data.EvalWindows(self.prepared, "test", cfg.BLOCK_SIZE,
                                              cfg.BATCH_SIZE, None, self.device)
         self.model = build_model(cfg, data.vocab_size(self.prepared)).to(self.device)
-        self.loss = losses.training_loss(cfg)  # evaluate() reports the plain loss
+        self.training_loss = losses.training_loss(cfg)  # evaluate() reports the plain loss
         self.pairing = {"init_hash": pairing.init_hash(self.model), "data_hash": pairing.data_hash(
             self.prepared, cfg.BLOCK_SIZE, self.batch_size, cfg.GRADIENT_ACCUMULATION, cfg.SEED)}
         self.ddp = ranks.wrap(self.model, self.device)  # the model, or DDP around it
@@ -255,7 +255,7 @@ class Trainer:
         for i, (x, y) in enumerate(batches):
             with ranks.gradient_sync(self.ddp, last=i == share - 1):
                 with self.autocast:
-                    _, loss = self.forward(x, y, self.loss)
+                    _, loss = self.forward(x, y, self.training_loss)
                 self.scaler.scale(loss / share).backward()
             loss_sum = loss_sum + loss.detach()
         self.scaler.unscale_(self.optimizer)
