@@ -36,11 +36,11 @@ def activation_bytes(cfg, shape) -> dict:
         per_token += 2 * d + (heads * t if cfg.ATTENTION_BACKEND == "math" else 0)
     block = per_token * tokens
     vocab = shape.padded_vocab_size
-    if shape.loss_chunk_tokens:
-        loss = 3 * min(shape.loss_chunk_tokens, tokens) * vocab * FP32
+    if cfg.LOSS_CHUNK_TOKENS:
+        loss = 3 * min(cfg.LOSS_CHUNK_TOKENS, tokens) * vocab * FP32
     else:  # the logits, log-softmax's output (fp32), a slice copy for smoothing
         loss = tokens * vocab * (FP32 + (half if mixed else 0) + FP32
-                                 + (FP32 if shape.label_smoothing else 0))
+                                 + (FP32 if cfg.LABEL_SMOOTHING else 0))
     head = 2 * d * tokens * FP32 + loss
     # The backward holds the gradients of one block's intermediates at a time, about one
     # more block's worth; with checkpointing the recomputed block and its gradients come on

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from gpt2 import batch_fit, data, loaders, pairing
+from gpt2 import batch_fit, data, loaders, losses, pairing
 from gpt2.budget import Budget, batch_size, check_pruning, extra_budget, spam_problems
 from gpt2.build import build_model
 from gpt2.sample import generate_text
@@ -162,6 +162,7 @@ class Trainer:
         self.test_windows = data.EvalWindows(self.prepared, "test", cfg.BLOCK_SIZE,
                                              cfg.BATCH_SIZE, None, self.device)
         self.model = build_model(cfg, data.vocab_size(self.prepared)).to(self.device)
+        self.training_loss = losses.training_loss(cfg)  # evaluate() reports the plain loss
         # the asked split: BATCH_SIZE_AUTO reads the same sequences in the same order
         self.pairing = {"init_hash": pairing.init_hash(self.model), "data_hash": pairing.data_hash(
             self.prepared, cfg.BLOCK_SIZE, batch_size(self.asked),
@@ -260,7 +261,7 @@ class Trainer:
         for i, (x, y) in enumerate(batches):
             with ranks.gradient_sync(self.ddp, last=i == share - 1):
                 with self.autocast:
-                    _, loss = self.forward(x, y)
+                    _, loss = self.forward(x, y, self.training_loss)
                 self.scaler.scale(loss / share).backward()
             loss_sum = loss_sum + loss.detach()
         self.scaler.unscale_(self.optimizer)
