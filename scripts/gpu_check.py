@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from lib.fsutil import atomic_write_text
 from scripts import gpu_check_rows
 from scripts.gpu_check_rows import Row
 
@@ -101,8 +102,7 @@ def main(argv=None) -> int:
             print(f"{'pass' if row.ok else 'FAIL'}  {row.name}: {row.figure}", flush=True)
             results.append(row)
     text = format_report(facts, results)
-    args.report.parent.mkdir(parents=True, exist_ok=True)
-    args.report.write_text(text)
+    atomic_write_text(args.report, text)
     print(text + f"\nwritten to {args.report}")
     return 0 if all(r.ok for r in results) else 1
 

@@ -21,10 +21,11 @@ from lib import config as cfglib
 from lib.config import ConfigError
 from lib.fsutil import LockHeld, atomic_write_json, atomic_write_text, lock_directory
 from lib.run import RunDir
+from lib.stop import STOP_SIGNALS
 from scripts.fail_cells import FAIL_CELLS_ENV, stand_in
 from scripts.matrix_cells import Matrix, write_cell_config
-from scripts.matrix_state import (STOP_SIGNALS, close_dead_attempt, log_tail, new_state,
-                                  outcome, read_state, read_summary, should_run)
+from scripts.matrix_state import (close_dead_attempt, log_tail, new_state, outcome,
+                                  read_state, read_summary, should_run)
 
 POLL_S = 0.2
 
