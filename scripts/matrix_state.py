@@ -10,6 +10,7 @@ from lib.stop import STOP_SIGNALS  # a cell they end is interrupted, and resumes
 LOG_TAIL_LINES = 20
 EXIT_MEANINGS = {2: "bad configuration or input", 3: "training failed", 130: "interrupted"}
 
+
 def read_state(path) -> dict:
     try:
         return json.loads(Path(path).read_text())
