@@ -44,6 +44,7 @@ from lib import devices, optim, runtime
 from lib.fsutil import atomic_write_text
 from lib.run import RunDir, results_dir
 from scripts import bench_fragments, bench_stats
+from scripts.report_md import md_table
 
 LISTS_DIR = cfglib.ROOT / "benchmarks"
 BASE_FRAGMENT = "_base"
@@ -272,6 +273,24 @@ def _fmt(value, spec, missing="n/a"):
     return format(value, spec) if isinstance(value, (int, float)) else missing
 
 
+def _cells(r, width, compare) -> list:
+    """One row of bench.md's table, formatted."""
+    if r.get("error"):
+        return [r["name"], "failed: " + r["error"]] + [""] * (width - 2)
+    cells = [r["name"], _fmt(r["ms_per_iter"], ".2f"),
+             f"{_fmt(r['ms_min'], '.2f')}-{_fmt(r['ms_max'], '.2f')}",
+             _fmt(r["tokens_per_s"], ",.0f"), _fmt(r["mfu"], ".1%"),
+             _fmt(r["peak_mem_bytes"] / 2**20, ",.0f"), _fmt(r["compile_s"], ".1f"),
+             _fmt(r["speed_vs_first"], ".2f"),
+             f"{_fmt(r['speed_lo'], '.2f')}-{_fmt(r['speed_hi'], '.2f')}", r["verdict"]]
+    if compare is not None:
+        then = compare.get(r["name"], {}).get("tokens_per_s")
+        then = float(then) if then else None
+        change = r["tokens_per_s"] / then - 1 if then else None
+        cells += [_fmt(then, ",.0f"), _fmt(change, "+.1%")]
+    return cells
+
+
 def markdown(rows, device, when, compare=None) -> str:
     rounds = next((r["rounds"] for r in rows if r.get("rounds")), 0)
     coverage = next((r["speed_coverage"] for r in rows if r.get("speed_coverage")), None)
@@ -289,24 +308,8 @@ def markdown(rows, device, when, compare=None) -> str:
             "compile s", "x first", "interval", "verdict"]
     if compare is not None:
         head += ["then tokens/s", "change"]
-    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in rows:
-        if r.get("error"):
-            cells = [r["name"], "failed: " + r["error"].replace("|", "/")] + [""] * (len(head) - 2)
-        else:
-            cells = [r["name"], _fmt(r["ms_per_iter"], ".2f"),
-                     f"{_fmt(r['ms_min'], '.2f')}-{_fmt(r['ms_max'], '.2f')}",
-                     _fmt(r["tokens_per_s"], ",.0f"), _fmt(r["mfu"], ".1%"),
-                     _fmt(r["peak_mem_bytes"] / 2**20, ",.0f"), _fmt(r["compile_s"], ".1f"),
-                     _fmt(r["speed_vs_first"], ".2f"),
-                     f"{_fmt(r['speed_lo'], '.2f')}-{_fmt(r['speed_hi'], '.2f')}", r["verdict"]]
-            if compare is not None:
-                then = compare.get(r["name"], {}).get("tokens_per_s")
-                then = float(then) if then else None
-                cells += [_fmt(then, ",.0f"),
-                          _fmt(r["tokens_per_s"] / then - 1 if then else None, "+.1%")]
-        lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "Configurations:", ""] + [f"- {r['name']}: {r['description']}" for r in rows]
+    lines += md_table(head, [_cells(r, len(head), compare) for r in rows])
+    lines += ["Configurations:", ""] + [f"- {r['name']}: {r['description']}" for r in rows]
     return "\n".join(lines) + "\n"
 
 
