@@ -58,9 +58,14 @@ DIMENSIONS = {
 
 
 def selected(cfg, key: str) -> list:
-    """The registry entries of DIMENSIONS[key] whose switch cfg sets, in registry order."""
+    """The registry entries of DIMENSIONS[key] whose switch cfg sets, in registry order;
+    an entry without its switch (the generated fragment is stale) is an error."""
     dimension = DIMENSIONS[key]
-    return [name for name in dimension.names() if cfg.get(dimension.symbol(name)) is True]
+    missing = [dimension.symbol(n) for n in dimension.names() if dimension.symbol(n) not in cfg]
+    if missing:
+        raise ConfigError(f"{', '.join(missing)}: no such symbol in the Kconfig tree, though "
+                          f"the registry has the entry; run {MAKE_TARGET}")
+    return [name for name in dimension.names() if cfg[dimension.symbol(name)] is True]
 
 
 def _block(dimension: Dimension, name: str, tree) -> str:

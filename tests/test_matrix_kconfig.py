@@ -77,3 +77,12 @@ def test_check_mode_fails_on_a_stale_fragment(tmp_path, capsys):
     assert "make matrix-kconfig" in capsys.readouterr().err
     assert mk.main(["--output", str(stale)]) == 0
     assert mk.main(["--check", "--output", str(stale)]) == 0
+
+
+def test_a_registry_entry_the_fragment_lacks_is_an_error_not_a_silent_skip(tiny_config,
+                                                                           monkeypatch):
+    cfg = cfglib.load(tiny_config("MATRIX=y"))
+    monkeypatch.setattr(optim, "OPTIMIZERS", {**optim.OPTIMIZERS,
+                                              "nadam": optim.OPTIMIZERS["adamw"]})
+    with pytest.raises(cfglib.ConfigError, match="MATRIX_OPTIMIZER_NADAM.*make matrix-kconfig"):
+        mk.selected(cfg, "OPTIMIZER")
