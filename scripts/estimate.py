@@ -24,11 +24,9 @@ import argparse
 import csv
 import functools
 import json
-import math
 import sys
 import tempfile
 from collections import Counter
-from pathlib import Path
 
 import torch
 

@@ -12,9 +12,9 @@ keeps its job state in pickles of its own. Everything else is the standard libra
 subprocess for the processes, kconfiglib for the cells' configurations, tqdm for progress;
 on a cluster, submitit itself runs the cells (scripts/slurm.py).
 """
+import contextlib
 import os
 import shlex
-import signal
 import subprocess
 import sys
 import time
@@ -26,7 +26,7 @@ from lib import config as cfglib
 from lib.config import ConfigError
 from lib.fsutil import LockHeld, atomic_write_json, atomic_write_text, lock_directory
 from lib.run import RunDir
-from lib.stop import STOP_SIGNALS
+from lib.stop import handled_by
 from scripts.fail_cells import FAIL_CELLS_ENV, stand_in
 from scripts.matrix_cells import Matrix, write_cell_config
 from scripts.matrix_state import (close_dead_attempt, log_tail, new_state, outcome,
@@ -192,17 +192,12 @@ class Runner:
         earlier = f", {old_failures} failed earlier (--retry-failed reruns)" if old_failures else ""
         print(f"matrix {m.path}: {len(m.cells)} cells, {done} done{earlier}, {len(todo)} to run, "
               f"{self.jobs} at once, {where}", flush=True)
-        old_handlers = {sig: signal.signal(sig, self.on_signal) for sig in STOP_SIGNALS}
         bar = tqdm(total=len(m.cells), initial=done, unit="cell", desc="matrix",
                    dynamic_ncols=True, disable=None)
-        try:
+        with handled_by(self.on_signal), contextlib.closing(bar):
             self.prepare(todo)
             if self.run_cells(todo, states, gpus, threads, bar):
                 return 130
-        finally:
-            bar.close()
-            for sig, handler in old_handlers.items():
-                signal.signal(sig, handler)
         self.report()
         return self.closing_lines(states)
 

@@ -18,7 +18,6 @@ stopped otherwise ends its job interrupted, and the next `make test-matrix` resu
 Job states and exit codes come from Slurm's accounting (sacct), as submitit's own do; a cell
 whose trainer failed fails its job with the trainer's exit code, so sacct shows it FAILED.
 """
-import fnmatch
 import os
 import re
 import signal

@@ -12,8 +12,8 @@ Phases, each resumable from the files alone (state/<cell>.json, each trial's sum
 3. confirmations: each selection at MATRIX_SEEDS fresh seeds, run to the end, never
    stopped. A rerun of a finished matrix starts nothing.
 """
+import contextlib
 import math
-import signal
 import time
 
 from tqdm import tqdm
@@ -23,7 +23,7 @@ from gpt2.data import DataError
 from lib import config as cfglib
 from lib.config import ConfigError
 from lib.fsutil import atomic_write_json, atomic_write_text
-from lib.stop import STOP_SIGNALS
+from lib.stop import handled_by
 from scripts import asha, tuning
 from scripts import matrix_cells, matrix_runner, matrix_state
 
@@ -100,9 +100,8 @@ class TuningRunner(matrix_runner.Runner):
               f"{m.cfg.MATRIX_SEEDS} confirmation seeds per group; {self.jobs} at once",
               flush=True)
         self.where = self.placement(len(self.trials))
-        old = {sig: signal.signal(sig, self.on_signal) for sig in STOP_SIGNALS}
         bar = tqdm(unit="run", desc="tuning", dynamic_ncols=True, disable=None)
-        try:
+        with handled_by(self.on_signal), contextlib.closing(bar):
             self.prepare(self.trials)
             if not self.drive(self.trial_actions, bar):
                 return 130
@@ -110,10 +109,6 @@ class TuningRunner(matrix_runner.Runner):
             confirms = self.confirmations(record)
             if not self.drive(lambda: self.confirm_actions(confirms), bar):
                 return 130
-        finally:
-            bar.close()
-            for sig, handler in old.items():
-                signal.signal(sig, handler)
         self.report()
         return self.summarize(confirms)
 
