@@ -9,6 +9,7 @@ import sys
 import pytest
 import torch
 
+from conftest import EVENT_LIMIT_S
 from gpt2.build import build_model
 from lib import config as cfglib
 from lib import optim
@@ -118,7 +119,7 @@ def test_estimated_memory_is_within_tolerance_of_a_measured_cpu_run(tiny_config,
     env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "TMPDIR")}
     env["OMP_NUM_THREADS"] = "2"
     result = subprocess.run([sys.executable, "-c", _TRAINING_RSS, str(config)], cwd=cfglib.ROOT,
-                            env=env, capture_output=True, text=True, timeout=300)
+                            env=env, capture_output=True, text=True, timeout=EVENT_LIMIT_S)
     assert result.returncode == 0, result.stderr[-2000:]
     rss = json.loads(result.stdout.strip().splitlines()[-1])
     measured = rss["peak"] - rss["before"]
@@ -142,7 +143,7 @@ def test_estimated_cpu_peak_is_within_tolerance_of_a_training_run(tiny_config):
                                                          "PYTHONPATH")}
     env["OMP_NUM_THREADS"] = "2"
     run = functools.partial(subprocess.run, cwd=cfglib.ROOT, env=env, capture_output=True,
-                            text=True, timeout=600)
+                            text=True, timeout=EVENT_LIMIT_S)
     trained = run([sys.executable, "-m", "gpt2.train", str(config)])
     assert trained.returncode == 0, trained.stderr[-2000:]
     cfg = cfglib.load(config)
