@@ -103,15 +103,19 @@ def _measure_state_bytes(cfg, shapes: tuple) -> int:
     # The state is the same whatever the implementation; the eager one measures it in
     # milliseconds, where the fused one would compile a kernel for every shape.
     cfg = cfglib.Config({**cfg, "OPTIMIZER_IMPL": "for-loop"}, cfg.text, cfg.hash, cfg.path)
-    total = 0
+    total = shared = 0
     for shape, count in shapes:
         param = torch.nn.Parameter(torch.zeros(shape))
         param.grad = torch.zeros(shape)
         optimizer = entry.build([{"params": [param], "weight_decay": 0.0}], cfg, cfg[entry.lr])
         optim.prepare_grads(optimizer)
         optimizer.step()
-        total += optim.state_bytes(optimizer) * count
-    return total
+        # The optimizer-wide state (SPAM's counters and norm window) is held once per
+        # optimizer, not once per parameter: counted once below.
+        shared = sum(t.untyped_storage().nbytes()
+                     for t in getattr(optimizer, "state_tensors", list)())
+        total += (optim.state_bytes(optimizer) - shared) * count
+    return total + shared
 
 
 def optimizer_state_bytes(optimizer_cfgs: dict, shapes: tuple) -> dict:

@@ -1,3 +1,7 @@
+import math
+import os
+import time
+
 import pytest
 
 from lib import config as cfglib
@@ -49,5 +53,35 @@ def tiny_config(tmp_path):
 
 # One generous limit for every wait on an event (a file, a log line, a process exit) in
 # the tests that run real processes: reaching it means stuck, not slow, even on a machine
-# running several suites at once. No test asserts on wall-clock time.
-EVENT_LIMIT_S = 900
+# running several suites at once. No test asserts on wall-clock time. KMATRIX_TEST_TIMEOUT_S
+# (seconds) overrides it, e.g. on a machine slower still.
+EVENT_LIMIT_ENV = "KMATRIX_TEST_TIMEOUT_S"
+
+
+def _event_limit_s(default: float = 900.0) -> float:
+    value = os.environ.get(EVENT_LIMIT_ENV, "").strip()
+    if not value:
+        return default
+    try:
+        limit = float(value)
+    except ValueError:
+        limit = math.nan
+    if not limit > 0:
+        raise pytest.UsageError(f"{EVENT_LIMIT_ENV}={value!r} is not a positive number of "
+                                f"seconds; set it to one (e.g. 1800) or unset it")
+    return limit
+
+
+EVENT_LIMIT_S = _event_limit_s()
+
+
+def wait_for(ready, what: str, every_s: float = 0.05):
+    """Poll ready() until it returns something true, and return that; fail naming `what`
+    after EVENT_LIMIT_S (stuck, not slow)."""
+    end = time.monotonic() + EVENT_LIMIT_S
+    while True:
+        got = ready()
+        if got:
+            return got
+        assert time.monotonic() < end, f"gave up waiting {EVENT_LIMIT_S:g} s for {what}"
+        time.sleep(every_s)

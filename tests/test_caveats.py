@@ -78,10 +78,16 @@ def test_one_pair_is_no_test_and_never_a_star(flagged):
     one_seed = verdict.loc[("lion-none", 0.0)]
     assert one_seed["n_pairs"] == 1 and math.isnan(one_seed["p"])
     assert one_seed["mark"] == "n=1: no test"
-    two = verdict.loc[("adamw-magnitude", 0.5)]  # two pairs: a test, marked by Holm's p
-    assert two["n_pairs"] == 2 and not math.isnan(two["p"])
-    assert two["mark"] == ("**" if two["p_holm"] < 0.01 else "*" if two["p_holm"] < 0.05
-                           else "ns")
+    two = verdict.loc[("adamw-magnitude", 0.5)]  # two pairs: a test, the family's only one
+    d = [held_out_loss(11.0 + seed / 10, seed) - held_out_loss(10.0 + seed, seed)
+         for seed in (1, 2)]
+    # by hand: with n = 2, sd / sqrt(n) = |d1 - d2| / 2, so t = (d1 + d2) / |d1 - d2|, and t
+    # with one degree of freedom is Cauchy: p = 1 - 2 atan(|t|) / pi (here 0.58: "ns")
+    t = (d[0] + d[1]) / abs(d[0] - d[1])
+    p = 1 - 2 * math.atan(abs(t)) / math.pi
+    assert two["n_pairs"] == 2 and two["t"] == pytest.approx(t, rel=1e-9)
+    assert two["p"] == pytest.approx(p, rel=1e-9) and two["p_holm"] == pytest.approx(p, rel=1e-9)
+    assert p > 0.05 and two["mark"] == "ns"
 
 
 def test_seeds_that_give_the_same_final_loss_are_flagged(tmp_path):

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import EVENT_LIMIT_S
 from gpt2 import data
 from gpt2.data import pipeline
 from lib import config as cfglib
@@ -199,7 +200,7 @@ def _config(tmp_path, *extra):
 def _cli(config, env_extra=None):
     env = {**os.environ, **(env_extra or {})}
     return subprocess.run([sys.executable, "-m", "gpt2.data", str(config)], cwd=cfglib.ROOT,
-                          env=env, capture_output=True, text=True, timeout=120)
+                          env=env, capture_output=True, text=True, timeout=EVENT_LIMIT_S)
 
 
 def test_kill_between_shards_resumes_to_identical_files(tmp_path):

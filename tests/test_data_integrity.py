@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import EVENT_LIMIT_S
 from gpt2 import data, train
 from gpt2.data import loaders
 from gpt2.data import huggingface, pipeline, verify
@@ -52,7 +53,7 @@ def _one_line_error(result):
 
 def _cli(*args, env=None):
     return subprocess.run([sys.executable, "-m", "gpt2.data", *map(str, args)],
-                          cwd=cfglib.ROOT, capture_output=True, text=True, timeout=300,
+                          cwd=cfglib.ROOT, capture_output=True, text=True, timeout=EVENT_LIMIT_S,
                           env={**os.environ, **(env or {})})
 
 
@@ -343,7 +344,7 @@ def test_offline_hub_fails_at_once_in_one_line_without_a_network_attempt(tmp_pat
         f"RESULTS_DIR={tmp_path / 'res'}", "DATASET=hf", "HF_NAME=kmatrix-test/no-such-corpus",
         "DATA_MAX_TOKENS=1000"]), config)
     result = subprocess.run([sys.executable, "-c", NO_NETWORK, str(config)], cwd=cfglib.ROOT,
-                            capture_output=True, text=True, timeout=300,
+                            capture_output=True, text=True, timeout=EVENT_LIMIT_S,
                             env={**os.environ, "HF_HUB_OFFLINE": "1"})
     message = _one_line_error(result)
     assert "network attempts: 0" in result.stdout

@@ -146,7 +146,7 @@ def test_launcher_passes_a_schedulers_sigusr1_to_torchrun_as_sigterm(tiny_config
              "sys.exit(1)\n"
              "signal.signal(signal.SIGTERM, note); signal.signal(signal.SIGUSR1, note)\n"
              f"pathlib.Path({str(ready)!r}).touch()\n"
-             "time.sleep(30)\n")
+             f"time.sleep({EVENT_LIMIT_S})\n")
     monkeypatch.setattr(distributed, "torchrun_argv",
                         lambda cfg, module, args: [sys.executable, "-c", child])
 

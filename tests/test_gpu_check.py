@@ -7,6 +7,7 @@ import sys
 import pytest
 import torch
 
+from conftest import EVENT_LIMIT_S
 from lib import config as cfglib
 from scripts import gpu_check, gpu_check_rows
 from scripts.gpu_check import Row
@@ -18,7 +19,7 @@ def test_make_gpu_check_without_cuda_is_one_line_and_exit_0(tmp_path):
         pytest.skip("this machine has CUDA: make gpu-check would run the rows")
     done = subprocess.run(["make", "--no-print-directory", "-C", str(cfglib.ROOT), "INSTALL=",
                            f"PY={sys.executable}", f"KCONFIG_CONFIG={tmp_path / '.config'}",
-                           "gpu-check"], capture_output=True, text=True, timeout=120)
+                           "gpu-check"], capture_output=True, text=True, timeout=EVENT_LIMIT_S)
     assert done.returncode == 0, done.stderr
     printed = [line for line in done.stdout.splitlines() if not line.startswith(sys.executable)]
     assert printed == [gpu_check.NO_CUDA]

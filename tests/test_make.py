@@ -4,6 +4,7 @@ import sys
 
 import pytest
 
+from conftest import EVENT_LIMIT_S
 from lib import config as cfglib
 
 DEFCONFIGS = sorted(p.name for p in (cfglib.ROOT / "defconfigs").iterdir())
@@ -13,7 +14,7 @@ def make(tmp_path, *args):
     """make in the project root with .config in tmp_path and this Python (no venv set-up)."""
     return subprocess.run(["make", "--no-print-directory", "-C", str(cfglib.ROOT), "INSTALL=",
                            f"PY={sys.executable}", f"KCONFIG_CONFIG={tmp_path / '.config'}", *args],
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=EVENT_LIMIT_S)
 
 
 def test_help_lists_targets_and_every_defconfig_with_its_description(tmp_path):
@@ -128,7 +129,7 @@ def test_menuconfig_without_a_terminal_is_one_line(tmp_path):
     result = subprocess.run(["make", "--no-print-directory", "-C", str(cfglib.ROOT), "INSTALL=",
                              f"PY={sys.executable}", f"KCONFIG_CONFIG={tmp_path / '.config'}",
                              "menuconfig"], stdin=subprocess.DEVNULL, capture_output=True,
-                            text=True, timeout=120)
+                            text=True, timeout=EVENT_LIMIT_S)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert "needs a terminal" in result.stderr and "make setconfig" in result.stderr

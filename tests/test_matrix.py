@@ -7,10 +7,10 @@ import re
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
+from conftest import EVENT_LIMIT_S, wait_for
 from lib import config as cfglib
 from lib.run import RunDir
 from scripts import matrix
@@ -27,12 +27,12 @@ def matrix_config(tiny_config):
     return make
 
 
-def run_matrix(config, *args, env_extra=None, timeout=240):
+def run_matrix(config, *args, env_extra=None):
     env = {k: v for k, v in os.environ.items() if k != matrix.FAIL_CELLS_ENV}
     env.update(env_extra or {})
     return subprocess.run([sys.executable, "-m", "scripts.matrix", str(config), *args],
                           cwd=cfglib.ROOT, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+                          timeout=EVENT_LIMIT_S)
 
 
 def states(m) -> dict:
@@ -262,7 +262,8 @@ def test_make_targets_pass_the_flags(tmp_path):
     def dry(*args):
         return subprocess.run(["make", "-n", "--no-print-directory", "-C", str(cfglib.ROOT),
                                "INSTALL=", "PY=python", f"KCONFIG_CONFIG={tmp_path / 'c'}",
-                               *args], capture_output=True, text=True, timeout=60).stdout
+                               *args], capture_output=True, text=True,
+                              timeout=EVENT_LIMIT_S).stdout
     (tmp_path / "c").write_text("")
     assert dry("test-matrix").split() == ["python", "-m", "scripts.matrix", str(tmp_path / "c")]
     assert dry("test-matrix", "DRY_RUN=1", "RETRY_FAILED=1").split()[-2:] == [
@@ -342,14 +343,6 @@ def test_a_second_runner_on_the_same_matrix_is_refused(matrix_config):
     assert not m.state_dir.exists()
 
 
-def wait_for(predicate, timeout=120.0, what=""):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
 def lock_is_free(m) -> bool:
     fd = os.open(m.path / ".lock", os.O_RDWR)
     try:
@@ -376,15 +369,13 @@ def test_kill_9_mid_matrix_loses_and_duplicates_nothing(matrix_config):
     first, second, third = m.cells
     runner = start_runner(config)
     try:
-        # Generous deadlines: 1,000 iterations take seconds alone, minutes on a loaded machine.
         wait_for(lambda: matrix.read_state(m.state_path(first)).get("status") == "done",
-                 timeout=600, what="the first cell")
-        wait_for(lambda: (second.dir / "ckpt.pt").exists(), timeout=600,
-                 what="a checkpoint of the second")
+                 "the first cell")
+        wait_for(lambda: (second.dir / "ckpt.pt").exists(), "a checkpoint of the second")
     finally:
         os.killpg(runner.pid, signal.SIGKILL)  # the runner and its cells, at once
         runner.wait()
-    wait_for(lambda: lock_is_free(m), timeout=30, what="the killed processes to go")
+    wait_for(lambda: lock_is_free(m), "the killed processes to go")
     assert matrix.read_state(m.state_path(second))["status"] == "running"
     done_files = {f: (first.dir / f).stat().st_mtime_ns for f in ("summary.json", "ckpt.pt")}
 
@@ -457,9 +448,9 @@ def test_ctrl_c_interrupts_every_cell_and_the_next_run_resumes(matrix_config):
     runner = start_runner(config)
     try:
         wait_for(lambda: all((c.dir / "ckpt.pt").exists() for c in m.cells),
-                 what="checkpoints of both cells")
+                 "checkpoints of both cells")
         os.killpg(runner.pid, signal.SIGINT)  # what Ctrl-C in the terminal does
-        assert runner.wait(timeout=60) == 130
+        assert runner.wait(timeout=EVENT_LIMIT_S) == 130
     finally:
         if runner.poll() is None:
             os.killpg(runner.pid, signal.SIGKILL)

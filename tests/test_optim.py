@@ -201,6 +201,40 @@ def test_adamw_8bit_state_is_under_a_third_of_adamw():
     assert state_of("adamw-8bit") < 0.3 * state_of("adamw")
 
 
+def test_adamw_8bit_steps_as_bitsandbytes_adamw8bit():
+    """The registry's adamw-8bit, step by step, against bitsandbytes' own AdamW8bit built by
+    hand with the same groups (decay on matrices only) and hyperparameters. The MLP's
+    matrices (64 x 256) are large enough for 8-bit state; biases stay 32-bit."""
+    bnb = pytest.importorskip("bitsandbytes", reason="adamw-8bit needs bitsandbytes")
+
+    def model():
+        torch.manual_seed(0)
+        return GPT(GPTConfig(block_size=8, vocab_size=20, n_layer=1, n_head=2, n_embd=64))
+
+    ours_model, ref_model = model(), model()
+    ours = optim.build(settings("OPTIMIZER=adamw-8bit", "ADAMW_8BIT_LR=2e-3", "BETA1=0.8",
+                                "BETA2=0.95", "EPS=1e-6", "WEIGHT_DECAY=0.05",
+                                "DECAY_EMBEDDINGS=n"), ours_model)
+    embeddings = {id(m.weight) for m in ref_model.modules() if isinstance(m, torch.nn.Embedding)}
+    matrices = [p for p in ref_model.parameters() if p.dim() >= 2 and id(p) not in embeddings]
+    others = [p for p in ref_model.parameters() if p.dim() < 2 or id(p) in embeddings]
+    ref = bnb.optim.AdamW8bit([{"params": matrices, "weight_decay": 0.05},
+                               {"params": others, "weight_decay": 0.0}],
+                              lr=2e-3, betas=(0.8, 0.95), eps=1e-6)
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(6):
+        for a, b in zip(ours_model.parameters(), ref_model.parameters()):
+            a.grad = torch.randn(a.shape, generator=gen)
+            b.grad = a.grad.clone()
+        ours.step()
+        ref.step()
+        for a, b in zip(ours_model.parameters(), ref_model.parameters()):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+    fc = ours_model.transformer.h[0].mlp.c_fc.weight
+    assert ours.state[fc]["state1"].dtype == torch.uint8  # the 8-bit path really ran
+    assert not torch.equal(fc, model().transformer.h[0].mlp.c_fc.weight)
+
+
 @pytest.mark.parametrize("name", ["adamw-8bit", "lion", "adafactor", "sgd", "adamwspam"])
 def test_every_optimizer_trains_the_tiny_model(tiny_config, name):
     lr = {"sgd": "SGD_LR=0.3", "lion": "LION_LR=1e-3", "adafactor": "ADAFACTOR_LR=0.05"}.get(

@@ -3,13 +3,13 @@ resubmit cycle and preemption on submitit's LocalExecutor (the same path minus s
 import json
 import os
 import signal
-import time
 from pathlib import Path
 
 import pytest
 
 submitit = pytest.importorskip("submitit")
 
+from conftest import wait_for  # noqa: E402
 from lib import config as cfglib  # noqa: E402
 from lib.config import ConfigError  # noqa: E402
 from lib.run import RunDir, matrix_dir  # noqa: E402
@@ -50,11 +50,9 @@ def local_cluster(monkeypatch):
             job.cancel()
 
 
-def wait_for_jobs(timeout=120):
-    end = time.monotonic() + timeout
-    while not all(j.done() for j in LocalCluster.jobs.values()):
-        assert time.monotonic() < end, "the local jobs did not end"
-        time.sleep(0.2)
+def wait_for_jobs():
+    wait_for(lambda: all(j.done() for j in LocalCluster.jobs.values()),
+             "the local jobs to end", every_s=0.2)
 
 
 def states(m) -> dict:
@@ -151,10 +149,9 @@ def test_a_job_signalled_ahead_of_its_limit_checkpoints_and_resumes_when_requeue
     cell = m.cells[0]
     assert matrix.main([str(config)]) == 0
     (job,) = LocalCluster.jobs.values()
-    end = time.monotonic() + 60
-    while not RunDir(cell.dir).ckpt.exists():
-        assert time.monotonic() < end and not job.done(), "no checkpoint to resume from"
-        time.sleep(0.1)
+    wait_for(lambda: RunDir(cell.dir).ckpt.exists() or job.done(), "a checkpoint to resume from",
+             every_s=0.1)
+    assert RunDir(cell.dir).ckpt.exists(), "the job ended before its first checkpoint"
     # submitit's pre-timeout signal, as sbatch --signal=USR2@90 sends it, to the job's task
     task = int(Path(f"/proc/{job.job_id}/task/{job.job_id}/children").read_text().split()[0])
     os.kill(task, signal.SIGUSR2)

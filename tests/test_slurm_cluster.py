@@ -12,7 +12,7 @@ import pytest
 
 pytest.importorskip("submitit")
 
-from conftest import write_tiny_config  # noqa: E402
+from conftest import EVENT_LIMIT_S, write_tiny_config  # noqa: E402
 from lib.run import RunDir  # noqa: E402
 from scripts import matrix  # noqa: E402
 
@@ -22,7 +22,6 @@ ON_SLURM = ["MATRIX_EXECUTOR=slurm", "SLURM_CPUS_PER_JOB=1", "SLURM_GPUS_PER_JOB
             "SLURM_ARRAY_PARALLELISM=2", "SLURM_TIME_LIMIT_MIN=20"]
 # Long enough (tens of seconds on 2 cores) to be caught running with a checkpoint.
 LONG = ["MAX_ITERS=2000", "CHECKPOINT_INTERVAL=20", "EVAL_INTERVAL=500", "LOG_INTERVAL=100"]
-WAIT_S = 900
 
 
 def slurm_missing() -> str:
@@ -31,9 +30,9 @@ def slurm_missing() -> str:
         return "no Slurm client (sinfo, sacct) on PATH"
     for cmd in (["sinfo", "-h", "-o", "%T"], ["sacct", "-X", "-n", "-S", "now"]):
         try:
-            out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=EVENT_LIMIT_S)
         except subprocess.TimeoutExpired:
-            return f"`{' '.join(cmd)}` did not answer within 60 s"
+            return f"`{' '.join(cmd)}` did not answer within {EVENT_LIMIT_S:g} s"
         if out.returncode != 0:
             return f"`{' '.join(cmd)}` failed: {out.stderr.strip()[:200]}"
     return ""
@@ -59,7 +58,7 @@ def jobs_env(monkeypatch):
 
 
 def sh(*cmd) -> str:
-    out = subprocess.run(list(cmd), capture_output=True, text=True, timeout=120)
+    out = subprocess.run(list(cmd), capture_output=True, text=True, timeout=EVENT_LIMIT_S)
     assert out.returncode == 0, f"{' '.join(cmd)}: exit {out.returncode}: {out.stderr}"
     return out.stdout
 
@@ -68,7 +67,7 @@ def signal_job(*cmd) -> None:
     """scontrol requeue or scancel --signal. On an array task, scancel delivers the signal,
     then retries for about a minute and exits 228 ("Job can not be altered now, try again
     later") when the job is being requeued in answer to it; sacct's record is checked."""
-    out = subprocess.run(list(cmd), capture_output=True, text=True, timeout=300)
+    out = subprocess.run(list(cmd), capture_output=True, text=True, timeout=EVENT_LIMIT_S)
     assert out.returncode == 0 or "try again later" in out.stderr, \
         f"{' '.join(cmd)}: exit {out.returncode}: {out.stderr}"
 
@@ -77,14 +76,14 @@ def states(m) -> dict:
     return {c.id: json.loads(m.state_path(c).read_text()) for c in m.cells}
 
 
-def wait(what, ready, timeout=WAIT_S, every=1.0):
+def wait(what, ready, timeout=EVENT_LIMIT_S, every=1.0):
     end = time.monotonic() + timeout
     while not ready():
         assert time.monotonic() < end, f"waited {timeout} s for {what}"
         time.sleep(every)
 
 
-def run_until_collected(config, capsys, timeout=WAIT_S) -> int:
+def run_until_collected(config, capsys, timeout=EVENT_LIMIT_S) -> int:
     """`make test-matrix` again and again until no cell is running; its last exit status."""
     end = time.monotonic() + timeout
     while True:
@@ -132,7 +131,7 @@ def test_one_array_requeued_and_signalled_jobs_resume_to_the_local_result(
         assert f"{cell.id}  running (job {job} " in out, out
     assert "submitted" not in out
     assert [states(m)[c.id]["job_id"] for c in m.cells] == jobs
-    _, err = usr1.communicate(timeout=300)
+    _, err = usr1.communicate(timeout=EVENT_LIMIT_S)
     assert usr1.returncode == 0 or "try again later" in err, err
 
     assert run_until_collected(config, capsys) == 0
@@ -186,7 +185,7 @@ def test_slurm_local_again_says_it_is_running():
     if os.geteuid() != 0 or not conf.exists():
         pytest.skip("this Slurm was not started by make slurm-local")
     out = subprocess.run([str(Path(__file__).parents[1] / "scripts" / "slurm_local.sh"),
-                          "start"], capture_output=True, text=True, timeout=300)
+                          "start"], capture_output=True, text=True, timeout=EVENT_LIMIT_S)
     assert out.returncode == 0, out.stderr
     for daemon in ("munged", "MariaDB", "slurmdbd", "slurmctld", "slurmd"):
         assert f"slurm-local: {daemon} already running" in out.stdout, out.stdout

@@ -48,21 +48,48 @@ def test_target_reached_and_pruned_weights_stay_zero(tiny_config, method, target
     assert set(updates[-1]["per_layer"]) == {n.removesuffix("_mask") for n in masks}
 
 
-def test_state_pruning_zeroes_moments_through_spam_resets(tiny_config):
-    config = tiny_config(*PRUNED, "OPTIMIZER=adamwspam", "PRUNING=state", "TARGET_SPARSITY=0.7",
-                         "SPAM_INTERVAL=100", "MAX_ITERS=130", "PRUNING_END=0.2",
-                         "WEIGHT_DECAY=0.1", "PRECISION=bf16")
+# Prune updates at 5, 10, ..., 30 (PRUNING_END=0.75 of 40 iterations) around one SPAM reset at
+# 25: the weights pruned at 30 had live moments when they were pruned, and no reset follows to
+# zero them (a reset after the last prune zeroes every moment, so it would hide whether state
+# pruning zeroes any). Their gradients are zeroed from then on, so their moments only decay.
+SPAM_BEFORE_LAST_PRUNE = (*PRUNED, "OPTIMIZER=adamwspam", "TARGET_SPARSITY=0.7",
+                          "PRUNING_END=0.75", "SPAM_INTERVAL=25", "WEIGHT_DECAY=0.1")
+
+
+def pruned_moments(pruner) -> dict:
+    """{weight name: [its optimizer moments at the pruned positions]} of the live pruner."""
+    found = {}
+    for name, module, attr in pruner.entries:
+        keep = pruner.masks()[name]
+        state = pruner.optimizer.state[getattr(module, attr)]
+        found[name] = [state[k][~keep] for k in ("exp_avg", "exp_avg_sq")]
+    return found
+
+
+@pytest.mark.parametrize("method, zeroes_moments", [("state", True), ("magnitude", False)])
+def test_state_pruning_zeroes_moments_around_spam_resets(tiny_config, monkeypatch, method,
+                                                         zeroes_moments):
+    """State pruning leaves no moment at a pruned position; magnitude pruning, the control,
+    leaves some, so the check would catch a state pruning that zeroes nothing."""
+    built = {}
+    real = train.prune.build
+
+    def spy(cfg, model, optimizer):
+        built["pruner"] = real(cfg, model, optimizer)
+        return built["pruner"]
+
+    monkeypatch.setattr(train.prune, "build", spy)
+    config = tiny_config(*SPAM_BEFORE_LAST_PRUNE, f"PRUNING={method}")
     assert train.main([str(config)]) == 0
-    _, summary, state = finished(config)
+    run, summary, _ = finished(config)
     assert summary["reset_count"] == 1 and summary["sparsity"] == pytest.approx(0.7, abs=0.005)
-    params = dict(enumerate(state["optimizer"]["state"].values()))
-    # optimizer state is keyed by position in the parameter groups; match by shape and zeros
-    for name, mask in masks_of(state).items():
-        weight = state["model"][name.removesuffix("_mask")]
-        assert torch.all(weight[~mask] == 0)
-        moments = [s for s in params.values() if s["exp_avg"].shape == weight.shape]
-        assert any(torch.all(s["exp_avg"][~mask] == 0) and torch.all(s["exp_avg_sq"][~mask] == 0)
-                   for s in moments), name
+    records = [json.loads(line) for line in run.metrics.read_text().splitlines()]
+    assert [r["iter"] for r in records if r["kind"] == "prune"][-1] == 30
+    moments = pruned_moments(built["pruner"])
+    assert moments and all(m.numel() for ms in moments.values() for m in ms)
+    all_zero = all(torch.all(m == 0) for ms in moments.values() for m in ms)
+    assert all_zero is zeroes_moments, {n: [int(m.count_nonzero()) for m in ms]
+                                        for n, ms in moments.items()}
 
 
 def test_pruned_run_resumes_exactly(tiny_config, tmp_path):

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from scipy.stats import qmc
 
+from conftest import EVENT_LIMIT_S
 from gpt2 import budget, data
 from lib import config as cfglib
 from scripts import asha, matrix, tuning, tuning_report
@@ -231,7 +232,8 @@ def test_the_dry_run_lists_every_trial_with_its_values_and_the_rungs(tune_config
 def run(config):
     env = {k: v for k, v in os.environ.items() if k != matrix.FAIL_CELLS_ENV}
     return subprocess.run([sys.executable, "-m", "scripts.matrix", str(config)],
-                          cwd=cfglib.ROOT, env=env, capture_output=True, text=True, timeout=900)
+                          cwd=cfglib.ROOT, env=env, capture_output=True, text=True,
+                          timeout=EVENT_LIMIT_S)
 
 
 def attempts(m) -> dict:
