@@ -6,7 +6,6 @@ a child process, or a small tmpfs mounted over the run directory (ENOSPC; skippe
 mounting is not permitted). Nothing of torch.save or the file system is mocked.
 """
 import json
-import os
 import resource
 import shutil
 import signal

@@ -3,7 +3,6 @@ SIGHUP to torchrun, kill -9 of one rank. The run stops, and the plain rerun resu
 the result of an uninterrupted DDP run (metrics, summary and final weights)."""
 import json
 import os
-import signal
 import subprocess
 import sys
 

@@ -2,7 +2,6 @@
 loop, a directory where a file is expected, a file where a directory is, weights of
 another shape. Each is one line naming the knob, exit 2, and no run directory."""
 import json
-import os
 
 import pytest
 

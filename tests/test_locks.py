@@ -2,7 +2,6 @@
 second refuses with one line naming the holder's pid and host, and the first goes on
 undisturbed (real processes, tiny cells)."""
 import json
-import os
 import socket
 import subprocess
 import sys

@@ -610,7 +610,7 @@ def test_time_to_target_from_the_eval_records(tmp_path):
     md = squash(out["report"].read_text())
     section = md[md.index("## Time to target"):]
     interval = cfglib.load(DEFAULT).EVAL_INTERVAL
-    assert f"Target validation loss 2.0000 (MATRIX_TARGET_VAL_LOSS)" in section
+    assert "Target validation loss 2.0000 (MATRIX_TARGET_VAL_LOSS)" in section
     assert f"one evaluation every {interval} iterations" in section
     assert "| sgd-none | 0 | 0/2 | not reached | not reached | not reached |" in section
     assert ("| lion-none | 0 | 2/2 | 20 [20–20] | 5,120 [5,120–5,120] | 2.0 [2.0–2.0] | "
