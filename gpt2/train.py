@@ -18,16 +18,18 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from gpt2 import data, loaders, pairing
-from gpt2.budget import Budget, batch_size, check_pruning, extra_budget, spam_problems
+from gpt2.budget import Budget, batch_size, check_pruning, spam_problems
 from gpt2.build import build_model
 from gpt2.loop import TrainingFailed
 from gpt2.loop.bar import ProgressBar
 from gpt2.loop.checkpointer import Checkpointer
+from gpt2.loop.evaluation import eval_windows, evaluate
 from gpt2.loop.log_window import LogWindow, saved_state
+from gpt2.loop.logs import quiet_logging, setup_logging
 from gpt2.loop.progress import Progress
+from gpt2.loop import summary as summary_figures
 from gpt2.sample import generate_text
 from lib import checkpoint, distributed, faults, memory_snapshot, optim, prune, recipe_fit
 from lib import provenance, runtime, trackers
@@ -48,71 +50,6 @@ FLAG_ALIASES = {
     "--num-epochs": "NUM_EPOCHS",
     "--device": "DEVICE",
 }
-
-
-def quiet_logging(rank: int) -> logging.Logger:
-    """Ranks other than 0 write no log; their errors go to stderr, marked with the rank."""
-    log = logging.getLogger(f"kmatrix.train.rank{rank}")
-    log.handlers.clear()
-    log.setLevel(logging.ERROR)
-    log.propagate = False
-    to_stderr = logging.StreamHandler(sys.stderr)
-    to_stderr.setFormatter(logging.Formatter(f"[rank {rank}] %(levelname)s %(message)s"))
-    log.addHandler(to_stderr)
-    return log
-
-
-def setup_logging(run: RunDir) -> logging.Logger:
-    log = logging.getLogger("kmatrix.train")
-    log.handlers.clear()
-    log.setLevel(logging.INFO)
-    log.propagate = False
-    to_file = logging.FileHandler(run.log)
-    to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-
-    class ToTqdm(logging.Handler):
-        def emit(self, record):
-            tqdm.write(self.format(record), file=sys.stderr)
-
-    log.addHandler(to_file)
-    log.addHandler(ToTqdm())
-    return log
-
-
-def eval_windows(prepared, cfg, device) -> dict:
-    """{split: data.EvalWindows}, fixed for the run: EVAL_ITERS batches at most, the whole
-    validation split with EVAL_WHOLE_SPLIT."""
-    most = cfg.EVAL_ITERS * cfg.BATCH_SIZE
-    return {split: data.EvalWindows(prepared, split, cfg.BLOCK_SIZE, cfg.BATCH_SIZE,
-                                    None if whole else most, device)
-            for split, whole in (("train", False), ("val", cfg.EVAL_WHOLE_SPLIT))}
-
-
-@torch.no_grad()
-def evaluate(model, windows: dict, autocast, ranks: Distributed = Distributed()) -> dict:
-    """Loss, perplexity and next-token accuracy over each split's fixed windows (means over
-    every predicted token). Several processes share the batches and sum their results,
-    so every rank returns the same figures."""
-    model.eval()
-    result = {}
-    for split, batches in windows.items():
-        loss_sum = correct = 0
-        for k, (x, y) in enumerate(batches):
-            if k % ranks.world_size != ranks.rank:
-                continue
-            with autocast:
-                logits, loss = model(x, y)
-            loss_sum = loss_sum + loss.float() * y.numel()
-            correct = correct + (logits.argmax(-1) == y).sum()
-        if ranks.world_size > 1:
-            loss_sum = ranks.sum(torch.as_tensor(loss_sum, dtype=torch.float32, device=x.device))
-            correct = ranks.sum(torch.as_tensor(correct, device=x.device))
-        result[f"{split}_loss"] = (loss_sum / batches.tokens).item()
-        result[f"{split}_acc"] = (correct / batches.tokens).item()
-        if split != "train":
-            result[f"{split}_ppl"] = math.exp(min(result[f"{split}_loss"], 700.0))
-    model.train()
-    return result
 
 
 class Trainer:
@@ -384,54 +321,8 @@ class Trainer:
 
     def summary(self, status: str, error: str = None) -> dict:
         """summary.json: the run's results, then what it ran on and with."""
-        return {**self.results(status, error), **self.resources()}
-
-    def results(self, status: str, error: str = None) -> dict:
-        p = self.progress
-        return {
-            "status": status,
-            "error": error,
-            "iters": p.iter,
-            "tokens_seen": p.tokens_seen,
-            "train_loss": p.last_eval.get("train_loss"),
-            "val_loss": p.last_eval.get("val_loss"),
-            "val_ppl": p.last_eval.get("val_ppl"),
-            "val_acc": p.last_eval.get("val_acc"),
-            "eval_iter": p.eval_iter,
-            "best_val_ppl": math.exp(p.best_val_loss) if math.isfinite(p.best_val_loss) else None,
-            **{k: (p.test or {}).get(k) for k in ("test_loss", "test_ppl", "test_acc",
-                                                   "test_tokens")},
-            "train_time_s": p.train_time_s,
-            "compile_s": p.compile_s,
-            "steady_train_time_s": p.train_time_s - p.compile_s,
-            # the steady-state rate: warm-up beyond steady steps left out (lib/steptime.py)
-            "tokens_per_s": (p.tokens_seen / (p.train_time_s - p.compile_s)
-                             if p.train_time_s > p.compile_s else None),
-            "init_hash": p.init_hash,
-            "data_hash": p.data_hash,
-        }
-
-    def resources(self) -> dict:
-        peak, peak_kind = runtime.peak_memory(self.device)
-        params = sum(t.numel() for t in self.model.parameters())
-        return {
-            "peak_mem_bytes": peak,
-            "peak_mem_kind": peak_kind,
-            "param_count": params,
-            "param_bytes": sum(t.numel() * t.element_size() for t in self.model.parameters()),
-            "optimizer_state_bytes": optim.state_bytes(self.optimizer),
-            "learning_rate": optim.peak_lr(self.cfg),
-            "grad_clips": optim.gradient_clips(self.cfg),
-            **optim.stats(self.optimizer),
-            **self.pruner.stats(),
-            "target_sparsity": self.cfg.TARGET_SPARSITY,
-            "batch_size": self.batch_size,
-            "extra_budget": extra_budget(self.cfg)[2],
-            "startup_s": self.startup_s,
-            "device": str(self.device),
-            "processes": self.ranks.world_size,
-            "config_hash": self.cfg.hash,
-        }
+        return {**summary_figures.results(self.progress, status, error),
+                **summary_figures.resources(self)}
 
 
 def train(cfg, stop_after=None, stop=None, stop_at=StopAt()) -> int:
