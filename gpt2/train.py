@@ -23,13 +23,13 @@ from gpt2 import data, loaders, pairing
 from gpt2.budget import Budget, batch_size, check_pruning, spam_problems
 from gpt2.build import build_model
 from gpt2.loop import TrainingFailed
+from gpt2.loop import summary as summary_figures
 from gpt2.loop.bar import ProgressBar
 from gpt2.loop.checkpointer import Checkpointer
 from gpt2.loop.evaluation import eval_windows, evaluate
 from gpt2.loop.log_window import LogWindow, saved_state
 from gpt2.loop.logs import quiet_logging, setup_logging
 from gpt2.loop.progress import Progress
-from gpt2.loop import summary as summary_figures
 from gpt2.sample import generate_text
 from lib import checkpoint, distributed, faults, memory_snapshot, optim, prune, recipe_fit
 from lib import provenance, runtime, trackers
@@ -96,7 +96,8 @@ class Trainer:
         self.window, self.checkpointer = self.loop_parts()
 
     def loop_parts(self) -> tuple:
-        """The loop's parts that a checkpoint saves: (LogWindow, Checkpointer)."""
+        """The loop's parts that outlive a session: (LogWindow, saved with each checkpoint,
+        Checkpointer)."""
         cfg = self.cfg
         window = LogWindow(cfg.LOG_INTERVAL, self.ranks, self.device, self.tokens_per_iter,
                            optim.OPTIMIZERS[cfg.OPTIMIZER].lr)
