@@ -16,6 +16,9 @@ STAMP := $(VENV)/.installed
 INSTALL = $(STAMP)
 TEST_STAMP := $(VENV)/.installed-test
 CONFIGTOOL := $(PY) -m lib.configtool
+# The pyproject extras .config selects ([hub], [slurm], [trackers]: lib/extras.py), installed
+# into the venv on first use; without make's venv (INSTALL=) a missing one is an error naming it.
+EXTRAS = $(if $(INSTALL),@$(CONFIGTOOL) extras --install --torch "$(TORCH)")
 # Where `make savedefconfig` writes the minimal config.
 SAVEDEFCONFIG ?= defconfig
 
@@ -25,6 +28,7 @@ SAVEDEFCONFIG ?= defconfig
 
 # The default goal runs what .config describes: one training run, or with MATRIX=y the matrix.
 all: $(INSTALL) $(KCONFIG_CONFIG)
+	$(EXTRAS)
 	$(PY) -m scripts.run $(KCONFIG_CONFIG)
 
 $(STAMP): pyproject.toml
@@ -47,9 +51,11 @@ else
 endif
 
 train: $(INSTALL) $(KCONFIG_CONFIG)
+	$(EXTRAS)
 	$(PY) -m gpt2.train $(KCONFIG_CONFIG)
 
 data: $(INSTALL) $(KCONFIG_CONFIG)
+	$(EXTRAS)
 	$(PY) -m gpt2.data $(KCONFIG_CONFIG)
 
 # Read every prepared shard: size, sha256 and token ids against meta.json.
@@ -68,6 +74,7 @@ test: $(TEST_STAMP)
 # MATRICES="<dir> <dir> ..." reports on several workloads and draws their performance profiles.
 .PHONY: test-matrix report
 test-matrix: $(INSTALL) $(KCONFIG_CONFIG)
+	$(EXTRAS)
 	$(PY) -m scripts.matrix $(KCONFIG_CONFIG) $(if $(filter 1,$(DRY_RUN)),--dry-run) $(if $(filter 1,$(RETRY_FAILED)),--retry-failed)
 
 report: $(INSTALL)

@@ -30,8 +30,7 @@ def model_config(cfg, vocab_size: int) -> GPTConfig:
                      tie_weights=cfg.WEIGHT_TYING,
                      **{field: cfg[symbol] for field, symbol in ARCHITECTURE.items()},
                      **{k: v for k, v in optional.items() if v is not None},
-                     checkpoint_blocks=cfg.ACTIVATION_CHECKPOINTING,
-                     label_smoothing=cfg.LABEL_SMOOTHING, loss_chunk_tokens=cfg.LOSS_CHUNK_TOKENS)
+                     checkpoint_blocks=cfg.ACTIVATION_CHECKPOINTING)
 
 
 def build_model(cfg, vocab_size: int) -> GPT:
@@ -52,8 +51,7 @@ def build_model(cfg, vocab_size: int) -> GPT:
             f"POSITIONS=learned, MLP=gelu, GELU=tanh and FUSED_QKV=y, or train from scratch")
     model = init_dir.load(cfg, (shape.n_layer, shape.n_head, shape.n_embd, shape.vocab_size,
                                 shape.block_size))
-    model.config = replace(model.config, **{f: getattr(shape, f) for f in (
-        "checkpoint_blocks", "label_smoothing", "loss_chunk_tokens")})
+    model.config = replace(model.config, checkpoint_blocks=shape.checkpoint_blocks)
     facts = (("BIAS", shape.bias, model.config.bias, "have biases", "have no biases"),
              ("WEIGHT_TYING", shape.tie_weights, model.config.tie_weights,
               "tie the head to the embedding", "have an untied head"))

@@ -2,7 +2,9 @@
 
 Module and parameter names follow Hugging Face's GPT2LMHeadModel
 (transformer.wte, transformer.h.0.attn.c_attn, ..., lm_head), so checkpoints
-map onto this model key for key.
+map onto this model key for key. Each architecture choice (NORM, POSITIONS, FUSED_QKV,
+MLP, GELU) picks a small class or function from its registry; the loss options live in
+gpt2/losses.py.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
+
+from gpt2 import losses
 
 # Matmuls are faster when the vocab dimension is a multiple of this.
 VOCAB_PAD_MULTIPLE = 64
@@ -38,17 +42,16 @@ class GPTConfig:
     # Architecture knobs; the defaults are GPT-2's own, so HF weights load exactly.
     norm: str = "layernorm"  # key of NORMS
     qk_norm: bool = False
-    positions: str = "learned"  # "learned" or "rope"
+    positions: str = "learned"  # key of POSITIONS
     rope_base: float = 10000.0
     mlp: str = "gelu"  # key of MLPS
     gelu: str = "tanh"  # key of GELUS: the GELU of the "gelu" and "geglu" MLPs
     gated_hidden_multiple: int = 64  # gated MLPs: 2/3 * 4d rounded up to a multiple of this
     gated_match_params: bool = True  # gated MLPs: 2/3 * 4d (same weights as 4d ungated), else 4d
-    bio_sparsity_penalty: float = 0.0  # weight of mean |activation| added to the training loss
+    # > 0: the bio MLPs keep their mean |activation| for gpt2/losses.py's penalty
+    bio_sparsity_penalty: float = 0.0
     fused_qkv: bool = True
     checkpoint_blocks: bool = False  # recompute each block's activations in the backward
-    label_smoothing: float = 0.0  # training loss only; evaluation reports the plain loss
-    loss_chunk_tokens: int = 0  # > 0: training loss over chunks of this many positions
 
     def __post_init__(self):
         if self.n_embd % self.n_head != 0:
@@ -90,6 +93,10 @@ def _rms_norm(width: int, bias: bool) -> nn.Module:
     return nn.RMSNorm(width, eps=LAYER_NORM_EPS)
 
 
+def _no_norm(width: int, bias: bool) -> nn.Module:
+    return nn.Identity()
+
+
 NORMS = {"layernorm": _layer_norm, "rmsnorm": _rms_norm}
 
 
@@ -115,53 +122,96 @@ class RotaryEmbedding(nn.Module):
         return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
 
 
-POSITIONS = ("learned", "rope")
+class LearnedPositions:
+    """GPT-2's table of position vectors (transformer.wpe), added to the token embeddings."""
+
+    @staticmethod
+    def embeddings(config: GPTConfig) -> dict:
+        return {"wpe": nn.Embedding(config.block_size, config.n_embd)}
+
+    @staticmethod
+    def rotation(config: GPTConfig) -> nn.Module:
+        return nn.Identity()
+
+
+class RotaryPositions:
+    """RoPE: no table; every attention layer rotates its queries and keys."""
+
+    @staticmethod
+    def embeddings(config: GPTConfig) -> dict:
+        return {}
+
+    @staticmethod
+    def rotation(config: GPTConfig) -> nn.Module:
+        return RotaryEmbedding(config.n_embd // config.n_head, config.block_size, config.rope_base)
+
+
+# POSITIONS choice -> where the model gets its positions from.
+POSITIONS = {"learned": LearnedPositions, "rope": RotaryPositions}
 
 
 # --- attention --------------------------------------------------------------
 
 class CausalSelfAttention(nn.Module):
+    """Multi-head causal attention; subclasses say how x becomes q, k and v (their
+    projections are made first, which keeps GPT-2's parameter order and so its init)."""
+
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.n_head = config.n_head
         self.n_embd = config.n_embd
         self.dropout = config.dropout
         head_dim = config.n_embd // config.n_head
-        if config.fused_qkv:
-            self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
-        else:
-            self.c_q, self.c_k, self.c_v = (nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
-                                            for _ in range(3))
+        self.make_projections(config)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
-        if config.qk_norm:
-            self.q_norm = NORMS[config.norm](head_dim, config.bias)
-            self.k_norm = NORMS[config.norm](head_dim, config.bias)
-        self.rotary = (RotaryEmbedding(head_dim, config.block_size, config.rope_base)
-                       if config.positions == "rope" else None)
+        norm = NORMS[config.norm] if config.qk_norm else _no_norm
+        self.q_norm, self.k_norm = norm(head_dim, config.bias), norm(head_dim, config.bias)
+        self.rotary = POSITIONS[config.positions].rotation(config)
+
+    def make_projections(self, config: GPTConfig) -> None:
+        raise NotImplementedError
 
     def qkv(self, x: torch.Tensor) -> tuple:
-        if hasattr(self, "c_attn"):
-            return self.c_attn(x).split(self.n_embd, dim=2)
-        return self.c_q(x), self.c_k(x), self.c_v(x)
+        raise NotImplementedError
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, seq_len, n_embd = x.shape
         head_dim = n_embd // self.n_head
-        q, k, v = self.qkv(x)
         # (B, T, C) -> (B, n_head, T, head_dim)
-        q = q.view(batch, seq_len, self.n_head, head_dim).transpose(1, 2)
-        k = k.view(batch, seq_len, self.n_head, head_dim).transpose(1, 2)
-        v = v.view(batch, seq_len, self.n_head, head_dim).transpose(1, 2)
-        if hasattr(self, "q_norm"):
-            q, k = self.q_norm(q), self.k_norm(k)
-        if self.rotary is not None:
-            q, k = self.rotary(q), self.rotary(k)
+        q, k, v = (t.view(batch, seq_len, self.n_head, head_dim).transpose(1, 2)
+                   for t in self.qkv(x))
+        q, k = self.rotary(self.q_norm(q)), self.rotary(self.k_norm(k))
         y = F.scaled_dot_product_attention(
             q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True
         )
         y = y.transpose(1, 2).contiguous().view(batch, seq_len, n_embd)
         return self.resid_dropout(self.c_proj(y))
+
+
+class FusedQKVAttention(CausalSelfAttention):
+    """GPT-2's c_attn: one n_embd x 3 n_embd matmul for queries, keys and values."""
+
+    def make_projections(self, config: GPTConfig) -> None:
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+
+    def qkv(self, x: torch.Tensor) -> tuple:
+        return self.c_attn(x).split(self.n_embd, dim=2)
+
+
+class SeparateQKVAttention(CausalSelfAttention):
+    """Three projections c_q, c_k, c_v (pruning ranks them apart); the same maths."""
+
+    def make_projections(self, config: GPTConfig) -> None:
+        self.c_q, self.c_k, self.c_v = (nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+                                        for _ in range(3))
+
+    def qkv(self, x: torch.Tensor) -> tuple:
+        return self.c_q(x), self.c_k(x), self.c_v(x)
+
+
+# FUSED_QKV -> the attention class.
+ATTENTIONS = {True: FusedQKVAttention, False: SeparateQKVAttention}
 
 
 # --- MLP --------------------------------------------------------------------
@@ -270,7 +320,7 @@ class Block(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.ln_1 = NORMS[config.norm](config.n_embd, config.bias)
-        self.attn = CausalSelfAttention(config)
+        self.attn = ATTENTIONS[config.fused_qkv](config)
         self.ln_2 = NORMS[config.norm](config.n_embd, config.bias)
         kind = MLPS[config.mlp]
         self.mlp = kind.build(config, GELUS[config.gelu] if kind.gelu else kind.activation)
@@ -293,9 +343,8 @@ class GPT(nn.Module):
         super().__init__()
         self.config = config
         vocab = config.padded_vocab_size
-        modules = dict(wte=nn.Embedding(vocab, config.n_embd))
-        if config.positions == "learned":
-            modules["wpe"] = nn.Embedding(config.block_size, config.n_embd)
+        modules = dict(wte=nn.Embedding(vocab, config.n_embd),
+                       **POSITIONS[config.positions].embeddings(config))
         self.transformer = nn.ModuleDict(
             dict(
                 **modules,
@@ -353,12 +402,12 @@ class GPT(nn.Module):
         c = self.config
         return 6 * self.num_params() + 12 * c.n_layer * c.n_head * (c.n_embd // c.n_head) * c.block_size
 
-    def forward(
-        self, idx: torch.Tensor, targets: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """idx: (B, T) token ids. With targets (B, T): logits (B, T, vocab_size)
-        and mean cross-entropy (targets of -1 are ignored). Without: logits for
-        the last position only, (B, 1, vocab_size), and None."""
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
+                loss: losses.Loss = losses.PLAIN) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """idx: (B, T) token ids. With targets (B, T; -1 is ignored): what `loss` returns
+        for the final hidden states, by default the logits (B, T, vocab_size) and the mean
+        cross-entropy; the trainer passes its training loss (gpt2/losses.py). Without:
+        logits for the last position only, (B, 1, vocab_size), and None."""
         seq_len = idx.size(1)
         assert seq_len <= self.config.block_size, (
             f"sequence length {seq_len} exceeds block_size {self.config.block_size}"
@@ -372,56 +421,9 @@ class GPT(nn.Module):
             x = (checkpoint(block, x, use_reentrant=False, context_fn=_same_attention_kernels)
                  if recompute else block(x))
         x = self.transformer.ln_f(x)
-
-        vocab = self.config.vocab_size
         if targets is None:
-            logits = self.lm_head(x[:, [-1], :])[..., :vocab]
-            return logits, None
-        if self.training and self.config.loss_chunk_tokens:
-            # Only the training loss is needed: the full logits never exist.
-            return None, self._chunked_loss(x, targets) + self.activation_penalty()
-        logits = self.lm_head(x)
-        smoothing = self.config.label_smoothing if self.training else 0.0
-        if smoothing:
-            # Smoothing spreads mass over every column, so the padding must be cut off.
-            loss = F.cross_entropy(logits[..., :vocab].reshape(-1, vocab), targets.reshape(-1),
-                                   ignore_index=-1, label_smoothing=smoothing)
-        else:
-            # Padding columns get -inf: they never win, the softmax equals the unpadded
-            # one, and the loss reads the contiguous padded logits without a copy.
-            logits[..., vocab:] = float("-inf")
-            loss = F.cross_entropy(
-                logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1
-            )
-        if self.training:
-            loss = loss + self.activation_penalty()
-        return logits[..., :vocab], loss
-
-    def _chunked_loss(self, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Mean cross-entropy of the head's logits, loss_chunk_tokens positions at a time.
-        Each chunk's logits are recomputed in the backward (checkpoint), so at most one
-        chunk of logits and its gradient are alive."""
-        vocab, chunk = self.config.vocab_size, self.config.loss_chunk_tokens
-        smoothing = self.config.label_smoothing
-        x, targets = x.reshape(-1, x.size(-1)), targets.reshape(-1)
-
-        def chunk_loss(h, t):
-            logits = self.lm_head(h)[:, :vocab]
-            return F.cross_entropy(logits.float(), t, ignore_index=-1, reduction="sum",
-                                   label_smoothing=smoothing)
-
-        total = sum(checkpoint(chunk_loss, x[i:i + chunk], targets[i:i + chunk],
-                               use_reentrant=False)
-                    for i in range(0, x.size(0), chunk))
-        return total / (targets != -1).sum()
-
-    def activation_penalty(self) -> torch.Tensor | float:
-        """BIO_SPARSITY_PENALTY times the mean |activation| of the bio MLPs (0 without)."""
-        weight = self.config.bio_sparsity_penalty
-        if not weight:
-            return 0.0
-        means = [b.mlp.abs_mean for b in self.transformer.h]
-        return weight * torch.stack(means).mean()
+            return self.lm_head(x[:, [-1], :])[..., :self.config.vocab_size], None
+        return loss(self, x, targets)
 
     def stats(self) -> dict:
         """Figures the model keeps about its last training forward pass (for metrics);
@@ -491,14 +493,8 @@ _HF_BUFFER_SUFFIXES = (".attn.bias", ".attn.masked_bias")
 
 def load_hf_state_dict(model: GPT, state_dict: dict[str, torch.Tensor]) -> None:
     """Copy a Hugging Face GPT2LMHeadModel state dict into model, in place."""
-    source = {}
-    for key, tensor in state_dict.items():
-        if key.endswith(_HF_BUFFER_SUFFIXES):
-            continue
-        name = key if key == "lm_head.weight" or key.startswith("transformer.") else "transformer." + key
-        source[name] = tensor
+    source = _hf_names(state_dict)
     hf_lm_head = source.pop("lm_head.weight", None)
-
     # The output layer is handled separately: HF often omits it when tied.
     targets = {k: v for k, v in model.state_dict(keep_vars=True).items() if k != "lm_head.weight"}
     missing = sorted(targets.keys() - source.keys())
@@ -507,7 +503,33 @@ def load_hf_state_dict(model: GPT, state_dict: dict[str, torch.Tensor]) -> None:
         raise ValueError(
             f"state dict does not match the model: missing keys {missing}, unexpected keys {unexpected}"
         )
+    converted = _hf_converted(model, source, targets, hf_lm_head)
+    vocab, wte_name = model.config.vocab_size, "transformer.wte.weight"
+    with torch.no_grad():
+        for name, target in targets.items():
+            if name == wte_name:
+                target[:vocab].copy_(converted[name])
+            else:
+                target.copy_(converted[name])
+        if not model.config.tie_weights:
+            lm_head = hf_lm_head if hf_lm_head is not None else converted[wte_name]
+            model.lm_head.weight[:vocab].copy_(lm_head)
 
+
+def _hf_names(state_dict: dict) -> dict:
+    """The HF tensors under our names (transformer.-prefixed), buffers left out."""
+    source = {}
+    for key, tensor in state_dict.items():
+        if key.endswith(_HF_BUFFER_SUFFIXES):
+            continue
+        name = key if key == "lm_head.weight" or key.startswith("transformer.") else "transformer." + key
+        source[name] = tensor
+    return source
+
+
+def _hf_converted(model: GPT, source: dict, targets: dict, hf_lm_head) -> dict:
+    """source's tensors in our layout (Conv1D transposed), after checking every shape and,
+    for a tied model, that the checkpoint's head is its embedding."""
     vocab = model.config.vocab_size
     wte_name = "transformer.wte.weight"
     converted = {}
@@ -527,7 +549,6 @@ def load_hf_state_dict(model: GPT, state_dict: dict[str, torch.Tensor]) -> None:
         )
     if mismatches:
         raise ValueError("shape mismatch: " + "; ".join(mismatches))
-
     if model.config.tie_weights and hf_lm_head is not None and not torch.equal(
         hf_lm_head.to(converted[wte_name].dtype), converted[wte_name]
     ):
@@ -535,16 +556,7 @@ def load_hf_state_dict(model: GPT, state_dict: dict[str, torch.Tensor]) -> None:
             "checkpoint's lm_head.weight differs from transformer.wte.weight; "
             "build the model with tie_weights=False to load it"
         )
-
-    with torch.no_grad():
-        for name, target in targets.items():
-            if name == wte_name:
-                target[:vocab].copy_(converted[name])
-            else:
-                target.copy_(converted[name])
-        if not model.config.tie_weights:
-            lm_head = hf_lm_head if hf_lm_head is not None else converted[wte_name]
-            model.lm_head.weight[:vocab].copy_(lm_head)
+    return converted
 
 
 def load_pretrained(path: str | Path, dropout: float = 0.0) -> GPT:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from gpt2 import data, loaders, pairing
+from gpt2 import batch_fit, data, loaders, losses, pairing
 from gpt2.budget import Budget, batch_size, check_pruning, spam_problems
 from gpt2.build import build_model
 from gpt2.loop import TrainingFailed
@@ -52,6 +52,24 @@ FLAG_ALIASES = {
 }
 
 
+def set_up_device(cfg, ranks: Distributed) -> torch.device:
+    """This process's device, with the precision and kernel knobs set, and the seed."""
+    device = ranks.device(runtime.pick_device(cfg.DEVICE))
+    runtime.set_tf32(cfg.TF32)
+    runtime.set_cuda_options(device, cfg.CUDNN_BENCHMARK, cfg.CUDA_EXPANDABLE_SEGMENTS)
+    torch.set_flush_denormal(cfg.FLUSH_DENORMAL)
+    torch.manual_seed(cfg.SEED)
+    return device
+
+
+def forward_context(cfg, device) -> runtime.ForwardContext:
+    """Autocast and the attention kernel, around every forward pass."""
+    return runtime.ForwardContext(
+        runtime.autocast(device, cfg.PRECISION),
+        runtime.attention_kernel(device, cfg.ATTENTION_BACKEND, cfg.N_EMBD // cfg.N_HEAD,
+                                 cfg.PRECISION, cfg.DROPOUT))
+
+
 class Trainer:
     """Everything a run needs, built without writing to its run directory."""
 
@@ -61,30 +79,29 @@ class Trainer:
         self.stop = stop if stop is not None else StopRequest()
         self.ranks = ranks
         self.startup_s = None  # this session: process start to the first training step
-        self.device = ranks.device(runtime.pick_device(cfg.DEVICE))
-        runtime.set_tf32(cfg.TF32)
-        runtime.set_cuda_options(self.device, cfg.CUDNN_BENCHMARK, cfg.CUDA_EXPANDABLE_SEGMENTS)
-        torch.set_flush_denormal(cfg.FLUSH_DENORMAL)
-        torch.manual_seed(cfg.SEED)
+        self.device = set_up_device(cfg, ranks)
         with ranks.main_first():
             self.prepared = data.prepare_config(cfg)
         data.check_split_sizes_config(cfg, self.prepared)
+        self.asked = cfg  # BATCH_SIZE_AUTO trains with a fitted copy (gpt2/batch_fit.py)
+        cfg, self.batch_choice = batch_fit.fitted(cfg, self.prepared, self.device, ranks, run)
+        self.cfg = cfg
         self.batch_size = batch_size(cfg)
         self.batches = loaders.LOADERS[cfg.DATA_LOADER](self.prepared, cfg.BLOCK_SIZE,
                                                         self.batch_size, self.device, cfg.SEED)
-        self.eval_windows = eval_windows(self.prepared, cfg, self.device)
+        self.eval_windows = eval_windows(self.prepared, self.asked, self.device, cfg.BATCH_SIZE)
         self.test_windows = data.EvalWindows(self.prepared, "test", cfg.BLOCK_SIZE,
                                              cfg.BATCH_SIZE, None, self.device)
         self.model = build_model(cfg, data.vocab_size(self.prepared)).to(self.device)
+        self.training_loss = losses.training_loss(cfg)  # evaluate() reports the plain loss
+        # the asked split: BATCH_SIZE_AUTO reads the same sequences in the same order
         self.pairing = {"init_hash": pairing.init_hash(self.model), "data_hash": pairing.data_hash(
-            self.prepared, cfg.BLOCK_SIZE, self.batch_size, cfg.GRADIENT_ACCUMULATION, cfg.SEED)}
+            self.prepared, cfg.BLOCK_SIZE, batch_size(self.asked),
+            self.asked.GRADIENT_ACCUMULATION, cfg.SEED)}
         self.ddp = ranks.wrap(self.model, self.device)  # the model, or DDP around it
         self.optimizer = optim.build(cfg, self.model)
         self.scaler = runtime.grad_scaler(self.device, cfg.PRECISION)
-        self.autocast = runtime.ForwardContext(
-            runtime.autocast(self.device, cfg.PRECISION),
-            runtime.attention_kernel(self.device, cfg.ATTENTION_BACKEND,
-                                     cfg.N_EMBD // cfg.N_HEAD, cfg.PRECISION, cfg.DROPOUT))
+        self.autocast = forward_context(cfg, self.device)
         self.memory_snapshot = memory_snapshot.MemorySnapshot(cfg.MEMORY_SNAPSHOT_ITERS,
                                                               self.device, run.path)
         self.pruner = prune.build(cfg, self.model, self.optimizer)
@@ -172,7 +189,7 @@ class Trainer:
         for i, (x, y) in enumerate(batches):
             with ranks.gradient_sync(self.ddp, last=i == share - 1):
                 with self.autocast:
-                    _, loss = self.forward(x, y)
+                    _, loss = self.forward(x, y, self.training_loss)
                 self.scaler.scale(loss / share).backward()
             loss_sum = loss_sum + loss.detach()
         self.scaler.unscale_(self.optimizer)
@@ -374,7 +391,7 @@ def _train_claimed(trainer, run, stop_after, stop_at=StopAt()) -> int:
         log.warning(mismatch)
     for problem in spam_problems(cfg, trainer.budget.total_iters):  # a matrix refuses them
         log.warning(problem)
-    trainer.metrics.tracker = trackers.start(cfg, run.path, run.path.name)
+    trainer.metrics.tracker = trackers.start(cfg, run.path, run.path.name, log)
     try:
         return _train_logged(trainer, run, stop_after, stop_at)
     finally:
@@ -421,19 +438,21 @@ def _resume(trainer, run) -> None:
     resumed = trainer.resume()
     if resumed:
         trainer.log.info(f"resuming {run.path} at iteration {trainer.progress.iter}"
-                         + (f" from {resumed.name}" if resumed != run.ckpt else ""))
+                         + (f" from {resumed.name}" if resumed != run.ckpt else "")
+                         + f", {batch_fit.describe(trainer.batch_choice)}")
     else:
         trainer.log.info(f"training {run.path} on {trainer.device}"
                          + (f" x {processes} processes" if processes > 1 else "") + ": "
                          f"{trainer.model.num_params():,} parameters, "
-                         f"{trainer.tokens_per_iter:,} tokens per iteration")
+                         f"{trainer.tokens_per_iter:,} tokens per iteration, "
+                         f"{batch_fit.describe(trainer.batch_choice)}")
 
 
 def _failed(trainer, run, e: Exception) -> int:
     """Training cannot go on: the summary says failed and why, and so does the log."""
     reason = str(e) if not isinstance(e, torch.OutOfMemoryError) else (
-        f"out of memory at iteration {trainer.progress.iter}: lower BATCH_SIZE (raise "
-        f"GRADIENT_ACCUMULATION to keep tokens per step) or BLOCK_SIZE")
+        f"out of memory at iteration {trainer.progress.iter}: "
+        + batch_fit.out_of_memory_hint(trainer.batch_choice))
     run.write_summary(trainer.summary("failed", reason))
     trainer.log.error(f"training failed: {reason}")
     return 3

@@ -20,6 +20,7 @@ from pathlib import Path
 import kconfiglib
 
 from lib import config_hints as hints
+from lib import extras
 from lib import kconfig_tags
 from lib.environ import scoped_env
 
@@ -43,13 +44,14 @@ def default_config_path() -> Path:
 
 def require(module: str, symbol: str, package: str, instead: str):
     """Import the optional package that CONFIG_<symbol>=y needs; when it is missing, a
-    ConfigError naming the knob, the pip command and `instead` (the other way out)."""
+    ConfigError naming the knob, the pip command (its extra's, else the package's) and
+    `instead` (the other way out)."""
     try:
         return importlib.import_module(module)
     except ImportError as e:
         raise ConfigError(f"CONFIG_{symbol}=y needs the {package} package, which is not "
-                          f"installed ({e}): pip install {package} (into the project's "
-                          f".venv), or {instead}") from None
+                          f"installed ({e}): {extras.install_hint(module, package)} (`make` "
+                          f"installs it into the project's .venv), or {instead}") from None
 
 
 def config_description(path) -> str:

@@ -9,17 +9,22 @@
   python -m lib.configtool listnewconfig               symbols .config does not set yet
   python -m lib.configtool check                       validate .config
   python -m lib.configtool menuconfig                  kconfiglib's menuconfig, then check
+  python -m lib.configtool extras [--missing|--install] the pyproject extras .config selects
+                                                       (--install: pip installs the missing
+                                                       ones into this Python, as `make` does)
 
 The file edited is .config, or $KCONFIG_CONFIG.
 """
 import argparse
 import os
 import shlex
+import subprocess
 import sys
 from pathlib import Path
 
 from lib import config as cfglib
 from lib import config_hints as hints
+from lib import extras as extras_lib
 
 
 def defconfig(args, out):
@@ -97,6 +102,21 @@ def check(args, out):
     print(f"# {out}: valid")
 
 
+def extras(args, out):
+    cfg = cfglib.load(out)
+    wanted = extras_lib.missing(cfg) if args.missing or args.install else sorted(
+        extras_lib.selected(cfg))
+    if not args.install:
+        print(" ".join(wanted))
+        return
+    if wanted:
+        spec = f"{cfglib.ROOT}[{','.join(wanted)}]"
+        print(f"  PIP     kmatrix[{','.join(wanted)}] (selected by {out})", flush=True)
+        # pip re-resolves torch: the same requirement as the first install keeps its build
+        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", args.torch,
+                        "-e", spec], check=True)
+
+
 NO_TERMINAL = ("make menuconfig needs a terminal ({}); without one set symbols "
                "with make setconfig SET='NAME=VALUE ...' (or edit .config, then make "
                "checkconfig)")
@@ -122,7 +142,7 @@ def main(argv=None):
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     for command in (defconfig, olddefconfig, savedefconfig, setconfig, listnewconfig, check,
-                    menuconfig):
+                    menuconfig, extras):
         sub.add_parser(command.__name__).set_defaults(command=command)
     sub.choices["defconfig"].add_argument("file")
     sub.choices["savedefconfig"].add_argument("out", nargs="?", default="defconfig")
@@ -130,6 +150,12 @@ def main(argv=None):
     sub.choices["setconfig"].add_argument("--env", metavar="VARIABLE",
                                           help="also the assignments in this environment "
                                                "variable, split as a shell splits words")
+    sub.choices["extras"].add_argument("--missing", action="store_true",
+                                       help="only those whose package is not installed")
+    sub.choices["extras"].add_argument("--install", action="store_true",
+                                       help="pip install the missing ones")
+    sub.choices["extras"].add_argument("--torch", default="torch",
+                                       help="the torch requirement of the first install")
     args = parser.parse_args(argv)
     try:
         args.command(args, cfglib.default_config_path())

@@ -1,11 +1,14 @@
 """Experiment trackers (TRACKER choice): the metrics writer passes each record it writes to
 metrics.jsonl on to the selected one; nothing else calls a tracker. Each tracker's
-package is optional: check() turns a missing one into a ConfigError naming the knob and
-the package, before the run directory is touched."""
+package is optional (the `trackers` extra): check() turns a missing one into a ConfigError
+naming the knob and the pip command, before the run directory is touched. Each tracker
+says where it writes (where()); the run's log gets those lines when it starts and when it
+ends."""
 import math
+from shlex import quote
 from pathlib import Path
 
-from lib.config import require
+from lib.config import ConfigError, require
 
 STEP_KEYS = ("kind", "iter")  # the record's kind prefixes its keys; iter is the step
 
@@ -18,15 +21,21 @@ def _scalars(record: dict) -> dict:
             and not isinstance(value, bool) and math.isfinite(value)}
 
 
-class WandbLike:
-    """wandb and trackio share one API: init(project, name, config), log(dict, step),
-    finish()."""
+class Wandb:
+    """Weights & Biases, online or offline as TRACKER_WANDB_MODE says (not WANDB_MODE)."""
 
-    def __init__(self, module, project: str, name: str, config: dict, directory: Path):
-        self.module = module
-        kwargs = {"dir": str(directory)} if module.__name__ == "wandb" else {}
-        self.run = module.init(project=project, name=name, config=config, resume="allow",
-                               **kwargs)
+    def __init__(self, module, cfg, directory: Path, project: str, name: str):
+        self.module, self.mode = module, cfg.TRACKER_WANDB_MODE
+        try:
+            self.run = module.init(project=project, name=name, config=dict(cfg),
+                                   dir=str(directory), mode=self.mode, resume="allow")
+        except module.errors.Error as e:
+            raise ConfigError(f"CONFIG_TRACKER_WANDB_MODE_{self.mode.upper()}=y: wandb could "
+                              f"not start the run ({e}): `wandb login` (or WANDB_API_KEY) "
+                              f"and the network, or select TRACKER_WANDB_MODE_OFFLINE or "
+                              f"TRACKER_NONE") from None
+        self.sync_dir = Path(self.run.settings.sync_dir)
+        self.url = self.run.url
 
     def log(self, record: dict) -> None:
         self.module.log(_scalars(record), step=record.get("iter"))
@@ -34,12 +43,42 @@ class WandbLike:
     def close(self) -> None:
         self.module.finish()
 
+    def where(self) -> list:
+        if self.mode == "offline":
+            return [f"wandb: offline run in {self.sync_dir}",
+                    f"wandb: upload it with: wandb sync {quote(str(self.sync_dir))}"]
+        return [f"wandb: {self.url}", f"wandb: local copy in {self.sync_dir}"]
+
+
+class Trackio:
+    """trackio, in its local store ($TRACKIO_DIR, else $HF_HOME/trackio)."""
+
+    def __init__(self, module, cfg, directory: Path, project: str, name: str):
+        self.module, self.project = module, project
+        self.run = module.init(project=project, name=name, config=dict(cfg), resume="allow")
+        from trackio.sqlite_storage import SQLiteStorage  # the store trackio writes to
+        self.store = SQLiteStorage.get_project_db_path(project)
+
+    def log(self, record: dict) -> None:
+        self.module.log(_scalars(record), step=record.get("iter"))
+
+    def close(self) -> None:
+        self.module.finish()
+
+    def where(self) -> list:
+        lines = [f"trackio: project {self.project!r} in {self.store}",
+                 f"trackio: open its dashboard with: trackio show --project {quote(self.project)}"]
+        if self.run.url:  # a Space or a server (TRACKIO_SPACE_ID, TRACKIO_SERVER_URL)
+            lines.append(f"trackio: also at {self.run.url}")
+        return lines
+
 
 class TensorBoard:
-    def __init__(self, module, project: str, name: str, config: dict, directory: Path):
-        self.writer = module.SummaryWriter(log_dir=str(directory / "tensorboard"))
+    def __init__(self, module, cfg, directory: Path, project: str, name: str):
+        self.log_dir = directory / "tensorboard"
+        self.writer = module.SummaryWriter(log_dir=str(self.log_dir))
         self.writer.add_text("config", "\n".join(f"    {k} = {v!r}"
-                                                 for k, v in sorted(config.items())))
+                                                 for k, v in sorted(dict(cfg).items())))
 
     def log(self, record: dict) -> None:
         for tag, value in _scalars(record).items():
@@ -49,11 +88,35 @@ class TensorBoard:
     def close(self) -> None:
         self.writer.close()
 
+    def where(self) -> list:
+        return [f"tensorboard: event files in {self.log_dir}",
+                f"tensorboard: view with: tensorboard --logdir {quote(str(self.log_dir))}"]
+
+
+class Announced:
+    """A tracker that says where it writes, through the run's logger, when it starts and
+    when it ends."""
+
+    def __init__(self, tracker, logger):
+        self.tracker, self.logger = tracker, logger
+        self._say()
+
+    def _say(self) -> None:
+        for line in self.tracker.where():
+            self.logger.info(line)
+
+    def log(self, record: dict) -> None:
+        self.tracker.log(record)
+
+    def close(self) -> None:
+        self.tracker.close()
+        self._say()
+
 
 # TRACKER choice -> (module to import, pip package, class); none is no tracker at all.
 TRACKERS = {
-    "trackio": ("trackio", "trackio", WandbLike),
-    "wandb": ("wandb", "wandb", WandbLike),
+    "trackio": ("trackio", "trackio", Trackio),
+    "wandb": ("wandb", "wandb", Wandb),
     "tensorboard": ("torch.utils.tensorboard", "tensorboard", TensorBoard),
 }
 
@@ -69,11 +132,13 @@ def check(cfg) -> None:
         _import(cfg.TRACKER)
 
 
-def start(cfg, run_dir: Path, run_name: str):
-    """The selected tracker, started for this run; None for TRACKER_NONE."""
+def start(cfg, run_dir: Path, run_name: str, logger=None):
+    """The selected tracker, started for this run (saying where it writes through `logger`
+    when given); None for TRACKER_NONE."""
     if cfg.TRACKER == "none":
         return None
     module = _import(cfg.TRACKER)
     _, _, cls = TRACKERS[cfg.TRACKER]
-    return cls(module, cfg.TRACKER_PROJECT or cfg.RECIPE, cfg.TRACKER_RUN_NAME or run_name,
-               dict(cfg), Path(run_dir))
+    tracker = cls(module, cfg, Path(run_dir), cfg.TRACKER_PROJECT or cfg.RECIPE,
+                  cfg.TRACKER_RUN_NAME or run_name)
+    return Announced(tracker, logger) if logger is not None else tracker

@@ -12,8 +12,9 @@ the memory-mapped data, and what training adds.
 The model is the trainer's (gpt2.build.model_config, built on the meta device: no
 memory), the optimizers are the registry's (lib.optim.OPTIMIZERS), each stepped once on
 a real tensor of every distinct parameter shape, so their state is measured, not
-assumed. Activation memory is a formula (below) of the tensors autograd keeps; its
-accuracy is checked against a measured CPU run in tests/test_estimate.py.
+assumed. Activation memory is a formula of the tensors autograd keeps
+(gpt2/activations.py, shared with BATCH_SIZE_AUTO's finder); its accuracy is checked
+against a measured CPU run in tests/test_estimate.py.
 
 FLOPs per token are 6N + 12 L H Q T (PaLM, appendix B; nanoGPT's estimate_mfu), N the
 parameters without the position embedding: the model's FLOPs, without the recomputation
@@ -32,16 +33,14 @@ from pathlib import Path
 import torch
 
 from gpt2 import data
+from gpt2.activations import FP32, activation_bytes
 from gpt2.budget import Budget, batch_size, tokens_per_iter
 from gpt2.build import model_config
-from gpt2.model import GPT, MLPS
+from gpt2.model import GPT
 from lib import config as cfglib
 from lib import devices, distributed, optim, prune, runtime
 from lib.run import results_dir
 from scripts import estimate_measure
-
-FP32 = 4
-HALF = 2
 
 
 def facts_of(cfg) -> dict:
@@ -134,9 +133,14 @@ def optimizer_state_bytes(optimizer_cfgs: dict, shapes: tuple) -> dict:
 def registry_configs(config_path, overrides) -> dict:
     """{optimizer: its Config} for every optimizer of the registry: the same config with
     OPTIMIZER=<name> (and PRUNING=none where the pruning method does not allow it), or
-    the reason it cannot be configured."""
+    the reason it cannot be configured or is not measured (an optimizer whose package
+    is imported only when it is the selected one)."""
     out = {}
-    for name in optim.OPTIMIZERS:
+    selected = cfglib.load(config_path, overrides).OPTIMIZER
+    for name, entry in optim.OPTIMIZERS.items():
+        if entry.package and name != selected:
+            out[name] = f"n/a (select it to measure; {entry.package} loads only then)"
+            continue
         for extra in ([f"OPTIMIZER={name}"], [f"OPTIMIZER={name}", "PRUNING=none"]):
             try:
                 out[name] = cfglib.load(config_path, [*overrides, *extra])
@@ -144,46 +148,6 @@ def registry_configs(config_path, overrides) -> dict:
             except cfglib.ConfigError as e:
                 out[name] = f"n/a ({(str(e).splitlines() or [''])[0][:120]})"
     return out
-
-
-def activation_bytes(cfg, shape) -> dict:
-    """Bytes autograd keeps for one micro-batch: {"blocks": all blocks, "checkpointed":
-    with ACTIVATION_CHECKPOINTING, "head": final norm and loss}.
-
-    Per token and block (d = width, h = MLP hidden), the tensors saved for the backward:
-    attention 7d (norm input and output, q k v, the attention output and its contiguous
-    copy; RoPE +2d, QK-norm +2d; the math kernel also the heads x T softmax), MLP 2d + the
-    MLP kind's saved_hidden x h; dropout masks one byte each. Under autocast the norms'
-    inputs and outputs stay fp32 and their half-precision copies are kept too. With
-    checkpointing only each block's input is kept, plus one block recomputed at a time.
-    The backward adds the gradients it is working on: about one block, two with
-    checkpointing (see the comment at the end)."""
-    d, h, heads, t = shape.n_embd, shape.mlp_hidden, shape.n_head, shape.block_size
-    tokens = batch_size(cfg) * t
-    mixed = cfg.PRECISION != "fp32"
-    half = HALF if mixed else FP32
-    norm_fp32 = 4 * d  # two norms' inputs and outputs
-    attn = 3 * d + 2 * d + (2 * d if shape.positions == "rope" else 0) + (
-        2 * d if shape.qk_norm else 0)
-    if cfg.ATTENTION_BACKEND == "math":
-        attn += heads * t
-    mlp = MLPS[shape.mlp].saved_hidden * h
-    per_token = norm_fp32 * FP32 + (attn + mlp + (2 * d if mixed else 0)) * half
-    if shape.dropout:
-        per_token += 2 * d + (heads * t if cfg.ATTENTION_BACKEND == "math" else 0)
-    block = per_token * tokens
-    vocab = shape.padded_vocab_size
-    if shape.loss_chunk_tokens:
-        loss = 3 * min(shape.loss_chunk_tokens, tokens) * vocab * FP32
-    else:  # the logits, log-softmax's output (fp32), a slice copy for smoothing
-        loss = tokens * vocab * (FP32 + (half if mixed else 0) + FP32
-                                 + (FP32 if shape.label_smoothing else 0))
-    head = 2 * d * tokens * FP32 + loss
-    # The backward holds the gradients of one block's intermediates at a time, about one
-    # more block's worth; with checkpointing the recomputed block and its gradients come on
-    # top of the block the forward was building (3 blocks fit the CPU measurements).
-    return {"blocks": block * (shape.n_layer + 1), "checkpointed": d * tokens * FP32
-            * shape.n_layer + 3 * block, "head": head, "per_block": block}
 
 
 def target_device(cfg) -> dict:
@@ -313,7 +277,8 @@ def estimate(cfg, optimizer_cfgs=None) -> dict:
             "process_bytes": process_bytes,
             "activation_bytes": acts["blocks"], "activation_checkpointed_bytes":
             acts["checkpointed"], "head_bytes": acts["head"], "peak_bytes": peak,
-            "micro_batch": batch_size(cfg), "tokens_per_iter": per_iter,
+            "micro_batch": batch_size(cfg), "batch_size_auto": bool(cfg.BATCH_SIZE_AUTO),
+            "tokens_per_iter": per_iter,
             "total_iters": total_iters, "total_tokens": total_tokens,
             "flops_per_token": flops_per_token,
             "total_flops": flops_per_token * total_tokens if total_tokens else None,
@@ -346,6 +311,10 @@ def format_estimate(e: dict) -> str:
               f"activations         {_mib(e['activation_bytes'])} per micro-batch of "
               f"{e['micro_batch']} sequences; {_mib(e['activation_checkpointed_bytes'])} "
               f"with activation checkpointing; plus {_mib(e['head_bytes'])} for the loss"]
+    if e["batch_size_auto"]:
+        lines.append("                    BATCH_SIZE_AUTO: the trainer picks the largest "
+                     "micro-batch that fits at start (gpt2/batch_fit.py); figures here are "
+                     "for BATCH_SIZE")
     if e["data_bytes"]:
         lines.append(f"data in memory      {_mib(e['data_bytes'])}")
     if e["process_bytes"]:

@@ -16,6 +16,7 @@ import time
 
 import torch
 
+from gpt2 import losses
 from gpt2.build import build_model
 from lib import config as cfglib
 from lib import optim, runtime
@@ -65,12 +66,13 @@ def measure(cfg, vocab_size: int, tokens_per_iter: int) -> dict:
     sequences = max(1, min(cfg.BATCH_SIZE, TIMED_TOKENS // cfg.BLOCK_SIZE))
     x = torch.randint(vocab_size, (sequences, cfg.BLOCK_SIZE), device=device)
     autocast = runtime.autocast(device, cfg.PRECISION)
+    loss_fn = losses.training_loss(cfg)
     timings = []
     for _ in range(WARMUP_PASSES + TIMED_PASSES):
         _sync(device)
         start = time.perf_counter()
         with autocast:
-            _, loss = model(x, x)
+            _, loss = model(x, x, loss_fn)
         loss.backward()
         _sync(device)
         timings.append(time.perf_counter() - start)

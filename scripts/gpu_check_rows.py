@@ -37,6 +37,11 @@ DEVICE = "cuda"  # tests/test_gpu_check.py runs some rows on the CPU with a tiny
 LOSS_TOL = 0.05  # compile on vs off: |loss difference| after the same steps
 ATTENTION = ("flash", "memory-efficient", "math")  # ATTENTION_BACKEND choices compared
 ATTENTION_TOL = 0.1  # bf16 logits: max |difference| against math
+# BATCH_SIZE_AUTO: 1,024 sequences a step (about 5.6 MiB of activations each on SMALL, by
+# gpt2/activations.py): all fit an 80 GB card at once, a 1 GiB cap makes the finder back off
+AUTO = ["BATCH_SIZE=32", "GRADIENT_ACCUMULATION=32", "BATCH_SIZE_AUTO=y", "MAX_ITERS=2",
+        "EVAL_INTERVAL=2"]
+AUTO_CAP = "BATCH_SIZE_AUTO_MEMORY_MB=1024"
 # pruning within SMALL's iterations: ramp from iteration 5, masks updated every 5
 PRUNE = ["TARGET_SPARSITY=0.5", "PRUNING_START=5", "PRUNING_FREQUENCY=5"]
 
@@ -207,6 +212,18 @@ def ddp(workdir: Path) -> Row:
                f"{one['train_loss']:.3f} (diff {diff:.3f})")
 
 
+def batch_size_auto(workdir: Path) -> Row:
+    """BATCH_SIZE_AUTO's CUDA trial uncapped and under a cap: the capped run backs off to a
+    smaller micro-batch, and both train the asked 1,024 sequences a step."""
+    free = train(workdir / "free", [*SMALL, *AUTO])
+    capped = train(workdir / "capped", [*SMALL, *AUTO, AUTO_CAP])
+    split = [(s["batch_size_used"], s["gradient_accumulation_used"]) for s in (free, capped)]
+    ok = (all(b * a == 1024 for b, a in split) and split[1][0] < split[0][0]
+          and all(math.isfinite(s["train_loss"]) for s in (free, capped)))
+    return Row("batch-size-auto", ok, f"micro-batch x accumulation: {split[0][0]} x "
+               f"{split[0][1]} uncapped, {split[1][0]} x {split[1][1]} under {AUTO_CAP}")
+
+
 def matrix_overrides(gpus: int) -> list:
     return [*SMALL, "PRECISION=bf16", "MATRIX=y", "MATRIX_SEEDS=4", f"MATRIX_JOBS={gpus}"]
 
@@ -244,6 +261,7 @@ ROWS = {
     "peak-memory-vs-estimate": peak_memory,
     "mfu-gpt2-124m": mfu,
     "ddp-nccl": ddp,
+    "batch-size-auto": batch_size_auto,
     "matrix-one-cell-per-gpu": matrix_pinned,
 }
 
@@ -255,4 +273,5 @@ OVERRIDE_SETS = [SMALL, GPT2, [*SMALL, "PRECISION=fp16"], [*SMALL, "COMPILE=y"],
                    for v in ("bitter0", "bitter1", "bitter2")),
                  [*SMALL, "PRUNING=magnitude", *PRUNE],
                  [*SMALL, "PRUNING=movement", *PRUNE],
-                 [*SMALL, "GRADIENT_ACCUMULATION=2", "DDP_NPROC_PER_NODE=2"], matrix_overrides(2)]
+                 [*SMALL, "GRADIENT_ACCUMULATION=2", "DDP_NPROC_PER_NODE=2"], matrix_overrides(2),
+                 [*SMALL, *AUTO, AUTO_CAP]]

@@ -12,7 +12,7 @@ retried only with --retry-failed.
 Layout, under results/<RECIPE>-matrix-<hash>/ (the hash ignores the symbols whose help
 says "Not part of the run hash.", e.g. RESULTS_DIR, MATRIX_JOBS, MATRIX_BASELINE):
   matrix.config        the matrix configuration (with --set applied)
-  <cell id>/           each cell's ordinary run directory (see README.md); its
+  <cell id>/           each cell's ordinary run directory (see docs/run-directory.md); its
                        `config` is written here before the trainer starts and is
                        byte for byte what the trainer would write itself
   <cell id>/stdout.log the trainer's stdout and stderr, every attempt appended

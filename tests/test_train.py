@@ -8,7 +8,7 @@ import torch
 
 from gpt2 import train
 from gpt2.model import GPT
-from lib import checkpoint
+from lib import checkpoint, optim
 from lib import config as cfglib
 from lib.run import RunDir
 
@@ -126,8 +126,8 @@ def test_non_finite_loss_fails_the_run_with_its_reason(tiny_config, monkeypatch)
     config = tiny_config("MAX_ITERS=20", "LOG_INTERVAL=2")
     real_forward = GPT.forward
 
-    def poisoned(self, idx, targets=None):
-        logits, loss = real_forward(self, idx, targets)
+    def poisoned(self, *args):
+        logits, loss = real_forward(self, *args)
         return logits, (loss * float("nan") if self.training else loss)
 
     monkeypatch.setattr(GPT, "forward", poisoned)
@@ -297,19 +297,102 @@ def test_evaluation_reads_fixed_windows_and_the_whole_split_on_request(tiny_conf
     assert a == b and set(a) == {"train_loss", "train_acc", "val_loss", "val_acc", "val_ppl"}
 
 
-def test_architecture_and_speed_knobs_train_and_log(tiny_config):
-    """Every new knob at once through the real trainer: the loss falls, the bio MLP's
-    sparsity is logged, and a memory snapshot request on the CPU is a warning, not a file."""
-    config = tiny_config("MAX_ITERS=30", "EVAL_INTERVAL=30", "SAMPLE_AFTER_TRAINING=n",
-                         "NORM=rmsnorm", "QK_NORM=y", "POSITIONS=rope", "MLP=bio",
-                         "BIO_SPARSITY_PENALTY=0.01", "FUSED_QKV=n",
-                         "ACTIVATION_CHECKPOINTING=y", "LABEL_SMOOTHING=0.1",
-                         "LOSS_CHUNK_TOKENS=100", "LR_SCHEDULE=wsd", "DATA_LOADER=preloaded",
-                         "ATTENTION_BACKEND=math", "MEMORY_SNAPSHOT_ITERS=2")
+KNOBS = ("NORM=rmsnorm", "QK_NORM=y", "POSITIONS=rope", "MLP=bio", "BIO_SPARSITY_PENALTY=0.01",
+         "FUSED_QKV=n", "ACTIVATION_CHECKPOINTING=y", "LABEL_SMOOTHING=0.1",
+         "LOSS_CHUNK_TOKENS=100", "LR_SCHEDULE=wsd", "DATA_LOADER=preloaded",
+         "ATTENTION_BACKEND=math", "MEMORY_SNAPSHOT_ITERS=2")
+
+
+def wsd_oracle(i, peak, floor, warmup=5, span=20, decay_fraction=0.2):
+    """The textbook warmup-stable-decay rate of step i: linear warm-up to the peak over
+    `warmup` steps, the peak, then linear down to floor over the span's last fraction."""
+    if i < warmup:
+        return peak * (i + 1) / (warmup + 1)
+    q = (i - warmup) / (span - warmup)
+    return peak if q <= 1 - decay_fraction else floor + (1 - q) / decay_fraction * (peak - floor)
+
+
+def test_architecture_and_speed_knobs_each_take_effect(tiny_config, monkeypatch):
+    """Every knob at once through the real trainer, each checked where it acts: the
+    modules it selects are the model's, the loss it names is the one trained on (and
+    evaluation's stays plain), checkpointing recomputes every block, the attention ran
+    on the math kernel (in the backward's recomputation too), the LR the optimizer
+    stepped with is WSD's; the bio MLP's sparsity is logged, and a memory snapshot
+    request on the CPU is a warning, not a file."""
+    from torch.nn.attention import SDPBackend, _cur_sdpa_kernel_backends
+    from gpt2 import loaders, losses, model as model_module
+    seen = {"loss": [], "kernels": [], "block_checkpoints": 0, "stepped_lr": []}
+    trainers = []
+
+    class Recorded(train.Trainer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            trainers.append(self)
+            for block in self.model.transformer.h:
+                block.attn.register_forward_pre_hook(
+                    lambda *_: seen["kernels"].append(_cur_sdpa_kernel_backends()))
+            step = self.optimizer.step
+            def recorded_step(*a, **kw):
+                seen["stepped_lr"].append(self.optimizer.param_groups[0]["lr"])
+                return step(*a, **kw)
+            self.optimizer.step = recorded_step
+
+    def recorded_loss(loss, model, hidden, targets, call=losses.Loss.__call__):
+        logits, value = call(loss, model, hidden, targets)
+        seen["loss"].append((model.training, loss, logits is None))
+        return logits, value
+
+    def counted_checkpoint(*args, real=model_module.checkpoint, **kwargs):
+        seen["block_checkpoints"] += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train, "Trainer", Recorded)
+    monkeypatch.setattr(losses.Loss, "__call__", recorded_loss)
+    monkeypatch.setattr(model_module, "checkpoint", counted_checkpoint)
+    config = tiny_config("MAX_ITERS=20", "EVAL_INTERVAL=20", "LOG_INTERVAL=1",
+                         "SAMPLE_AFTER_TRAINING=n", *KNOBS)
     assert train.main([str(config)]) == 0
+    (trainer,) = trainers
+    cfg, model = trainer.cfg, trainer.model
+    blocks = model.transformer.h
+
+    # NORM, QK_NORM: RMSNorm before attention, MLP, the head, and on q and k; no LayerNorm
+    norms = [m for m in model.modules() if isinstance(m, (torch.nn.LayerNorm, torch.nn.RMSNorm))]
+    assert len(norms) == 4 * cfg.N_LAYER + 1
+    assert all(isinstance(m, torch.nn.RMSNorm) for m in norms)
+    assert all(isinstance(b.attn.q_norm, torch.nn.RMSNorm) for b in blocks)
+    # POSITIONS: no position table; every attention layer rotates
+    assert "wpe" not in model.transformer
+    assert all(isinstance(b.attn.rotary, model_module.RotaryEmbedding) for b in blocks)
+    # MLP, FUSED_QKV: the bio MLP, three separate projections
+    assert all(isinstance(b.mlp, model_module.BioMLP) for b in blocks)
+    assert all(isinstance(b.attn, model_module.SeparateQKVAttention) for b in blocks)
+    keys = model.state_dict().keys()
+    assert "transformer.h.0.attn.c_q.weight" in keys and not any("c_attn" in k for k in keys)
+    # DATA_LOADER
+    assert isinstance(trainer.batches, loaders.PreloadedBatches)
+    # LABEL_SMOOTHING, LOSS_CHUNK_TOKENS, BIO_SPARSITY_PENALTY: the training loss; the
+    # evaluation's is plain cross-entropy with whole logits
+    steps = cfg.MAX_ITERS * cfg.GRADIENT_ACCUMULATION
+    training = [(loss, chunked) for is_training, loss, chunked in seen["loss"] if is_training]
+    evaluation = [(loss, chunked) for is_training, loss, chunked in seen["loss"] if not is_training]
+    assert training == [(losses.Loss(0.1, 100, 0.01), True)] * steps
+    assert evaluation and set(evaluation) == {(losses.PLAIN, False)}
+    # ACTIVATION_CHECKPOINTING: every block of every training forward, never in evaluation
+    assert seen["block_checkpoints"] == cfg.N_LAYER * steps
+    # ATTENTION_BACKEND: every attention call, the backward's recomputation included
+    assert len(seen["kernels"]) > 2 * cfg.N_LAYER * steps
+    assert all(k == [SDPBackend.MATH] for k in seen["kernels"])
+    # LR_SCHEDULE: the optimizer stepped with WSD's rate at every step
+    peak = optim.peak_lr(cfg)
+    expected = [wsd_oracle(i, peak, peak * cfg.MIN_LR_FRACTION) for i in range(cfg.MAX_ITERS)]
+    assert seen["stepped_lr"] == pytest.approx(expected, rel=1e-9)
+    assert expected[5:16] == [peak] * 11  # the stable phase, which cosine has not
+
     run = run_dir(config)
     records = [json.loads(line) for line in run.metrics.read_text().splitlines()]
     trains = [r for r in records if r["kind"] == "train"]
+    assert [r["lr"] for r in trains] == pytest.approx(expected, rel=1e-9)
     assert trains[-1]["train_loss"] < trains[0]["train_loss"]
     assert all(0 <= r["activation_sparsity"] <= 1 for r in trains)
     assert not (run.path / "memory_snapshot.pickle").exists()

@@ -13,6 +13,7 @@ import gpt2.data.hub as hub
 import gpt2.data.paths as paths
 from gpt2.data.corpus import Corpus, Stream, texts_of
 from gpt2.data.errors import DataError
+from lib import extras
 
 FINEWEBEDU = "HuggingFaceFW/fineweb-edu"
 OPENWEBTEXT = "Skylion007/openwebtext"
@@ -47,11 +48,22 @@ LOCAL_ROUTE = ("or prepare local files instead: DATASET=text-files with TEXT_FIL
                "or DATASET=hf with HF_NAME=<a local dataset directory>")
 
 
+def import_datasets(what: str):
+    """The datasets library, or a DataError naming the extra that brings it."""
+    try:
+        import datasets
+    except ImportError as e:
+        raise DataError(f"{what} is read with the datasets package, which is not installed "
+                        f"({e}): {extras.install_hint('datasets', 'datasets')} (`make` "
+                        f"installs it into the project's .venv)") from None
+    return datasets
+
+
 def load(name: str, config: str, split: str, streaming: bool, what: str, revision=None):
     """datasets.load_dataset, every failure to find the data one DataError saying what is
     missing and how to fetch it. A hub name is not tried when the hub cannot be reached
     (one connection attempt, no retries). `revision`: the hub commit, branch or tag read."""
-    import datasets
+    datasets = import_datasets(what)
 
     local = is_local(name)
     if not local and not offline():

@@ -10,7 +10,7 @@ import gpt2.data.decoding as decoding
 import gpt2.data.paths as paths
 from gpt2.data.corpus import Corpus, Stream, texts_of
 from gpt2.data.errors import DataError
-from gpt2.data.huggingface import ROWS_PER_READ
+from gpt2.data.huggingface import ROWS_PER_READ, import_datasets
 
 # file suffix -> (datasets builder, its options)
 BUILDERS = {
@@ -72,7 +72,7 @@ def stream(files: list, symbol: str, text_field: str, target_split,
         return decoding.guarded(texts, files, symbol), total
 
     def _open_at(skip: int):
-        import datasets
+        datasets = import_datasets(what)
 
         try:
             ds = datasets.load_dataset(builder, data_files=[str(p) for p in files],

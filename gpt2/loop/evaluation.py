@@ -7,11 +7,12 @@ from gpt2 import data
 from lib.distributed import Distributed
 
 
-def eval_windows(prepared, cfg, device) -> dict:
+def eval_windows(prepared, cfg, device, batch=None) -> dict:
     """{split: data.EvalWindows}, fixed for the run: EVAL_ITERS batches at most, the whole
-    validation split with EVAL_WHOLE_SPLIT."""
+    validation split with EVAL_WHOLE_SPLIT; read `batch` windows at a time (default
+    BATCH_SIZE: the count stays the asked config's whatever micro-batch trains)."""
     most = cfg.EVAL_ITERS * cfg.BATCH_SIZE
-    return {split: data.EvalWindows(prepared, split, cfg.BLOCK_SIZE, cfg.BATCH_SIZE,
+    return {split: data.EvalWindows(prepared, split, cfg.BLOCK_SIZE, batch or cfg.BATCH_SIZE,
                                     None if whole else most, device)
             for split, whole in (("train", False), ("val", cfg.EVAL_WHOLE_SPLIT))}
 

@@ -2,7 +2,7 @@
 ran on and with."""
 import math
 
-from gpt2.budget import extra_budget
+from gpt2.budget import batch_size, extra_budget
 from lib import optim, runtime
 
 
@@ -47,7 +47,10 @@ def resources(trainer) -> dict:
         **optim.stats(trainer.optimizer),
         **trainer.pruner.stats(),
         "target_sparsity": trainer.cfg.TARGET_SPARSITY,
-        "batch_size": trainer.batch_size,
+        "batch_size": batch_size(trainer.asked),
+        "batch_size_used": trainer.batch_size,
+        "gradient_accumulation_used": trainer.cfg.GRADIENT_ACCUMULATION,
+        "batch_size_auto": trainer.batch_choice.how,
         "extra_budget": extra_budget(trainer.cfg)[2],
         "startup_s": trainer.startup_s,
         "device": str(trainer.device),

@@ -98,6 +98,8 @@ class Entry:
     lr: str  # the symbol holding its peak learning rate
     weight_decay: str = "WEIGHT_DECAY"  # the symbol holding its weight decay
     tuned: tuple = ()  # further symbols tuning may draw (each has a <SYMBOL>_SEARCH range)
+    # a package imported only when it is selected (bitsandbytes prints warnings on import)
+    package: str = ""
 
     @property
     def search(self) -> tuple:
@@ -110,7 +112,7 @@ OPTIMIZERS = {
     "sgd": Entry(_sgd, "SGD_LR"),
     "adam": Entry(_adam, "ADAM_LR"),
     "adamw": Entry(_adamw, "ADAMW_LR"),
-    "adamw-8bit": Entry(_adamw_8bit, "ADAMW_8BIT_LR"),
+    "adamw-8bit": Entry(_adamw_8bit, "ADAMW_8BIT_LR", package="bitsandbytes"),
     "lion": Entry(_lion, "LION_LR", "LION_WEIGHT_DECAY"),
     "adafactor": Entry(_adafactor, "ADAFACTOR_LR"),
     "adamwspam": Entry(_adamwspam, "ADAMWSPAM_LR", tuned=("SPAM_THETA",)),
