@@ -107,6 +107,12 @@ gpu-check: $(INSTALL)
 bench-data: $(INSTALL)
 	$(PY) -m scripts.bench_data $(BENCH_DATA_ARGS)
 
+# The matrix's switches (MATRIX_OPTIMIZER_*, MATRIX_PRUNING_*, MATRIX_VARIANT_*), one per registry
+# entry: rerun after adding an optimizer or a pruning method, and commit the file.
+.PHONY: matrix-kconfig
+matrix-kconfig: $(INSTALL)
+	$(PY) -m scripts.matrix_kconfig
+
 defconfig: defconfig-default
 
 $(addprefix defconfig-,$(DEFCONFIGS)): defconfig-%: $(INSTALL)
@@ -162,6 +168,7 @@ help:
 	@echo '  bench             - the benchmark list of this device (BENCH=current: .config; COMPARE=<dir>; BENCH_ARGS="--rounds N")'
 	@echo '  gpu-check         - once on a CUDA machine: precisions, compile, attention, optimizers, pruning,'
 	@echo '                      memory, MFU, DDP; table in results/gpu-check/report.md (GPU_CHECK_ARGS=--list)'
+	@echo '  matrix-kconfig    - regenerate scripts/Kconfig.matrix-generated from the optimizer and pruning registries'
 	@echo '  bench-data        - time data preparation against a one-process tiktoken loop (BENCH_DATA_ARGS=...)'
 	@echo '  clean             - remove build leftovers (caches, egg-info)'
 	@echo '  mrproper          - clean, and remove .config, .config.old and .venv'

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import torch
 
-from gpt2 import batch_fit, data, loaders, losses, pairing
+from gpt2 import batch_fit, data, losses, pairing
+from gpt2.data import loaders
 from gpt2.budget import Budget, batch_size, check_pruning, spam_problems
 from gpt2.build import build_model
 from gpt2.loop import TrainingFailed

@@ -1,20 +1,19 @@
 """One checkpoint format: a dict of tensors and plain values, written atomically,
 read back with torch.load(weights_only=True).
 
-A new checkpoint is written to a temporary file, flushed, read back to verify it,
-and only then renamed over the old one; the old one is kept as <name>.prev.pt
-(a hard link where the file system allows, a copy elsewhere), so a damaged
-latest checkpoint never costs more than one checkpoint interval.
+A new checkpoint is written to a temporary file (lib/fsutil.atomic_open), read back
+to verify it, and only then fsynced and renamed over the old one; the old one is
+kept as <name>.prev.pt (a hard link where the file system allows, a copy elsewhere),
+so a damaged latest checkpoint never costs more than one checkpoint interval.
 """
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
 from lib import faults
-from lib.fsutil import no_space
+from lib.fsutil import atomic_open, no_space
 
 
 class CheckpointError(Exception):
@@ -37,40 +36,30 @@ def remove_orphans(directory) -> list:
     return removed
 
 
-def _fsync(path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _keep_previous(path: Path) -> None:
     prev = previous(path)
     tmp = prev.with_name(f".{prev.name}.keep.tmp")
     tmp.unlink(missing_ok=True)
     try:
         os.link(path, tmp)
-    except OSError:  # no hard links here (some network and FAT file systems)
-        shutil.copy2(path, tmp)
-    os.replace(tmp, prev)
+    except OSError:  # no hard links here (some network and FAT file systems): a copy
+        with open(path, "rb") as src, atomic_open(prev, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+        return
+    os.replace(tmp, prev)  # the checkpoint's own rename then fsyncs the directory
 
 
 def save(path, state: dict) -> None:
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
     try:
-        with open(tmp, "wb") as f:  # a file object: a full disk's OSError reaches us
+        with atomic_open(path, "wb") as f:  # a file object: a full disk's OSError reaches us
             torch.save(state, f)
-        faults.point("ckpt", state.get("progress", {}).get("iter", 0))
-        _fsync(tmp)
-        verify(tmp)
-        if path.exists():
-            _keep_previous(path)
-        os.replace(tmp, path)
+            f.flush()
+            faults.point("ckpt", state.get("progress", {}).get("iter", 0))
+            verify(f.name)
+            if path.exists():
+                _keep_previous(path)
     except BaseException as e:
-        Path(tmp).unlink(missing_ok=True)
         full = no_space(e)
         if full is not None and full is not e:
             raise OSError(full.errno, os.strerror(full.errno), str(path)) from None

@@ -12,7 +12,6 @@ The run hash leaves out the symbols tagged "Not part of the run hash.".
 import hashlib
 import importlib
 import os
-import shutil
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -23,6 +22,7 @@ from lib import config_hints as hints
 from lib import extras
 from lib import kconfig_tags
 from lib.environ import scoped_env
+from lib.fsutil import atomic_open, atomic_write_bytes, no_space
 
 ROOT = Path(__file__).resolve().parent.parent
 KCONFIG = ROOT / "Kconfig"
@@ -350,21 +350,17 @@ def write_config(kconf, path, minimal=False) -> None:
         raise ConfigError(f"{path}: the directory {path.parent} does not exist; create it "
                           f"(mkdir -p {path.parent}) or choose another path")
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        with atomic_open(path, "w") as f:  # kconfiglib writes by name: f.name, the temp file
+            if minimal:
+                kconf.write_min_config(f.name)
+            else:
+                kconf.write_config(f.name, save_old=False)
+            if path.is_file() and not minimal:
+                atomic_write_bytes(f"{path}.old", path.read_bytes())
     except OSError as e:
-        raise ConfigError(f"{path}: cannot write in {path.parent}: {e.strerror}") from None
-    os.close(fd)
-    try:
-        if minimal:
-            kconf.write_min_config(tmp)
-        else:
-            kconf.write_config(tmp, save_old=False)
-        if path.is_file() and not minimal:
-            shutil.copy2(path, f"{path}.old")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        if no_space(e) is not None:
+            raise
+        raise ConfigError(f"{path}: cannot write in {path.parent}: {e.strerror or e}") from None
 
 
 class Config(Mapping):

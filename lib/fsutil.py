@@ -1,5 +1,7 @@
-"""Atomic file writes (a reader never sees a half-written file), directory locks, and
-safe file names."""
+"""Atomic file writes (a reader never sees a half-written file; atomic_open is the one
+primitive, every writer of a whole file goes through it), directory locks, and safe
+file names."""
+import contextlib
 import errno
 import fcntl
 import json
@@ -26,19 +28,50 @@ def no_space(error: BaseException):
     return None
 
 
-def atomic_write_bytes(path, data: bytes) -> None:
+def fsync_path(path) -> None:
+    """fsync a file or a directory (a rename into it) through its path, so it also
+    covers a file a writer reopened by name. A file system that cannot sync a
+    directory (EINVAL, ENOTSUP: some network and FUSE mounts) is let be."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError as e:
+        if e.errno not in (errno.EINVAL, errno.ENOTSUP):
+            raise
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_open(path, mode: str = "wb", **open_kwargs):
+    """The one atomic write: yields a file object on a temporary file beside `path`
+    (.<name>.<random>.tmp, the pattern checkpoint.remove_orphans and the data pipeline
+    clear after a kill); when the block ends normally the file is flushed, fsynced and
+    renamed over `path`, and the directory is fsynced. On any exception the temporary
+    file is removed and `path` is left as it was. f.name is the temporary path, for
+    writers that want a path rather than a file object (kconfiglib, torch's snapshot
+    dumper). Creates missing parent directories; open_kwargs go to open()."""
+    if not mode.startswith("w"):
+        raise ValueError(f"atomic_open writes a new file: mode {mode!r} must start with 'w'")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        with open(tmp, mode, **open_kwargs) as f:
+            yield f
+        fsync_path(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    fsync_path(path.parent)
+
+
+def atomic_write_bytes(path, data: bytes) -> None:
+    """Write `data` to `path` through atomic_open (and so are the text and JSON forms)."""
+    with atomic_open(path, "wb") as f:
+        f.write(data)
 
 
 def atomic_write_text(path, text: str) -> None:

@@ -1,9 +1,10 @@
 """MEMORY_SNAPSHOT_ITERS: the CUDA allocator's history over the first N training
 iterations, written as <run>/memory_snapshot.pickle (view it at pytorch.org/memory_viz)."""
-import os
 from pathlib import Path
 
 import torch
+
+from lib.fsutil import atomic_open
 
 SNAPSHOT_NAME = "memory_snapshot.pickle"
 MAX_ENTRIES = 100_000  # allocator events kept; enough for a few steps of GPT-2 124M
@@ -27,8 +28,7 @@ class MemorySnapshot:
 
     def after_step(self, iteration: int) -> None:
         if self.recording and iteration >= self.iters:
-            tmp = self.path.with_name(f".{self.path.name}.tmp")
-            torch.cuda.memory._dump_snapshot(str(tmp))
-            os.replace(tmp, self.path)
+            with atomic_open(self.path, "wb") as f:  # the dumper writes by name: f.name
+                torch.cuda.memory._dump_snapshot(f.name)
             torch.cuda.memory._record_memory_history(enabled=None)
             self.recording = False

@@ -43,10 +43,12 @@ from lib import config as cfglib
 from lib import devices, optim, runtime
 from lib.fsutil import atomic_write_text
 from lib.run import RunDir, results_dir
-from scripts import bench_stats
+from scripts import bench_fragments, bench_stats
+from scripts.report_md import md_table
 
 LISTS_DIR = cfglib.ROOT / "benchmarks"
 BASE_FRAGMENT = "_base"
+DEFAULT_CONFIG = cfglib.ROOT / "defconfigs" / "default"  # what every list builds on
 CSV_COLUMNS = ["name", "description", "rounds", "ms_per_iter", "ms_min", "ms_max", "round_ms",
                "tokens_per_s", "mfu", "peak_mem_bytes", "peak_mem_kind", "compile_s",
                "speed_vs_first", "speed_lo", "speed_hi", "speed_coverage", "verdict",
@@ -140,46 +142,22 @@ def print_table(rows) -> None:
 
 # ------------------------------------------------------------------ the suite
 
-def fragment_overrides(path) -> list:
-    """NAME=VALUE assignments of a defconfig fragment ("# CONFIG_X is not set" is X=n)."""
-    out = []
-    for line in Path(path).read_text().splitlines():
-        line = line.strip()
-        if line.startswith("# CONFIG_") and line.endswith(" is not set"):
-            out.append(f"{line[len('# CONFIG_'):-len(' is not set')]}=n")
-        elif line.startswith("CONFIG_"):
-            name, _, value = line[len("CONFIG_"):].partition("=")
-            if len(value) >= 2 and value[0] == value[-1] == '"':
-                value = value[1:-1]
-            out.append(f"{name}={value}")
-    return out
-
-
 def list_configs(list_dir, results, overrides=()) -> list:
-    """[(name, description, overrides)] of a list directory, in name order."""
+    """[(name, description, overrides)] of a list directory, in name order: each fragment
+    merged on top of defconfigs/default and `_base` (scripts/bench_fragments), then
+    overrides and RESULTS_DIR."""
     list_dir = Path(list_dir)
     base = list_dir / BASE_FRAGMENT
-    common = fragment_overrides(base) if base.is_file() else []
+    common = [base] if base.is_file() else []
     entries = sorted(p for p in list_dir.iterdir() if p.is_file() and p.name != BASE_FRAGMENT)
     if not entries:
         raise cfglib.ConfigError(f"{list_dir}: no benchmark fragments in it")
-    tree = cfglib.load_tree()
+    last = [*overrides, f"RESULTS_DIR={results}"]
+    named_last = {o.partition("=")[0].removeprefix("CONFIG_") for o in last}
     return [(p.name, cfglib.config_description(p),
-             merged(tree, [*common, *fragment_overrides(p), *overrides, f"RESULTS_DIR={results}"]))
+             [a for a in bench_fragments.merge(DEFAULT_CONFIG, [*common, p])
+              if a.partition("=")[0] not in named_last] + last)
             for p in entries]
-
-
-def merged(tree, assignments) -> list:
-    """NAME=VALUE assignments where a later one replaces an earlier one of the same symbol,
-    or of the same choice (a fragment's PRECISION_FP32=y replaces the base's PRECISION_BF16=y)."""
-    last = {}
-    for assignment in assignments:
-        name = assignment.partition("=")[0].strip().removeprefix("CONFIG_")
-        sym = tree.syms.get(name)
-        key = sym.choice.name if sym is not None and sym.choice is not None else name
-        last.pop(key, None)
-        last[key] = assignment
-    return list(last.values())
 
 
 def resolve_list(choice, config_path, overrides):
@@ -195,7 +173,7 @@ def resolve_list(choice, config_path, overrides):
         raise cfglib.ConfigError(f"--list {choice}: neither a list in {LISTS_DIR} "
                                  f"({', '.join(sorted(p.name for p in LISTS_DIR.iterdir()))}) "
                                  f"nor a directory")
-    return cfglib.ROOT / "defconfigs" / "default", list_configs(list_dir, results)
+    return DEFAULT_CONFIG, list_configs(list_dir, results)
 
 
 def measure(cfg) -> dict:
@@ -295,6 +273,24 @@ def _fmt(value, spec, missing="n/a"):
     return format(value, spec) if isinstance(value, (int, float)) else missing
 
 
+def _cells(r, width, compare) -> list:
+    """One row of bench.md's table, formatted."""
+    if r.get("error"):
+        return [r["name"], "failed: " + r["error"]] + [""] * (width - 2)
+    cells = [r["name"], _fmt(r["ms_per_iter"], ".2f"),
+             f"{_fmt(r['ms_min'], '.2f')}-{_fmt(r['ms_max'], '.2f')}",
+             _fmt(r["tokens_per_s"], ",.0f"), _fmt(r["mfu"], ".1%"),
+             _fmt(r["peak_mem_bytes"] / 2**20, ",.0f"), _fmt(r["compile_s"], ".1f"),
+             _fmt(r["speed_vs_first"], ".2f"),
+             f"{_fmt(r['speed_lo'], '.2f')}-{_fmt(r['speed_hi'], '.2f')}", r["verdict"]]
+    if compare is not None:
+        then = compare.get(r["name"], {}).get("tokens_per_s")
+        then = float(then) if then else None
+        change = r["tokens_per_s"] / then - 1 if then else None
+        cells += [_fmt(then, ",.0f"), _fmt(change, "+.1%")]
+    return cells
+
+
 def markdown(rows, device, when, compare=None) -> str:
     rounds = next((r["rounds"] for r in rows if r.get("rounds")), 0)
     coverage = next((r["speed_coverage"] for r in rows if r.get("speed_coverage")), None)
@@ -312,24 +308,8 @@ def markdown(rows, device, when, compare=None) -> str:
             "compile s", "x first", "interval", "verdict"]
     if compare is not None:
         head += ["then tokens/s", "change"]
-    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in rows:
-        if r.get("error"):
-            cells = [r["name"], "failed: " + r["error"].replace("|", "/")] + [""] * (len(head) - 2)
-        else:
-            cells = [r["name"], _fmt(r["ms_per_iter"], ".2f"),
-                     f"{_fmt(r['ms_min'], '.2f')}-{_fmt(r['ms_max'], '.2f')}",
-                     _fmt(r["tokens_per_s"], ",.0f"), _fmt(r["mfu"], ".1%"),
-                     _fmt(r["peak_mem_bytes"] / 2**20, ",.0f"), _fmt(r["compile_s"], ".1f"),
-                     _fmt(r["speed_vs_first"], ".2f"),
-                     f"{_fmt(r['speed_lo'], '.2f')}-{_fmt(r['speed_hi'], '.2f')}", r["verdict"]]
-            if compare is not None:
-                then = compare.get(r["name"], {}).get("tokens_per_s")
-                then = float(then) if then else None
-                cells += [_fmt(then, ",.0f"),
-                          _fmt(r["tokens_per_s"] / then - 1 if then else None, "+.1%")]
-        lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "Configurations:", ""] + [f"- {r['name']}: {r['description']}" for r in rows]
+    lines += md_table(head, [_cells(r, len(head), compare) for r in rows])
+    lines += ["Configurations:", ""] + [f"- {r['name']}: {r['description']}" for r in rows]
     return "\n".join(lines) + "\n"
 
 

@@ -13,8 +13,10 @@ from pathlib import Path
 
 import torch
 
+from lib.fsutil import atomic_write_text
 from scripts import gpu_check_rows
 from scripts.gpu_check_rows import Row
+from scripts.report_md import md_table
 
 REPORT = Path("results") / "gpu-check" / "report.md"
 NO_CUDA = "gpu-check: no CUDA device here (torch.cuda.is_available() is False); nothing run"
@@ -49,12 +51,11 @@ def format_report(facts: dict, rows: list) -> str:
              f"- driver: {facts['driver']}",
              f"- CUDA: {facts['cuda']}",
              f"- torch: {facts['torch']}",
-             f"- passed: {passed} of {len(rows)}", "",
-             "| row | result | figure |", "|---|---|---|"]
-    for r in rows:
-        figure = r.figure.replace("|", "\\|").replace("\n", " ")
-        lines.append(f"| {r.name} | {'pass' if r.ok else 'FAIL'} | {figure} |")
-    return "\n".join(lines) + "\n"
+             f"- passed: {passed} of {len(rows)}", ""]
+    lines += md_table(["row", "result", "figure"],
+                      [[r.name, "pass" if r.ok else "FAIL", r.figure.replace("\n", " ")]
+                       for r in rows])
+    return "\n".join(lines)
 
 
 def run_row(name: str, fn, workdir: Path) -> Row:
@@ -101,8 +102,7 @@ def main(argv=None) -> int:
             print(f"{'pass' if row.ok else 'FAIL'}  {row.name}: {row.figure}", flush=True)
             results.append(row)
     text = format_report(facts, results)
-    args.report.parent.mkdir(parents=True, exist_ok=True)
-    args.report.write_text(text)
+    atomic_write_text(args.report, text)
     print(text + f"\nwritten to {args.report}")
     return 0 if all(r.ok for r in results) else 1
 

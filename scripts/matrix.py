@@ -42,7 +42,7 @@ from scripts.matrix_grid import (OWN_DIMENSIONS, CellSpec, enumerate_cells,  # n
                                  extra_dimension, selected, state_optimizers)
 from scripts.matrix_runner import (POLL_S, Runner, child_env, command,  # noqa: F401
                                    cpu_cores, pick_gpu, visible_gpus)
-from scripts.matrix_state import (EXIT_MEANINGS, LOG_TAIL_LINES, STOP_SIGNALS,  # noqa: F401
+from scripts.matrix_state import (EXIT_MEANINGS, LOG_TAIL_LINES,  # noqa: F401
                                   close_dead_attempt, log_tail, new_state, outcome, read_state,
                                   read_summary, should_run)
 

@@ -9,6 +9,7 @@ from lib import optim
 from lib.config import ConfigError
 from lib.fsutil import safe_name
 from lib.run import OFF_HINT
+from scripts.matrix_kconfig import selected
 
 @functools.lru_cache(maxsize=1)
 def state_optimizers() -> tuple:
@@ -112,14 +113,6 @@ def extra_dimension(cfg) -> list:
         raise ConfigError(f"MATRIX_EXTRA_VALUES=\"{cfg.MATRIX_EXTRA_VALUES}\": a value is "
                           f"repeated")
     return [(symbol, v) for v in values]
-
-
-def selected(cfg, prefix: str) -> list:
-    """Names of the MATRIX_<prefix>_* booleans that are set, in Kconfig order:
-    MATRIX_OPTIMIZER_ADAMW_8BIT -> "adamw-8bit"."""
-    prefix = f"MATRIX_{prefix}_"
-    return [key.removeprefix(prefix).lower().replace("_", "-")
-            for key, value in cfg.items() if key.startswith(prefix) and value is True]
 
 
 def enumerate_cells(cfg) -> tuple:

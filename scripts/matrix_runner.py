@@ -2,10 +2,15 @@
 GPUs round-robin, or with the CPU cores split between them), their state files, signals
 passed on, and the report at the end.
 
-Why not submitit's LocalExecutor or concurrent.futures: a cell is a process that must be
-pinned to a GPU, signalled (SIGTERM/SIGUSR1 reach it as the user's or the scheduler's
-stop), resumed from its checkpoint and recorded in a state file that survives kill -9 of
-the runner; a pool of Python callables gives none of that.
+Why not submitit's LocalExecutor or concurrent.futures: we keep our own loop only for what
+they cannot do. A cell is a process that must be pinned to a GPU (CUDA_VISIBLE_DEVICES, the
+least busy one) or given its share of the CPU cores, signalled (SIGTERM/SIGUSR1 reach it as
+the user's or the scheduler's stop), resumed from its checkpoint and recorded in a state
+file that survives kill -9 of the runner (the next run resumes or retries from those
+states); a pool of Python callables gives none of that, and LocalExecutor pins nothing and
+keeps its job state in pickles of its own. Everything else is the standard library:
+subprocess for the processes, kconfiglib for the cells' configurations, tqdm for progress;
+on a cluster, submitit itself runs the cells (scripts/slurm.py).
 """
 import os
 import shlex
@@ -21,10 +26,11 @@ from lib import config as cfglib
 from lib.config import ConfigError
 from lib.fsutil import LockHeld, atomic_write_json, atomic_write_text, lock_directory
 from lib.run import RunDir
+from lib.stop import STOP_SIGNALS
 from scripts.fail_cells import FAIL_CELLS_ENV, stand_in
 from scripts.matrix_cells import Matrix, write_cell_config
-from scripts.matrix_state import (STOP_SIGNALS, close_dead_attempt, log_tail, new_state,
-                                  outcome, read_state, read_summary, should_run)
+from scripts.matrix_state import (close_dead_attempt, log_tail, new_state, outcome,
+                                  read_state, read_summary, should_run)
 
 POLL_S = 0.2
 
@@ -179,10 +185,34 @@ class Runner:
         m = self.m
         m.state_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(m.path / "matrix.config", cfglib.config_text(m.kconf))
+        todo, states, done, old_failures = self.survey()
+        gpus, threads = self.placement(len(todo))
+        where = (f"GPUs {','.join(gpus)} round-robin" if gpus
+                 else f"{threads} CPU thread{'s' if threads != 1 else ''} per cell")
+        earlier = f", {old_failures} failed earlier (--retry-failed reruns)" if old_failures else ""
+        print(f"matrix {m.path}: {len(m.cells)} cells, {done} done{earlier}, {len(todo)} to run, "
+              f"{self.jobs} at once, {where}", flush=True)
+        old_handlers = {sig: signal.signal(sig, self.on_signal) for sig in STOP_SIGNALS}
+        bar = tqdm(total=len(m.cells), initial=done, unit="cell", desc="matrix",
+                   dynamic_ncols=True, disable=None)
+        try:
+            self.prepare(todo)
+            if self.run_cells(todo, states, gpus, threads, bar):
+                return 130
+        finally:
+            bar.close()
+            for sig, handler in old_handlers.items():
+                signal.signal(sig, handler)
+        self.report()
+        return self.closing_lines(states)
+
+    def survey(self) -> tuple:
+        """(cells to run, {cell id: state}, cells done, cells failed earlier): every cell's
+        configuration written and its state file brought up to date."""
         todo, states, done, old_failures = [], {}, 0, 0
-        for cell in m.cells:
+        for cell in self.m.cells:
             write_cell_config(cell)
-            state = read_state(m.state_path(cell)) or new_state(cell)
+            state = read_state(self.m.state_path(cell)) or new_state(cell)
             if state.get("status") == "running":
                 close_dead_attempt(state, cell.log)
             if state.get("status") == "done" and not RunDir(cell.dir).is_complete():
@@ -198,43 +228,35 @@ class Runner:
             else:
                 old_failures += 1
             self.write_state(cell, state)
-        gpus, threads = self.placement(len(todo))
-        where = (f"GPUs {','.join(gpus)} round-robin" if gpus
-                 else f"{threads} CPU thread{'s' if threads != 1 else ''} per cell")
-        earlier = f", {old_failures} failed earlier (--retry-failed reruns)" if old_failures else ""
-        print(f"matrix {m.path}: {len(m.cells)} cells, {done} done{earlier}, {len(todo)} to run, "
-              f"{self.jobs} at once, {where}", flush=True)
-        old_handlers = {sig: signal.signal(sig, self.on_signal) for sig in STOP_SIGNALS}
-        bar = tqdm(total=len(m.cells), initial=done, unit="cell", desc="matrix",
-                   dynamic_ncols=True, disable=None)
+        return todo, states, done, old_failures
+
+    def run_cells(self, todo, states, gpus, threads, bar) -> bool:
+        """Run the cells of todo, MATRIX_JOBS at once; True when a signal interrupted them."""
         stopping = False
-        try:
-            self.prepare(todo)
-            while todo or self.running:
-                if self.signal is not None:
-                    self.interrupt(bar)
-                    return 130
-                while todo and len(self.running) < self.jobs and not stopping:
-                    cell = todo.pop(0)
-                    busy = [g for (_, _, _, g) in self.running.values()]
-                    self.start(cell, states[cell.id], pick_gpu(gpus, busy), threads)
-                time.sleep(POLL_S)
-                for proc in [p for p in self.running if p.poll() is not None]:
-                    self.finish(proc, bar)
-                    if self.new_failures and self.stop_on_failure and not stopping:
-                        stopping = True
-                        tqdm.write(f"MATRIX_ON_FAILURE=stop: starting no more cells "
-                                   f"({len(todo)} left pending)")
-                if stopping and not self.running:
-                    break
-            if self.signal is not None:  # it came as the last cells ended
-                self.interrupt(bar)
-                return 130
-        finally:
-            bar.close()
-            for sig, handler in old_handlers.items():
-                signal.signal(sig, handler)
-        self.report()
+        while todo or self.running:
+            if self.signal is not None:
+                break
+            while todo and len(self.running) < self.jobs and not stopping:
+                cell = todo.pop(0)
+                busy = [g for (_, _, _, g) in self.running.values()]
+                self.start(cell, states[cell.id], pick_gpu(gpus, busy), threads)
+            time.sleep(POLL_S)
+            for proc in [p for p in self.running if p.poll() is not None]:
+                self.finish(proc, bar)
+                if self.new_failures and self.stop_on_failure and not stopping:
+                    stopping = True
+                    tqdm.write(f"MATRIX_ON_FAILURE=stop: starting no more cells "
+                               f"({len(todo)} left pending)")
+            if stopping and not self.running:
+                break
+        if self.signal is not None:  # also when it came as the last cells ended
+            self.interrupt(bar)
+            return True
+        return False
+
+    def closing_lines(self, states) -> int:
+        """Print what the matrix holds now; 0 when every cell is done."""
+        m = self.m
         failed = [c.id for c in m.cells if states[c.id]["status"] == "failed"]
         pending = [c.id for c in m.cells
                    if states[c.id]["status"] in ("pending", "running", "interrupted")]

@@ -5,11 +5,11 @@ import os
 import signal
 from pathlib import Path
 
+from lib.stop import STOP_SIGNALS  # a cell they end is interrupted, and resumes next run
+
 LOG_TAIL_LINES = 20
 EXIT_MEANINGS = {2: "bad configuration or input", 3: "training failed", 130: "interrupted"}
-# The stop signals (one list, lib/stop.py): a cell they end is interrupted, not failed,
-# and resumes on the next run.
-from lib.stop import STOP_SIGNALS  # noqa: E402,F401
+
 
 def read_state(path) -> dict:
     try:

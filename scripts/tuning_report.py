@@ -6,6 +6,7 @@ from pathlib import Path
 from gpt2 import budget
 from lib import config as cfglib
 from scripts import tuning
+from scripts.report_md import md_table
 from scripts.matrix_state import read_summary
 
 
@@ -64,6 +65,15 @@ def _loss(x) -> str:
     return f"{x:.4f}" if isinstance(x, (int, float)) else "-"
 
 
+def _trial_cells(g: dict, t: dict) -> list:
+    """One trial's row of the section's first table."""
+    rungs = ", ".join(f"{g['rungs'][int(k)]}: {_loss(v)}" for k, v in t["rung_losses"].items())
+    status = (f"stopped early at iteration {t['early_stop']['iter']} (ASHA rung "
+              f"{t['early_stop']['rung']})" if t["early_stop"] else t["status"])
+    return [g["group"], t["trial"], _values(t["values"]), status, rungs or "-",
+            _loss(t["val_loss"])]
+
+
 def section(data: dict) -> list:
     """Markdown lines: the trials, the selections, the edge flags, what early stopping saved."""
     lines = ["## Tuning", "",
@@ -72,26 +82,18 @@ def section(data: dict) -> list:
              f"{data['early_stop']}{' (eta ' + str(data['eta']) + ')' if data['eta'] else ''}. "
              f"Each group's selection (lowest final validation loss) ran at seeds "
              f"{', '.join(map(str, data['confirmation_seeds']))}: only those confirmation "
-             f"cells enter the verdict.", "",
-             "| group | trial | values | status | rung val losses | final val loss |",
-             "|---|---|---|---|---|---|"]
-    for g in data["groups"].values():
-        for t in g["trials"]:
-            rungs = ", ".join(f"{g['rungs'][int(k)]}: {_loss(v)}"
-                              for k, v in t["rung_losses"].items())
-            status = (f"stopped early at iteration {t['early_stop']['iter']} (ASHA rung "
-                      f"{t['early_stop']['rung']})" if t["early_stop"] else t["status"])
-            lines.append(f"| {g['group']} | {t['trial']} | {_values(t['values'])} | {status} "
-                         f"| {rungs or '-'} | {_loss(t['val_loss'])} |")
-    lines += ["", "| group | selected | values | val loss | confirmations | edge |",
-              "|---|---|---|---|---|---|"]
-    for g in data["groups"].values():
-        lines.append(f"| {g['group']} | {g['selected'] or 'none finished'} | "
-                     f"{_values(g['selected_values'])} | {_loss(g['selected_val_loss'])} | "
-                     f"{len(g.get('confirmations', []))} | {'; '.join(g['edge']) or '-'} |")
+             f"cells enter the verdict.", ""]
+    lines += md_table(["group", "trial", "values", "status", "rung val losses",
+                       "final val loss"],
+                      [_trial_cells(g, t) for g in data["groups"].values() for t in g["trials"]])
+    lines += md_table(["group", "selected", "values", "val loss", "confirmations", "edge"],
+                      [[g["group"], g["selected"] or "none finished",
+                        _values(g["selected_values"]), _loss(g["selected_val_loss"]),
+                        len(g.get("confirmations", [])), "; ".join(g["edge"]) or "-"]
+                       for g in data["groups"].values()])
     c = data["compute"]
     share = c["iters_saved"] / c["iters_full"] if c["iters_full"] else 0.0
-    lines += ["", f"Trials trained {c['iters_trained']:,} of {c['iters_full']:,} iterations "
+    lines += [f"Trials trained {c['iters_trained']:,} of {c['iters_full']:,} iterations "
               f"({c['tokens_trained']:,} of {c['tokens_full']:,} tokens); early stopping saved "
               f"{c['iters_saved']:,} iterations and {c['tokens_saved']:,} tokens ({share:.0%}) "
               f"against running every trial to the end.", ""]

@@ -23,6 +23,7 @@ from gpt2.data import DataError
 from lib import config as cfglib
 from lib.config import ConfigError
 from lib.fsutil import atomic_write_json, atomic_write_text
+from lib.stop import STOP_SIGNALS
 from scripts import asha, tuning
 from scripts import matrix_cells, matrix_runner, matrix_state
 
@@ -99,7 +100,7 @@ class TuningRunner(matrix_runner.Runner):
               f"{m.cfg.MATRIX_SEEDS} confirmation seeds per group; {self.jobs} at once",
               flush=True)
         self.where = self.placement(len(self.trials))
-        old = {sig: signal.signal(sig, self.on_signal) for sig in matrix_state.STOP_SIGNALS}
+        old = {sig: signal.signal(sig, self.on_signal) for sig in STOP_SIGNALS}
         bar = tqdm(unit="run", desc="tuning", dynamic_ncols=True, disable=None)
         try:
             self.prepare(self.trials)

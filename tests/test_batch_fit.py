@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from gpt2 import batch_fit, data, loaders, train
+from gpt2 import batch_fit, data, train
+from gpt2.data import loaders
 from lib import config as cfglib
 from lib.distributed import Distributed
 from lib.run import RunDir

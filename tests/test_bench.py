@@ -9,6 +9,7 @@ import pytest
 import scipy.stats
 
 from scripts import bench, bench_stats
+from tests import md_cells
 
 
 class FakeClock:
@@ -165,7 +166,8 @@ def test_suite_interleaves_its_rows_and_writes_the_verdicts(tiny_config, tmp_pat
     assert "ATTENTION_BACKEND_MEMORY_EFFICIENT" in rows["01-broken"]["error"]
     md = (out / "bench.md").read_text()
     assert "3 interleaved rounds" in md
-    assert "| 02-slow | 14.30 | 13.00-15.60 | 17,902 |" in md and "| slower |" in md
+    assert md_cells.row(md, "02-slow")[:4] == ["02-slow", "14.30", "13.00-15.60", "17,902"]
+    assert md_cells.row(md, "02-slow")[-1] == "slower"
 
 
 def _tiny_list(tmp_path, results):
@@ -202,22 +204,22 @@ def test_suite_runs_the_real_trainer_on_cpu(tiny_config, tmp_path):
     assert int(ok["peak_mem_bytes"]) > 0 and ok["peak_mem_kind"] == "cpu_peak_rss"
     assert "ATTENTION_BACKEND_MEMORY_EFFICIENT" in rows[1]["error"]
     md = (out / "bench.md").read_text()
-    assert "| 00-memmap |" in md and "n/a" in md and "failed:" in md
+    assert md_cells.row(md, "00-memmap")[4] == "n/a"  # MFU: the CPU is in no peak table
+    assert md_cells.row(md, "01-broken")[1].startswith("failed:")
     # the current .config, compared with the run above
     again = bench.suite(str(config), [], "current", str(out), rounds=2)
     md = (again / "bench.md").read_text()
-    assert "| current |" in md and "then tokens/s" in md
+    assert md_cells.row(md, "current") and "then tokens/s" in md_cells.row(md, "configuration")
     assert bench.main([str(config), "--list", "nowhere"]) == 2
 
 
 def test_compare_matches_an_earlier_row_by_name():
-    row = {"name": "00-memmap", "description": "", "rounds": 3, "ms_per_iter": 10.0,
+    line = {"name": "00-memmap", "description": "", "rounds": 3, "ms_per_iter": 10.0,
            "ms_min": 9.0, "ms_max": 11.0, "tokens_per_s": 2000.0, "mfu": None,
            "peak_mem_bytes": 2**20, "compile_s": 1.0, "speed_vs_first": 1.0, "speed_lo": 1.0,
            "speed_hi": 1.0, "speed_coverage": 0.75, "verdict": "baseline"}
-    line = next(l for l in bench.markdown([row], "cpu", "now", {"00-memmap": {
-        "tokens_per_s": "1600"}}).splitlines() if l.startswith("| 00-memmap"))
-    assert line.endswith("| 1,600 | +25.0% |")
+    md = bench.markdown([line], "cpu", "now", {"00-memmap": {"tokens_per_s": "1600"}})
+    assert md_cells.row(md, "00-memmap")[-2:] == ["1,600", "+25.0%"]
 
 
 def test_rounds_option_needs_two_rounds(capsys):

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from gpt2 import data, loaders, train
+from gpt2 import data, train
+from gpt2.data import loaders
 from gpt2.data import huggingface, pipeline, verify
 from lib import config as cfglib
 

@@ -46,6 +46,8 @@ NOT_RUN = {
     "bench-data": "prepares a generated corpus of tens of MB; tests/test_data.py covers it",
     "clean": "would remove the checkout's caches while the suite runs",
     "mrproper": "would remove the checkout's .venv and .config",
+    "matrix-kconfig": "rewrites the checkout's scripts/Kconfig.matrix-generated; "
+                      "tests/test_matrix_kconfig.py checks that it is current",
 }
 # A training target on a full-size recipe (not `default`) is not run either: it is hours.
 FULL_SIZE = "a full-size recipe trains for minutes to hours; `make -n` only"

@@ -10,6 +10,7 @@ import torch
 from lib import config as cfglib
 from scripts import gpu_check, gpu_check_rows
 from scripts.gpu_check import Row
+from tests import md_cells
 
 
 def test_make_gpu_check_without_cuda_is_one_line_and_exit_0(tmp_path):
@@ -62,16 +63,16 @@ def test_rows_picks_rows_in_order_and_writes_the_report(monkeypatch, tmp_path, c
     text = report.read_text()
     assert "- device: Fake GPU (x1)" in text and "- driver: 555.1" in text
     assert "- CUDA: 12.4" in text and "- passed: 1 of 2" in text
-    table = [line for line in text.splitlines() if line.startswith("| ") and "---" not in line]
-    assert table[1:] == ["| b | FAIL | error: RuntimeError: trainer exit 3 |",
-                         "| a | pass | loss 3 -> 2 |"]
+    assert md_cells.table_rows(text)[1:] == [["b", "FAIL", "error: RuntimeError: trainer exit 3"],
+                                             ["a", "pass", "loss 3 -> 2"]]
     assert "unused" not in text
 
 
 def test_report_escapes_pipes_and_counts_passes():
     facts = {"device": "d", "driver": "v", "cuda": "c", "torch": "t", "gpus": 2}
     text = gpu_check.format_report(facts, [Row("x", True, "a|b"), Row("y", False, "f")])
-    assert "| x | pass | a\\|b |" in text and "| y | FAIL | f |" in text
+    assert md_cells.table_rows(text)[1:] == [["x", "pass", "a|b"], ["y", "FAIL", "f"]]
+    assert "a\\|b" in text  # escaped, so the row keeps its three cells
     assert "- passed: 1 of 2" in text and "(x2)" in text
 
 

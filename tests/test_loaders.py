@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from gpt2.loaders import LOADERS, PreloadedBatches
+from gpt2.data.loaders import LOADERS, PreloadedBatches
 
 
 @pytest.fixture

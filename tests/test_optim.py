@@ -275,8 +275,8 @@ def test_spam_sees_a_spike_that_the_global_clip_would_hide(tiny_config):
         trainer.train_step()
     before = optim.stats(trainer.optimizer)
 
-    def spiking(x, y):
-        logits, loss = model(x, y)
+    def spiking(x, y, loss_fn):
+        logits, loss = model(x, y, loss_fn)
         return logits, loss * 1000
     trainer.forward = spiking
     trainer.train_step()

@@ -320,7 +320,8 @@ def test_architecture_and_speed_knobs_each_take_effect(tiny_config, monkeypatch)
     stepped with is WSD's; the bio MLP's sparsity is logged, and a memory snapshot
     request on the CPU is a warning, not a file."""
     from torch.nn.attention import SDPBackend, _cur_sdpa_kernel_backends
-    from gpt2 import loaders, losses, model as model_module
+    from gpt2 import losses, model as model_module
+    from gpt2.data import loaders
     seen = {"loss": [], "kernels": [], "block_checkpoints": 0, "stepped_lr": []}
     trainers = []
 

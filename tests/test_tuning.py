@@ -309,3 +309,22 @@ def test_a_single_run_only_warns_of_a_spam_that_cannot_act(tiny_config):
     assert train.main([str(config), "--stop-after", "1"]) == 0
     log = RunDir.for_config(cfglib.load(config)).log.read_text()
     assert "WARNING SPAM_INTERVAL=1000 with a run of 20 iterations" in log
+
+
+def test_the_tuning_section_tables_hold_each_trial_and_selection():
+    from tests import md_cells
+    trial = {"trial": 1, "values": {"ADAMW_LR": 3e-3}, "status": "stopped",
+             "rung_losses": {"0": 2.9}, "val_loss": None, "early_stop": {"iter": 5, "rung": 0}}
+    group = {"group": "adamw-none", "rungs": [5, 20], "trials": [trial],
+             "selected": None, "selected_values": None, "selected_val_loss": None,
+             "edge": ["ADAMW_LR at its range's edge"]}
+    data = {"trials_per_group": 1, "draw": "scrambled Halton", "draw_seed": 0,
+            "trial_seed": 1, "confirmation_seeds": [2], "early_stop": "asha", "eta": 3,
+            "groups": {"adamw-none": group},
+            "compute": {"iters_trained": 5, "iters_full": 20, "tokens_trained": 10,
+                        "tokens_full": 40, "iters_saved": 15, "tokens_saved": 30}}
+    rows = md_cells.table_rows("\n".join(tuning_report.section(data)))
+    assert rows[1] == ["adamw-none", "1", "ADAMW_LR=0.003",
+                       "stopped early at iteration 5 (ASHA rung 0)", "5: 2.9000", "-"]
+    assert rows[3] == ["adamw-none", "none finished", "-", "-", "0",
+                       "ADAMW_LR at its range's edge"]

@@ -8,7 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gpt2 import data, loaders, train
+from gpt2 import data, train
+from gpt2.data import loaders
 from gpt2.build import build_model
 from lib import checkpoint, faults
 from lib import config as cfglib

@@ -9,6 +9,7 @@ batches and evaluation windows read from them.
   shards.py        the prepared format: meta.json, shards, the memory-mapped reader
   tokenizers.py    GPT-2 BPE (tiktoken, local files) and characters
   batches.py       the batch sampler;  evalwindows.py  the evaluation windows
+  loaders.py       DATA_LOADER: memmap (batches.py) or preloaded on the device
   prepare.py       DataSpec (what a config selects), directory names, the registry
   staging.py       the partial directory a preparation writes in, renamed at the end
   verify.py        sizes, sha256 and token ids of every shard (make data-verify)
@@ -20,8 +21,6 @@ first use, so worker processes that tokenize never import torch.
 """
 from gpt2.data.cli import main
 from gpt2.data.errors import DataError
-from gpt2.data.errors import sha256 as _sha256
-from gpt2.data.errors import sha256_file as _sha256_file
 from gpt2.data.inputs import (
     ENCODER_JSON, SHARED_DATA_DIR, SOURCES, TEXT_FILE, VOCAB_BPE, download, find_input,
 )
@@ -36,7 +35,7 @@ from gpt2.data.tokenizers import (
 )
 
 __all__ = [
-    "main", "DataError", "_sha256", "_sha256_file", "ENCODER_JSON", "SHARED_DATA_DIR",
+    "main", "DataError", "ENCODER_JSON", "SHARED_DATA_DIR",
     "SOURCES", "TEXT_FILE", "VOCAB_BPE", "download", "find_input", "DATASETS", "DataSpec",
     "prepare", "prepare_config", "prepare_spec", "prepared_dir", "prepared_path",
     "spec_from_config", "split_sizes", "split_sizes_config", "split_sizes_spec",

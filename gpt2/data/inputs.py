@@ -7,8 +7,9 @@ import urllib.request
 from pathlib import Path
 
 import gpt2.data.paths as paths
-from gpt2.data.errors import DataError, sha256
+from gpt2.data.errors import DataError
 from lib.fsutil import atomic_write_bytes
+from lib.hashing import sha256
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 SHARED_DATA_DIR = PROJECT_ROOT.parent / "shared" / "data"

@@ -7,11 +7,12 @@ the vocabulary, shakespeare GPT-2's BPE (no end-of-text token: it is one documen
 from pathlib import Path
 
 import gpt2.data.staging as staging
-from gpt2.data.errors import DataError, sha256
+from gpt2.data.errors import DataError
 from gpt2.data.inputs import ENCODER_JSON, TEXT_FILE, VOCAB_BPE, find_input
 from gpt2.data.shards import META_FORMAT, SPLITS, file_intact, read_meta, write_shard
 from gpt2.data.tokenizers import TokenizerSpec, encoder, gpt2_files
 from lib.fsutil import atomic_write_json
+from lib.hashing import sha256
 
 TOKENIZER = {"shakespeare-char": "char", "shakespeare": "gpt2"}
 

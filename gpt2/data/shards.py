@@ -7,15 +7,14 @@ meta.json: format, dataset, tokenizer, vocab_size (vocab for characters, eot_tok
 GPT-2), dtype, train_tokens, val_tokens, test_tokens, splits {split: [{file, tokens}]}, files
 {file: {bytes, sha256, mtime_ns}}, inputs, and how it was made (spec).
 """
-import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from gpt2.data.errors import DataError, sha256_file
+from gpt2.data.errors import DataError
+from lib.fsutil import atomic_open
+from lib.hashing import sha256, sha256_file
 
 META_FORMAT = 3  # 3: a test split beside train and val
 SPLITS = ("train", "val", "test")
@@ -47,20 +46,12 @@ def vocab_size(prepared_dir) -> int:
 
 
 def write_shard(path, tokens: np.ndarray) -> dict:
-    """Write `tokens` to `path` atomically (temp file, fsync, rename); its files entry."""
+    """Write `tokens` to `path` atomically (lib/fsutil.atomic_open); its files entry."""
     path = Path(path)
     tokens = np.ascontiguousarray(tokens)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            tokens.tofile(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return {"bytes": tokens.nbytes, "sha256": hashlib.sha256(memoryview(tokens)).hexdigest(),
+    with atomic_open(path, "wb") as f:
+        tokens.tofile(f)
+    return {"bytes": tokens.nbytes, "sha256": sha256(memoryview(tokens)),
             "mtime_ns": path.stat().st_mtime_ns}
 
 

@@ -14,6 +14,7 @@ import shutil
 from pathlib import Path
 
 from gpt2.data.errors import DataError
+from lib.fsutil import fsync_path
 
 
 def partial_dir(out_dir) -> Path:
@@ -63,18 +64,10 @@ def resumable_partial(out_dir) -> Path:
     return work
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def publish(work: Path, out_dir) -> Path:
     """Rename the finished `work` directory to out_dir, replacing an outdated one."""
     out_dir = Path(out_dir)
-    _fsync_dir(work)
+    fsync_path(work)
     if out_dir.exists():
         old = _old_dir(out_dir)
         shutil.rmtree(old, ignore_errors=True)
@@ -83,5 +76,5 @@ def publish(work: Path, out_dir) -> Path:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(work, out_dir)
-    _fsync_dir(out_dir.parent)
+    fsync_path(out_dir.parent)
     return out_dir

@@ -3,7 +3,8 @@
 Every optimizer gets the same parameter groups from param_groups(), so a
 comparison differs only in the update rule. Each entry names the symbols of its
 own learning rate and weight decay. Adding an optimizer is one entry in
-OPTIMIZERS plus its block in lib/optim/Kconfig.
+OPTIMIZERS plus its block in lib/optim/Kconfig; `make matrix-kconfig` then gives the
+matrix its MATRIX_OPTIMIZER_<NAME> switch (scripts/matrix_kconfig.py).
 """
 from dataclasses import dataclass
 from typing import Callable

@@ -1,14 +1,13 @@
 """Training-batch loaders: DATA_LOADER choice -> class with Batches' interface.
 
-"memmap" is data.Batches (reads each batch from the token file). "preloaded" copies
+"memmap" is batches.Batches (reads each batch from the token file). "preloaded" copies
 each split to the device once and cuts batches there with one gather; it draws the
 same offsets from the same generators, so a seed gives the same batches either way.
 """
 import numpy as np
 import torch
 
-from gpt2.data import Batches
-from gpt2.data.batches import SPLITS
+from gpt2.data.batches import SPLITS, Batches
 
 
 class PreloadedBatches(Batches):
