@@ -14,16 +14,23 @@ import logging
 import math
 import signal
 import sys
-from dataclasses import dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from gpt2 import batch_fit, data, losses, pairing
 from gpt2.data import loaders
-from gpt2.budget import Budget, batch_size, check_pruning, extra_budget, spam_problems
+from gpt2.budget import Budget, batch_size, check_pruning, spam_problems
 from gpt2.build import build_model
+from gpt2.loop import TrainingFailed
+from gpt2.loop import summary as summary_figures
+from gpt2.loop.bar import ProgressBar
+from gpt2.loop.checkpointer import Checkpointer
+from gpt2.loop.evaluation import eval_windows, evaluate
+from gpt2.loop.log_window import LogWindow, saved_state
+from gpt2.loop.logs import quiet_logging, setup_logging
+from gpt2.loop.progress import Progress
 from gpt2.sample import generate_text
 from lib import checkpoint, distributed, faults, memory_snapshot, optim, prune, recipe_fit
 from lib import provenance, runtime, trackers
@@ -46,94 +53,22 @@ FLAG_ALIASES = {
 }
 
 
-class TrainingFailed(Exception):
-    """Training cannot go on (non-finite loss, out of memory); the message says why."""
+def set_up_device(cfg, ranks: Distributed) -> torch.device:
+    """This process's device, with the precision and kernel knobs set, and the seed."""
+    device = ranks.device(runtime.pick_device(cfg.DEVICE))
+    runtime.set_tf32(cfg.TF32)
+    runtime.set_cuda_options(device, cfg.CUDNN_BENCHMARK, cfg.CUDA_EXPANDABLE_SEGMENTS)
+    torch.set_flush_denormal(cfg.FLUSH_DENORMAL)
+    torch.manual_seed(cfg.SEED)
+    return device
 
 
-@dataclass
-class Progress:
-    """Where training stands; saved in every checkpoint."""
-    iter: int = 0
-    tokens_seen: int = 0
-    train_time_s: float = 0.0
-    best_val_loss: float = math.inf
-    last_eval: dict = field(default_factory=dict)
-    eval_iter: int = None  # the iteration last_eval belongs to
-    # the log window in progress, so a resume logs the same train_loss
-    window_loss_sum: float = 0.0
-    window_iters: int = 0
-    startup_s: float = None  # this session: process start to the first training step
-    test: dict = None  # the test split's figures, measured once after the final evaluation
-    init_hash: str = None  # gpt2/pairing.py
-    data_hash: str = None
-    compile_s: float = 0.0  # lib/steptime.py: warm-up beyond steady steps, all sessions
-    steady_step_s: float = None
-
-
-def quiet_logging(rank: int) -> logging.Logger:
-    """Ranks other than 0 write no log; their errors go to stderr, marked with the rank."""
-    log = logging.getLogger(f"kmatrix.train.rank{rank}")
-    log.handlers.clear()
-    log.setLevel(logging.ERROR)
-    log.propagate = False
-    to_stderr = logging.StreamHandler(sys.stderr)
-    to_stderr.setFormatter(logging.Formatter(f"[rank {rank}] %(levelname)s %(message)s"))
-    log.addHandler(to_stderr)
-    return log
-
-
-def setup_logging(run: RunDir) -> logging.Logger:
-    log = logging.getLogger("kmatrix.train")
-    log.handlers.clear()
-    log.setLevel(logging.INFO)
-    log.propagate = False
-    to_file = logging.FileHandler(run.log)
-    to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-
-    class ToTqdm(logging.Handler):
-        def emit(self, record):
-            tqdm.write(self.format(record), file=sys.stderr)
-
-    log.addHandler(to_file)
-    log.addHandler(ToTqdm())
-    return log
-
-
-def eval_windows(prepared, cfg, device, batch=None) -> dict:
-    """{split: data.EvalWindows}, fixed for the run: EVAL_ITERS batches at most, the whole
-    validation split with EVAL_WHOLE_SPLIT; read `batch` windows at a time (default
-    BATCH_SIZE: the count stays the asked config's whatever micro-batch trains)."""
-    most = cfg.EVAL_ITERS * cfg.BATCH_SIZE
-    return {split: data.EvalWindows(prepared, split, cfg.BLOCK_SIZE, batch or cfg.BATCH_SIZE,
-                                    None if whole else most, device)
-            for split, whole in (("train", False), ("val", cfg.EVAL_WHOLE_SPLIT))}
-
-
-@torch.no_grad()
-def evaluate(model, windows: dict, autocast, ranks: Distributed = Distributed()) -> dict:
-    """Loss, perplexity and next-token accuracy over each split's fixed windows (means over
-    every predicted token). Several processes share the batches and sum their results,
-    so every rank returns the same figures."""
-    model.eval()
-    result = {}
-    for split, batches in windows.items():
-        loss_sum = correct = 0
-        for k, (x, y) in enumerate(batches):
-            if k % ranks.world_size != ranks.rank:
-                continue
-            with autocast:
-                logits, loss = model(x, y)
-            loss_sum = loss_sum + loss.float() * y.numel()
-            correct = correct + (logits.argmax(-1) == y).sum()
-        if ranks.world_size > 1:
-            loss_sum = ranks.sum(torch.as_tensor(loss_sum, dtype=torch.float32, device=x.device))
-            correct = ranks.sum(torch.as_tensor(correct, device=x.device))
-        result[f"{split}_loss"] = (loss_sum / batches.tokens).item()
-        result[f"{split}_acc"] = (correct / batches.tokens).item()
-        if split != "train":
-            result[f"{split}_ppl"] = math.exp(min(result[f"{split}_loss"], 700.0))
-    model.train()
-    return result
+def forward_context(cfg, device) -> runtime.ForwardContext:
+    """Autocast and the attention kernel, around every forward pass."""
+    return runtime.ForwardContext(
+        runtime.autocast(device, cfg.PRECISION),
+        runtime.attention_kernel(device, cfg.ATTENTION_BACKEND, cfg.N_EMBD // cfg.N_HEAD,
+                                 cfg.PRECISION, cfg.DROPOUT))
 
 
 class Trainer:
@@ -144,12 +79,8 @@ class Trainer:
         self.cfg, self.run, self.log = cfg, run, log or logging.getLogger("kmatrix.train")
         self.stop = stop if stop is not None else StopRequest()
         self.ranks = ranks
-        self.saved_iter = None
-        self.device = ranks.device(runtime.pick_device(cfg.DEVICE))
-        runtime.set_tf32(cfg.TF32)
-        runtime.set_cuda_options(self.device, cfg.CUDNN_BENCHMARK, cfg.CUDA_EXPANDABLE_SEGMENTS)
-        torch.set_flush_denormal(cfg.FLUSH_DENORMAL)
-        torch.manual_seed(cfg.SEED)
+        self.startup_s = None  # this session: process start to the first training step
+        self.device = set_up_device(cfg, ranks)
         with ranks.main_first():
             self.prepared = data.prepare_config(cfg)
         data.check_split_sizes_config(cfg, self.prepared)
@@ -171,10 +102,7 @@ class Trainer:
         self.ddp = ranks.wrap(self.model, self.device)  # the model, or DDP around it
         self.optimizer = optim.build(cfg, self.model)
         self.scaler = runtime.grad_scaler(self.device, cfg.PRECISION)
-        self.autocast = runtime.ForwardContext(
-            runtime.autocast(self.device, cfg.PRECISION),
-            runtime.attention_kernel(self.device, cfg.ATTENTION_BACKEND,
-                                     cfg.N_EMBD // cfg.N_HEAD, cfg.PRECISION, cfg.DROPOUT))
+        self.autocast = forward_context(cfg, self.device)
         self.memory_snapshot = memory_snapshot.MemorySnapshot(cfg.MEMORY_SNAPSHOT_ITERS,
                                                               self.device, run.path)
         self.pruner = prune.build(cfg, self.model, self.optimizer)
@@ -183,10 +111,19 @@ class Trainer:
         self.metrics = MetricsLog(run.metrics) if ranks.is_main else Discard()
         self.progress = Progress(**self.pairing)
         self.forward = self.ddp  # replaced by the compiled module in fit()
+        self.window, self.checkpointer = self.loop_parts()
+
+    def loop_parts(self) -> tuple:
+        """The loop's parts that outlive a session: (LogWindow, saved with each checkpoint,
+        Checkpointer)."""
+        cfg = self.cfg
+        window = LogWindow(cfg.LOG_INTERVAL, self.ranks, self.device, self.tokens_per_iter,
+                           optim.OPTIMIZERS[cfg.OPTIMIZER].lr)
+        return window, Checkpointer(self.run.ckpt, cfg.CHECKPOINT_INTERVAL, self.ranks.is_main,
+                                    self.state_dict, window)
 
     # -- checkpoints -------------------------------------------------------
     def state_dict(self) -> dict:
-        p = self.progress
         return {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -195,20 +132,9 @@ class Trainer:
             "pruner": self.pruner.state_dict(),
             "rng_cpu": torch.get_rng_state(),
             "rng_cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
-            "progress": {"iter": p.iter, "tokens_seen": p.tokens_seen,
-                         "train_time_s": p.train_time_s, "best_val_loss": p.best_val_loss,
-                         "last_eval": p.last_eval, "eval_iter": p.eval_iter,
-                         "window_loss_sum": p.window_loss_sum, "window_iters": p.window_iters,
-                         "test": p.test, "init_hash": p.init_hash, "data_hash": p.data_hash,
-                         "compile_s": p.compile_s, "steady_step_s": p.steady_step_s},
+            "progress": asdict(self.progress),
             "config_hash": self.cfg.hash,
         }
-
-    def save_checkpoint(self) -> None:
-        if self.saved_iter != self.progress.iter:
-            if self.ranks.is_main:
-                checkpoint.save(self.run.ckpt, self.state_dict())
-            self.saved_iter = self.progress.iter
 
     def resume(self):
         """Load ckpt.pt (or, when it was moved aside, the previous one it kept);
@@ -228,12 +154,14 @@ class Trainer:
             torch.set_rng_state(state["rng_cpu"].cpu())
             if state["rng_cuda"]:
                 torch.cuda.set_rng_state_all([s.cpu() for s in state["rng_cuda"]])
-            self.progress = Progress(**{**self.pairing, **state["progress"]})
+            progress, window = saved_state(state)
+            self.progress = Progress(**{**self.pairing, **progress})
+            self.window.load_state_dict(window)
         except (KeyError, TypeError, ValueError, RuntimeError) as e:
             raise checkpoint.CheckpointError(checkpoint.damaged_message(
                 path, f"its contents do not fit this configuration: {type(e).__name__}: "
                       f"{(str(e).splitlines() or [''])[0][:200]}")) from None
-        self.saved_iter = self.progress.iter
+        self.checkpointer.saved_iter = self.progress.iter
         torn = self.metrics.truncate_after(self.progress.iter, self.progress.eval_iter or 0)
         if torn:
             self.log.warning(torn)
@@ -277,84 +205,77 @@ class Trainer:
 
     # -- the loop ----------------------------------------------------------
     def fit(self, stop_after=None) -> str:
-        cfg, p, log = self.cfg, self.progress, self.log
-        self.forward = runtime.maybe_compile(self.ddp, cfg.COMPILE, cfg.COMPILE_MODE,
-                                             self.device, log, cfg.COMPILE_FULLGRAPH)
-        self.memory_snapshot.start(p.iter, log)
-        clock = StepClock(self.device, p.compile_s, p.steady_step_s)
-        total = self.budget.total_iters
-        bar = tqdm(total=total if total is not None else round(self.budget.seconds),
-                   initial=p.iter if total is not None else round(p.train_time_s),
-                   unit="it" if total is not None else "s", dynamic_ncols=True,
-                   desc=self.run.path.name, disable=None if self.ranks.is_main else True)
-        loss_sum = torch.full((), p.window_loss_sum, device=self.device)
-        window_iters, window_start_s, steps_this_session = p.window_iters, p.train_time_s, 0
-        status = "complete"
+        """Train until the budget is spent ("complete"), a stop signal ("interrupted") or
+        `stop_after` steps of this session ("stopped"); the checkpoint holds where it ended."""
+        p, window = self.progress, self.window
+        clock, bar = self.start_session()
+        status, steps = "complete", 0
         # Every rank takes the same branch: a stop signal or the time budget of one is all's.
         last, stopping = self.ranks.any(self.budget.done(p), self.stop)
         while not last:
-            if stopping:
-                status = "interrupted"
+            status = self.stop_status(stopping, stop_after, steps)
+            if status != "complete":
                 break
-            if stop_after is not None and steps_this_session >= stop_after:
-                status = "stopped"
-                break
-            lr = self.set_lr()
-            if p.startup_s is None:
-                p.startup_s = time.time() - PROCESS_START
-            t0 = time.perf_counter()
-            loss, grad_norm = self.train_step()
-            loss_sum += loss
-            seconds = time.perf_counter() - t0
-            p.train_time_s += seconds + clock.step(seconds)
-            p.iter += 1
-            p.tokens_seen += self.tokens_per_iter
-            self.memory_snapshot.after_step(p.iter)
-            pruned = self.pruner.after_step(p.iter, self.budget.fraction(p))
-            if pruned:
-                self.metrics.write({"kind": "prune", "tokens": p.tokens_seen, **pruned})
-            steps_this_session += 1
-            window_iters += 1
-            faults.point("step", p.iter)
+            lr, grad_norm = self.step(clock)
+            steps += 1
             last, stopping = self.ranks.any(self.budget.done(p), self.stop)
-            if p.iter % cfg.LOG_INTERVAL == 0 or last:
-                t0 = time.perf_counter()
-                # the one sync per log window
-                train_loss = self.ranks.mean(loss_sum / window_iters).item()
-                sync_s = time.perf_counter() - t0
-                p.train_time_s += sync_s
-                clock.window_end(sync_s)
-                p.compile_s, p.steady_step_s = clock.compile_s(), clock.steady_step_s()
-                if not math.isfinite(train_loss):
-                    lr_symbol = optim.OPTIMIZERS[cfg.OPTIMIZER].lr
-                    raise TrainingFailed(f"non-finite training loss ({train_loss}) at iteration "
-                                         f"{p.iter}; lower {lr_symbol} or use GRAD_CLIP")
-                tokens_per_s = (window_iters * self.tokens_per_iter
-                                / max(p.train_time_s - window_start_s, 1e-9))
-                peak, peak_kind = runtime.peak_memory(self.device)
-                self.metrics.write({"kind": "train", "iter": p.iter, "tokens": p.tokens_seen,
-                                    "train_loss": train_loss, "lr": lr,
-                                    "grad_norm": grad_norm.item(), "tokens_per_s": tokens_per_s,
-                                    "elapsed_s": p.train_time_s, "peak_mem_bytes": peak,
-                                    "peak_mem_kind": peak_kind, **optim.stats(self.optimizer),
-                                    **self.model.stats()})
-                bar.set_postfix(loss=f"{train_loss:.4f}", tok_s=f"{tokens_per_s:,.0f}",
-                                refresh=False)
-                loss_sum.zero_()
-                window_iters, window_start_s = 0, p.train_time_s
-            bar.update(1 if total is not None else round(p.train_time_s) - bar.n)
-            if p.iter % cfg.EVAL_INTERVAL == 0 or last:
+            if window.due(p.iter, last):
+                bar.show(*window.close(p, clock, self.metrics, lr, grad_norm, self.step_stats()))
+            bar.update(p)
+            if p.iter % self.cfg.EVAL_INTERVAL == 0 or last:
                 self.eval_and_log()
-            p.window_iters = window_iters
-            if p.iter % cfg.CHECKPOINT_INTERVAL == 0 or last or stopping:
-                p.window_loss_sum = self.ranks.mean(loss_sum).item() if window_iters else 0.0
-                self.save_checkpoint()
+            if self.checkpointer.due(p.iter, last or stopping):
+                self.checkpointer.save(p.iter)
         bar.close()
         p.compile_s, p.steady_step_s = clock.compile_s(), clock.steady_step_s()
         if status != "complete":
-            p.window_loss_sum = self.ranks.mean(loss_sum).item() if window_iters else 0.0
-            self.save_checkpoint()
+            self.checkpointer.save(p.iter)
         return status
+
+    def start_session(self) -> tuple:
+        """Compile, start the memory snapshot and the log window's clock; returns this
+        session's (StepClock, ProgressBar)."""
+        cfg, p = self.cfg, self.progress
+        self.forward = runtime.maybe_compile(self.ddp, cfg.COMPILE, cfg.COMPILE_MODE,
+                                             self.device, self.log, cfg.COMPILE_FULLGRAPH)
+        self.memory_snapshot.start(p.iter, self.log)
+        self.window.begin(p.train_time_s)
+        return (StepClock(self.device, p.compile_s, p.steady_step_s),
+                ProgressBar(self.budget, p, self.run.path.name, self.ranks.is_main))
+
+    @staticmethod
+    def stop_status(stopping: bool, stop_after, steps: int) -> str:
+        """Why the loop ends before the budget does, else "complete"."""
+        if stopping:
+            return "interrupted"
+        if stop_after is not None and steps >= stop_after:
+            return "stopped"
+        return "complete"
+
+    def step(self, clock: StepClock) -> tuple:
+        """One timed optimizer step and what follows it (the memory snapshot, pruning); its
+        loss goes into the log window. Returns the step's (lr, grad_norm)."""
+        p = self.progress
+        lr = self.set_lr()
+        if self.startup_s is None:
+            self.startup_s = time.time() - PROCESS_START
+        t0 = time.perf_counter()
+        loss, grad_norm = self.train_step()
+        self.window.add(loss)
+        seconds = time.perf_counter() - t0
+        p.train_time_s += seconds + clock.step(seconds)
+        p.iter += 1
+        p.tokens_seen += self.tokens_per_iter
+        self.memory_snapshot.after_step(p.iter)
+        pruned = self.pruner.after_step(p.iter, self.budget.fraction(p))
+        if pruned:
+            self.metrics.write({"kind": "prune", "tokens": p.tokens_seen, **pruned})
+        faults.point("step", p.iter)
+        return lr, grad_norm
+
+    def step_stats(self) -> dict:
+        """The optimizer's and the model's figures for a train record."""
+        return {**optim.stats(self.optimizer), **self.model.stats()}
 
     def finish(self) -> str:
         """After the last step: the final evaluation, its checkpoint and the samples,
@@ -365,14 +286,12 @@ class Trainer:
             if self.ranks.any(self.stop):
                 return "interrupted"
             self.eval_and_log()
-            self.saved_iter = None
-            self.save_checkpoint()
+            self.checkpointer.save(p.iter, again=True)
         if p.test is None:
             if self.ranks.any(self.stop):
                 return "interrupted"
             self.test_and_log()
-            self.saved_iter = None
-            self.save_checkpoint()
+            self.checkpointer.save(p.iter, again=True)
         if not self.ranks.is_main:
             return "complete"
         if self.cfg.SAMPLE_AFTER_TRAINING and not self.run.samples.exists():
@@ -420,50 +339,9 @@ class Trainer:
                              count=count or self.cfg.SAMPLE_COUNT)
 
     def summary(self, status: str, error: str = None) -> dict:
-        p = self.progress
-        peak, peak_kind = runtime.peak_memory(self.device)
-        params = sum(t.numel() for t in self.model.parameters())
-        return {
-            "status": status,
-            "error": error,
-            "iters": p.iter,
-            "tokens_seen": p.tokens_seen,
-            "train_loss": p.last_eval.get("train_loss"),
-            "val_loss": p.last_eval.get("val_loss"),
-            "val_ppl": p.last_eval.get("val_ppl"),
-            "val_acc": p.last_eval.get("val_acc"),
-            "eval_iter": p.eval_iter,
-            "best_val_ppl": math.exp(p.best_val_loss) if math.isfinite(p.best_val_loss) else None,
-            **{k: (p.test or {}).get(k) for k in ("test_loss", "test_ppl", "test_acc",
-                                                   "test_tokens")},
-            "train_time_s": p.train_time_s,
-            "compile_s": p.compile_s,
-            "steady_train_time_s": p.train_time_s - p.compile_s,
-            # the steady-state rate: warm-up beyond steady steps left out (lib/steptime.py)
-            "tokens_per_s": (p.tokens_seen / (p.train_time_s - p.compile_s)
-                             if p.train_time_s > p.compile_s else None),
-            "init_hash": p.init_hash,
-            "data_hash": p.data_hash,
-            "peak_mem_bytes": peak,
-            "peak_mem_kind": peak_kind,
-            "param_count": params,
-            "param_bytes": sum(t.numel() * t.element_size() for t in self.model.parameters()),
-            "optimizer_state_bytes": optim.state_bytes(self.optimizer),
-            "learning_rate": optim.peak_lr(self.cfg),
-            "grad_clips": optim.gradient_clips(self.cfg),
-            **optim.stats(self.optimizer),
-            **self.pruner.stats(),
-            "target_sparsity": self.cfg.TARGET_SPARSITY,
-            "batch_size": batch_size(self.asked),
-            "batch_size_used": self.batch_size,
-            "gradient_accumulation_used": self.cfg.GRADIENT_ACCUMULATION,
-            "batch_size_auto": self.batch_choice.how,
-            "extra_budget": extra_budget(self.cfg)[2],
-            "startup_s": p.startup_s,
-            "device": str(self.device),
-            "processes": self.ranks.world_size,
-            "config_hash": self.cfg.hash,
-        }
+        """summary.json: the run's results, then what it ran on and with."""
+        return {**summary_figures.results(self.progress, status, error),
+                **summary_figures.resources(self)}
 
 
 def train(cfg, stop_after=None, stop=None, stop_at=StopAt()) -> int:
@@ -523,18 +401,7 @@ def _train_claimed(trainer, run, stop_after, stop_at=StopAt()) -> int:
 
 def _train_logged(trainer, run, stop_after, stop_at=StopAt()) -> int:
     cfg, stop, log = trainer.cfg, trainer.stop, trainer.log
-    processes = trainer.ranks.world_size
-    resumed = trainer.resume()
-    if resumed:
-        log.info(f"resuming {run.path} at iteration {trainer.progress.iter}"
-                 + (f" from {resumed.name}" if resumed != run.ckpt else "")
-                 + f", {batch_fit.describe(trainer.batch_choice)}")
-    else:
-        log.info(f"training {run.path} on {trainer.device}"
-                 + (f" x {processes} processes" if processes > 1 else "") + ": "
-                 f"{trainer.model.num_params():,} parameters, "
-                 f"{trainer.tokens_per_iter:,} tokens per iteration, "
-                 f"{batch_fit.describe(trainer.batch_choice)}")
+    _resume(trainer, run)
     run.write_summary(trainer.summary("running"))
     started = time.perf_counter()
     try:
@@ -543,12 +410,7 @@ def _train_logged(trainer, run, stop_after, stop_at=StopAt()) -> int:
             status = trainer.finish()
     except (TrainingFailed, optim.FusedKernelError, torch.OutOfMemoryError,
             data.DataError) as e:  # a DataError here: a shard found damaged mid-run
-        reason = str(e) if not isinstance(e, torch.OutOfMemoryError) else (
-            f"out of memory at iteration {trainer.progress.iter}: "
-            + batch_fit.out_of_memory_hint(trainer.batch_choice))
-        run.write_summary(trainer.summary("failed", reason))
-        log.error(f"training failed: {reason}")
-        return 3
+        return _failed(trainer, run, e)
     except OSError as e:
         if no_space(e):  # nothing is lost: the run resumes from its last checkpoint
             return _out_of_space(trainer, run)
@@ -569,6 +431,32 @@ def _train_logged(trainer, run, stop_after, stop_at=StopAt()) -> int:
              f"{time.perf_counter() - started:.1f} s this session")
     run.write_summary(summary)
     return 0
+
+
+def _resume(trainer, run) -> None:
+    """Resume from the run's checkpoint, if any, and say where training starts."""
+    processes = trainer.ranks.world_size
+    resumed = trainer.resume()
+    if resumed:
+        trainer.log.info(f"resuming {run.path} at iteration {trainer.progress.iter}"
+                         + (f" from {resumed.name}" if resumed != run.ckpt else "")
+                         + f", {batch_fit.describe(trainer.batch_choice)}")
+    else:
+        trainer.log.info(f"training {run.path} on {trainer.device}"
+                         + (f" x {processes} processes" if processes > 1 else "") + ": "
+                         f"{trainer.model.num_params():,} parameters, "
+                         f"{trainer.tokens_per_iter:,} tokens per iteration, "
+                         f"{batch_fit.describe(trainer.batch_choice)}")
+
+
+def _failed(trainer, run, e: Exception) -> int:
+    """Training cannot go on: the summary says failed and why, and so does the log."""
+    reason = str(e) if not isinstance(e, torch.OutOfMemoryError) else (
+        f"out of memory at iteration {trainer.progress.iter}: "
+        + batch_fit.out_of_memory_hint(trainer.batch_choice))
+    run.write_summary(trainer.summary("failed", reason))
+    trainer.log.error(f"training failed: {reason}")
+    return 3
 
 
 def _out_of_space(trainer, run) -> int:
