@@ -378,7 +378,7 @@ def train(cfg, stop_after=None, stop=None, stop_at=StopAt()) -> int:
 
 
 def _train_claimed(trainer, run, stop_after, stop_at=StopAt()) -> int:
-    cfg, stop = trainer.cfg, trainer.stop
+    cfg = trainer.cfg
     if not trainer.ranks.is_main:
         trainer.log = quiet_logging(trainer.ranks.rank)
         return _train_logged(trainer, run, stop_after, stop_at)
@@ -400,7 +400,7 @@ def _train_claimed(trainer, run, stop_after, stop_at=StopAt()) -> int:
 
 
 def _train_logged(trainer, run, stop_after, stop_at=StopAt()) -> int:
-    cfg, stop, log = trainer.cfg, trainer.stop, trainer.log
+    stop, log = trainer.stop, trainer.log
     _resume(trainer, run)
     run.write_summary(trainer.summary("running"))
     started = time.perf_counter()
