@@ -223,6 +223,7 @@ NOT_SYMBOLS = {
     "CUDA_VISIBLE_DEVICES": "environment", "HF_HOME": "environment",
     "HF_HUB_OFFLINE": "environment", "KMATRIX_OFFLINE": "environment",
     "KMATRIX_SLURM": "environment", "WANDB_MODE": "environment", "TRACKIO_DIR": "environment",
+    "EVENT_LIMIT_S": "the limit in tests/conftest.py",
 }
 # Paths in backquotes that are not files of the checkout, and why.
 NOT_IN_CHECKOUT = {"gpt2/encoder.json": "looked up like the data (docs/datasets.md)",
