@@ -6,7 +6,8 @@ import json
 import os
 from pathlib import Path
 
-from gpt2.model import GPT, load_pretrained
+from gpt2.hf_weights import load_pretrained
+from gpt2.model import GPT
 from lib import config as cfglib
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")

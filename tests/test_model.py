@@ -3,7 +3,8 @@ import math
 import pytest
 import torch
 
-from gpt2.model import GPT, GPTConfig, load_hf_state_dict, load_pretrained
+from gpt2.hf_weights import load_hf_state_dict, load_pretrained
+from gpt2.model import GPT, GPTConfig
 
 HF_VOCAB = 100  # not a multiple of 64, so the padded rows are exercised
 HF_BLOCK = 16
