@@ -5,10 +5,12 @@ naming the knob and the pip command, before the run directory is touched. Each t
 says where it writes (where()); the run's log gets those lines when it starts and when it
 ends."""
 import math
+import secrets
 from shlex import quote
 from pathlib import Path
 
 from lib.config import ConfigError, require
+from lib.fsutil import atomic_write_text
 
 STEP_KEYS = ("kind", "iter")  # the record's kind prefixes its keys; iter is the step
 
@@ -21,6 +23,17 @@ def _scalars(record: dict) -> dict:
             and not isinstance(value, bool) and math.isfinite(value)}
 
 
+def _wandb_run_id(directory: Path) -> str:
+    """The W&B run id the run directory keeps, made at its first start, so that a resumed
+    run continues its W&B run instead of starting another."""
+    path = directory / "wandb" / "kmatrix-run-id"
+    if path.exists():
+        return path.read_text().strip()
+    run_id = secrets.token_hex(6)  # W&B ids: letters and digits
+    atomic_write_text(path, run_id + "\n")
+    return run_id
+
+
 class Wandb:
     """Weights & Biases, online or offline as TRACKER_WANDB_MODE says (not WANDB_MODE)."""
 
@@ -28,7 +41,8 @@ class Wandb:
         self.module, self.mode = module, cfg.TRACKER_WANDB_MODE
         try:
             self.run = module.init(project=project, name=name, config=dict(cfg),
-                                   dir=str(directory), mode=self.mode, resume="allow")
+                                   dir=str(directory), mode=self.mode, resume="allow",
+                                   id=_wandb_run_id(directory))
         except module.errors.Error as e:
             raise ConfigError(f"CONFIG_TRACKER_WANDB_MODE_{self.mode.upper()}=y: wandb could "
                               f"not start the run ({e}): `wandb login` (or WANDB_API_KEY) "

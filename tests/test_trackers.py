@@ -136,6 +136,31 @@ def test_wandb_offline_run_holds_every_metric_and_the_log_says_where(tiny_config
     assert rows == list(expected.items())
 
 
+def test_a_resumed_run_continues_its_wandb_run(tiny_config, tmp_path):
+    """Stopped at iteration 2 and resumed: two offline sessions of one W&B run (one id),
+    whose history together covers every iteration, so `wandb sync` makes one run of them."""
+    pytest.importorskip("wandb", reason="wandb is not installed: pip install -e '.[trackers]'")
+    config = tiny_config(*RUN, "TRACKER=wandb", "TRACKER_WANDB_MODE=offline")
+    command = [sys.executable, "-m", "gpt2.train", str(config)]
+    for extra in (["--stop-after", "2"], []):
+        result = subprocess.run(command + extra, env=child_env(tmp_path), cwd=cfglib.ROOT,
+                                capture_output=True, text=True, timeout=EVENT_LIMIT_S)
+        assert result.returncode == 0, result.stderr
+    run = RunDir.for_config(cfglib.load(config))
+    sessions = sorted((run.path / "wandb").glob("offline-run-*"))
+    assert len(sessions) == 2
+    ids, steps = set(), set()
+    for session in sessions:
+        (stored,) = session.glob("run-*.wandb")
+        stored = wandb_records(stored)
+        ids |= {r.run.run_id for r in stored if r.WhichOneof("record_type") == "run"}
+        steps |= {json.loads(i.value_json) for r in stored
+                  if r.WhichOneof("record_type") == "history" for i in r.history.item
+                  if ("/".join(i.nested_key) or i.key) == "_step"}
+    assert len(ids) == 1
+    assert steps == {record["iter"] for record in records(run)}
+
+
 def test_wandb_online_without_a_login_is_one_line_naming_the_way_out(tiny_config, tmp_path):
     pytest.importorskip("wandb", reason="wandb is not installed: pip install -e '.[trackers]'")
     config = tiny_config(*RUN, "TRACKER=wandb", "TRACKER_WANDB_MODE=online")
