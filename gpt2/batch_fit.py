@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from gpt2 import data
+from gpt2 import data, losses
 from gpt2.activations import activation_bytes
 from gpt2.data.batches import SPLITS as SAMPLED_SPLITS
 from gpt2.build import build_model, model_config
@@ -89,13 +89,11 @@ class Trial:
                                     dtype=torch.uint8, device=device)
             self.model = build_model(cfg, vocab_size).to(device)
             self.optimizer = optim.build(cfg, self.model)
+            self.loss = losses.training_loss(cfg)  # the run's loss: chunks change its memory
         except BaseException:
             self.rng.__exit__(None, None, None)
             raise
-        self.forward = runtime.ForwardContext(
-            runtime.autocast(device, cfg.PRECISION),
-            runtime.attention_kernel(device, cfg.ATTENTION_BACKEND, cfg.N_EMBD // cfg.N_HEAD,
-                                     cfg.PRECISION, cfg.DROPOUT))
+        self.forward = runtime.ForwardContext.for_config(cfg, device)
 
     def step(self, micro_batch: int) -> None:
         """One forward, backward and optimizer step; gradients dropped after it."""
@@ -103,7 +101,7 @@ class Trial:
         self.scaler = runtime.grad_scaler(self.device, self.cfg.PRECISION)  # fresh per try
         try:
             with self.forward:
-                _, loss = self.model(x[:, :-1], x[:, 1:])
+                _, loss = self.model(x[:, :-1], x[:, 1:], self.loss)
             self.scaler.scale(loss).backward()
             self.scaler.unscale_(self.optimizer)
             optim.prepare_grads(self.optimizer)

@@ -63,14 +63,6 @@ def set_up_device(cfg, ranks: Distributed) -> torch.device:
     return device
 
 
-def forward_context(cfg, device) -> runtime.ForwardContext:
-    """Autocast and the attention kernel, around every forward pass."""
-    return runtime.ForwardContext(
-        runtime.autocast(device, cfg.PRECISION),
-        runtime.attention_kernel(device, cfg.ATTENTION_BACKEND, cfg.N_EMBD // cfg.N_HEAD,
-                                 cfg.PRECISION, cfg.DROPOUT))
-
-
 class Trainer:
     """Everything a run needs, built without writing to its run directory."""
 
@@ -102,7 +94,7 @@ class Trainer:
         self.ddp = ranks.wrap(self.model, self.device)  # the model, or DDP around it
         self.optimizer = optim.build(cfg, self.model)
         self.scaler = runtime.grad_scaler(self.device, cfg.PRECISION)
-        self.autocast = forward_context(cfg, self.device)
+        self.autocast = runtime.ForwardContext.for_config(cfg, self.device)
         self.memory_snapshot = memory_snapshot.MemorySnapshot(cfg.MEMORY_SNAPSHOT_ITERS,
                                                               self.device, run.path)
         self.pruner = prune.build(cfg, self.model, self.optimizer)

@@ -87,6 +87,13 @@ class ForwardContext:
         self.autocast, self.kernel = autocast_context, kernel
         self._stacks = []
 
+    @classmethod
+    def for_config(cls, cfg, device) -> "ForwardContext":
+        """The trainer's: autocast for PRECISION, the ATTENTION_BACKEND kernel."""
+        return cls(autocast(device, cfg.PRECISION),
+                   attention_kernel(device, cfg.ATTENTION_BACKEND, cfg.N_EMBD // cfg.N_HEAD,
+                                    cfg.PRECISION, cfg.DROPOUT))
+
     def __enter__(self):
         stack = contextlib.ExitStack()
         stack.enter_context(self.autocast)
